@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.add_argument("action", choices=("verify", "fetch"),
                           help="verify: check local copies, exit 1 on any missing or "
                                "corrupt file; fetch: download what is missing, then verify")
-    data_cmd.add_argument("datasets", nargs="*", metavar="DATASET", help=f"any of {', '.join(data.DATASETS)} "
-                                                  "(default: all)")
+    data_cmd.add_argument("datasets", nargs="*", metavar="DATASET",
+                          help=f"any of {', '.join(data.DATASETS)} (default: all)")
     data_cmd.set_defaults(handler=_cmd_data)
     return parser
 
