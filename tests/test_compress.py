@@ -1,0 +1,385 @@
+"""sgsc.compress: wrapping, hand-computed sizes, optimizer groups, and the gamma trade-off."""
+
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.nn import functional as F
+
+from sgsc.compress import SelfCompression
+from sgsc.graph import ChannelDependency, ChannelGraph, HeadDependency
+from sgsc.quant import quantize
+
+
+class Tiny(nn.Module):
+    """conv1 (+bn) -> conv2 -> flatten -> fc on a 1x4x4 input; sizes small enough to count."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)  # 3 rows x 9
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3, padding=1, bias=False)  # 2 rows x 27
+        self.fc = nn.Linear(2 * 2 * 2, 4)  # 4 rows x 8, 4 columns per conv2 channel
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+    def channel_graph(self):
+        return ChannelGraph(channels=(
+            ChannelDependency("conv1", ("conv2",), ("bn",)),
+            ChannelDependency("conv2", ("fc",)),
+        ))
+
+    def example_input(self):
+        return torch.randn(2, 1, 4, 4)
+
+
+def set_bits(sc, **bits):
+    with torch.no_grad():
+        for name, values in bits.items():
+            sc.bit_depths()[name].copy_(torch.tensor(values))
+
+
+def tiny_sc(**kw):
+    torch.manual_seed(0)
+    sc = SelfCompression(Tiny(), **kw)
+    set_bits(sc, conv1=[8.0, 0.0, 2.5], conv2=[0.0, 3.0], fc=[4.0, 0.0, 1.0, 1.5])
+    return sc
+
+
+def test_wraps_conv_and_linear_and_keeps_the_forward():
+    torch.manual_seed(0)
+    model = Tiny()
+    x = model.example_input()
+    model.eval()
+    before = model(x)
+    sc = SelfCompression(model)
+    assert sc.names == ["conv1", "conv2", "fc"]
+    assert sc.total_weights == 27 + 54 + 32 and sc.total_channels == 9
+    assert torch.allclose(model(x), before, rtol=0.02, atol=0.02)  # 8-bit maxabs start
+    for name, w in sc.quantized_weights().items():
+        q = sc.quantizers[name]
+        assert torch.equal(w, quantize(model.get_submodule(name).parametrizations.weight.original,
+                                       q.bit_depth, q.exponent))
+
+
+def test_maxabs_init_is_near_lossless():
+    torch.manual_seed(0)
+    model = Tiny()
+    originals = {n: model.get_submodule(n).weight.detach().clone() for n in ("conv1", "conv2")}
+    sc = SelfCompression(model)
+    for name, w in originals.items():
+        assert torch.equal(sc.bit_depths()[name], torch.full((w.shape[0],), 8.0))
+        err = (sc.quantized_weights()[name] - w).norm() / w.norm()
+        assert err < 0.01
+
+
+def test_scnn_init_sets_the_given_constants():
+    sc = SelfCompression(Tiny(), init="scnn", init_bits=2.0, init_exponent=-8.0)
+    for name in sc.names:
+        assert torch.equal(sc.bit_depths()[name], torch.full_like(sc.bit_depths()[name], 2.0))
+        assert torch.equal(sc.exponents()[name], torch.full_like(sc.exponents()[name], -8.0))
+    with pytest.raises(ValueError):
+        SelfCompression(Tiny(), init="bogus")
+
+
+def test_include_exclude_and_embeddings():
+    sc = SelfCompression(Tiny(), include=("conv*",), exclude=("conv2",))
+    assert sc.names == ["conv1"]
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    sc = SelfCompression(model)
+    assert sc.names == ["1"]
+    linear = 3 * (40 + 8 * 4) + 3 * 32
+    assert sc.storage_bits() == 10 * 4 * 32 + linear  # the embedding stays float32
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    sc = SelfCompression(model, quantize_embeddings=True)
+    assert sc.names == ["0", "1"]
+    assert sc.bit_depths()["0"].shape == (10,)  # one channel per token row
+    set_bits(sc, **{"0": [0.0] * 5 + [8.0] * 5})
+    assert sc.storage_bits() == 10 * 40 + 5 * 8 * 4 + linear  # zero rows: header only
+    with pytest.raises(ValueError):
+        SelfCompression(model)  # already wrapped
+
+
+def test_default_graph_is_empty_without_channel_graph():
+    sc = SelfCompression(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert sc.graph == ChannelGraph()
+
+
+def test_size_numbers_by_hand():
+    sc = tiny_sc()
+    # Q: conv1 all 9 inputs; conv2 reads 2 live conv1 channels x 9; fc reads 1 live
+    # conv2 channel x 4 columns.
+    q_by_hand = ((8 + 2.5) * 9 + 3 * 18 + (4 + 1 + 1.5) * 4) / 113
+    assert sc.size_loss().item() == pytest.approx(q_by_hand)
+    # storage: conv1 2 stored rows (dead row is removable), codes 8+3 bits x 9
+    conv1 = 2 * 40 + (8 + 3) * 9
+    conv2 = 1 * 40 + 3 * 18  # dead row removable; inputs 2 live channels x 9
+    fc = 4 * 40 + (4 + 0 + 1 + 2) * 4  # classifier rows are never removable
+    conv1_bias = 2 * 32
+    bn = 4 * 2 * 32 + 64  # weight, bias, running_mean/var of 2 live channels + int64 counter
+    fc_bias = 4 * 32
+    assert sc.storage_bits() == conv1 + conv2 + fc + conv1_bias + bn + fc_bias == 973
+    assert sc.storage_bytes() == 122
+    assert sc.live_weights() == 2 * 9 + 1 * 18 + 3 * 4
+    assert sc.live_channels() == 6
+    assert sc.removed_fraction() == pytest.approx(1 - 48 / 113)
+    report = sc.size_report()
+    assert report == {
+        "Q": pytest.approx(q_by_hand), "storage_bits": 973, "storage_bytes": 122,
+        "live_weights": 48, "total_weights": 113, "live_channels": 6, "total_channels": 9,
+        "removed_fraction": pytest.approx(1 - 48 / 113),
+    }
+
+
+def test_size_loss_gradient_is_the_live_input_count():
+    sc = tiny_sc()
+    sc.size_loss().backward()
+    b = sc.bit_depths()
+    assert b["conv1"].grad.tolist() == pytest.approx([9 / 113, 0.0, 9 / 113])  # relu'(0)=0
+    assert b["conv2"].grad.tolist() == pytest.approx([0.0, 18 / 113])
+    assert b["fc"].grad.tolist() == pytest.approx([4 / 113, 0.0, 4 / 113, 4 / 113])
+
+
+def test_unquantized_consumer_loses_its_pruned_columns():
+    sc = SelfCompression(Tiny(), exclude=("fc",))
+    set_bits(sc, conv1=[8.0, 0.0, 2.5], conv2=[0.0, 3.0])
+    assert sc.size_loss().item() == pytest.approx(((8 + 2.5) * 9 + 3 * 18) / 81)
+    fc_weight = 4 * 4 * 32  # 4 rows x 4 kept columns (of 8) as float32
+    expected = (2 * 40 + 11 * 9) + (40 + 3 * 18) + 2 * 32 + (4 * 2 * 32 + 64) + fc_weight + 128
+    assert sc.storage_bits() == expected
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
+
+    def channel_graph(self):
+        return ChannelGraph(heads=(HeadDependency("q", "k", "v", "o", head_size=2),))
+
+
+def test_dead_head_rows_and_output_columns_are_not_stored():
+    sc = SelfCompression(Attention(), init_bits=2.0)
+    # head 0 (rows 0, 1) dead in q, k, v; q row 2 dead but its head lives
+    set_bits(sc, q=[0.0, 0.0, 0.0, 2.0], k=[0.0, 0.0, 2.0, 2.0], v=[0.0, 0.0, 2.0, 2.0])
+    assert sc.size_loss().item() == pytest.approx((2 * 4 + 4 * 4 + 4 * 4 + 8 * 2) / 64)
+    q = 2 * 40 + 2 * 4  # row 2 stored as a header only
+    kv = 2 * (2 * 40 + 4 * 4)
+    o = 4 * 40 + 4 * 2 * 2  # two columns of the dead head dropped
+    biases = 3 * 2 * 32 + 4 * 32
+    assert sc.storage_bits() == q + kv + o + biases == 776
+    assert sc.live_weights() == 4 + 8 + 8 + 8
+    # v keeps head 0 alive: every row is stored again, all o columns count
+    set_bits(sc, v=[1.0, 0.0, 2.0, 2.0])
+    assert sc.storage_bits() == (4 * 40 + 2 * 4) + (4 * 40 + 4 * 4) + (4 * 40 + 5 * 4) + (
+        4 * 40 + 8 * 4) + 4 * 4 * 32
+    assert sc.size_loss().item() == pytest.approx((2 * 4 + 4 * 4 + 5 * 4 + 8 * 4) / 64)
+
+
+def test_param_groups_partition_the_parameters():
+    sc = tiny_sc()
+    groups = sc.param_groups(weight_decay=0.1)
+    by_name = {g["name"]: g for g in groups}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(sc.model.parameters()))
+    assert {id(p) for p in by_name["quant"]["params"]} == {
+        id(p) for n in sc.names for p in (sc.bit_depths()[n], sc.exponents()[n])}
+    assert by_name["quant"]["lr"] == 0.5 and by_name["quant"]["eps"] == 1e-3
+    assert by_name["quant"]["weight_decay"] == 0.0
+    assert len(by_name["weights"]["params"]) == 3 and by_name["weights"]["weight_decay"] == 0.1
+    assert by_name["weights"]["lr"] == 1e-3 and by_name["weights"]["eps"] == 1e-5
+    assert len(by_name["other"]["params"]) == 4 and by_name["other"]["weight_decay"] == 0.0
+    torch.optim.AdamW(groups)  # accepted as is
+
+
+def test_dead_bias_l1():
+    sc = tiny_sc()
+    with torch.no_grad():
+        sc.model.conv1.bias.copy_(torch.tensor([1.0, -2.0, 3.0]))
+        sc.model.bn.bias.copy_(torch.tensor([0.5, -0.25, 4.0]))
+        sc.model.fc.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    loss = sc.dead_bias_l1()
+    assert loss.item() == pytest.approx(2.0 + 0.25 + 2.0)
+    loss.backward()
+    assert sc.model.conv1.bias.grad.tolist() == [0.0, -1.0, 0.0]
+    assert sc.model.bn.bias.grad.tolist() == [0.0, -1.0, 0.0]
+
+
+# ---- gamma trades accuracy for size on sklearn digits ----------------------------------
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+    def channel_graph(self):
+        return ChannelGraph(channels=(
+            ChannelDependency("conv1", ("conv2",)), ChannelDependency("conv2", ("fc",))))
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    d = load_digits()
+    x = torch.tensor(d.images / 16, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    return x[perm[:1400]], y[perm[:1400]], x[perm[1400:]], y[perm[1400:]]
+
+
+def train_digits(digits_split, gamma, epochs=8):
+    """Adam on CE + gamma * Q; returns (sc, test accuracy, mean b after each epoch, b)."""
+    xtr, ytr, xte, yte = digits_split
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    sc = SelfCompression(model)
+    opt = torch.optim.Adam(sc.param_groups(lr_weights=1e-2))
+    order = torch.Generator().manual_seed(1)
+    snapshots = []
+    for _ in range(epochs):
+        for idx in torch.randperm(len(ytr), generator=order).split(64):
+            loss = F.cross_entropy(model(xtr[idx]), ytr[idx]) + gamma * sc.size_loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        snapshots.append(torch.cat([b.detach().clone() for b in sc.bit_depths().values()]))
+    with torch.no_grad():
+        acc = (model(xte).argmax(1) == yte).float().mean().item()
+    return sc, acc, snapshots
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny convs gain nothing from threads, and on a busy 2-core machine OpenMP
+    # threads waiting on each other make this test 10-50x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gamma_trades_accuracy_for_size(digits_split, one_thread):
+    plain, acc_plain, snaps_plain = train_digits(digits_split, gamma=0.0)
+    small, acc_small, snaps_small = train_digits(digits_split, gamma=0.02)
+    assert acc_plain > 0.9 and acc_small > 0.9
+    assert small.storage_bits() < 0.6 * plain.storage_bits()
+    assert small.live_channels() < plain.live_channels() == 34
+    # without size pressure nothing pushes b down: it only grows where weights clip
+    assert snaps_plain[-1].min() >= 7.99
+    # b settles: Adam at lr 0.5 could move each b by 0.5 * 22 = 11 bits an epoch with a
+    # consistent gradient; once the task pushes back it moves well under one bit.
+    steps = math.ceil(1400 / 64)
+    for snaps in (snaps_plain, snaps_small):
+        move = (snaps[-1] - snaps[-2]).abs()
+        assert move.mean() < 1.0 < 0.5 * steps
+        assert abs(snaps[-1].mean() - snaps[-3].mean()) < 0.5
+
+
+# ---- pruning keeps the function and the counted size ------------------------------------
+
+
+class Prunable(Tiny):
+    """Tiny without padding (so removed channels' constants fold into biases) on 1x6x6."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3)
+        self.conv2 = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(x)).flatten(1))  # conv2 gives 2 x 2 x 2
+
+    def example_input(self):
+        return torch.randn(3, 1, 6, 6)
+
+
+def prunable_sc(conv2=(0.0, 3.0)):
+    torch.manual_seed(0)
+    model = Prunable()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding is exercised
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    sc = SelfCompression(model)
+    set_bits(sc, conv1=[8.0, 0.0, 2.5], conv2=list(conv2), fc=[4.0, 0.0, 1.0, 1.5])
+    return sc
+
+
+def test_prune_keeps_outputs_and_counted_size():
+    sc = prunable_sc()
+    sc.model.eval()
+    x = sc.model.example_input()
+    before_out, before = sc.model(x), sc.size_report()
+    result = sc.prune(x)
+    assert result.removed_channels == {"conv1": 1, "conv2": 1}
+    assert torch.allclose(sc.model(x), before_out, atol=1e-5)
+    assert sc.model.conv1.parametrizations.weight.original.shape == (2, 1, 3, 3)
+    assert sc.model.conv2.parametrizations.weight.original.shape == (1, 2, 3, 3)
+    assert sc.model.fc.parametrizations.weight.original.shape == (4, 4)
+    assert sc.bit_depths()["conv1"].tolist() == [8.0, 2.5]
+    assert sc.size_report() == before  # nothing pruning removed was counted
+    assert sc.storage_bits() == (2 * 40 + 11 * 9) + (40 + 3 * 18) + (4 * 40 + 7 * 4) + (
+        2 * 32 + 1 * 32 + 4 * 2 * 32 + 64 + 4 * 32)  # conv1, conv2, bn, fc biases
+
+
+def test_prune_all_dead_producer_keeps_one_channel():
+    sc = prunable_sc(conv2=(0.0, 0.0))
+    bits = sc.storage_bits()
+    sc.prune()
+    assert sc.bit_depths()["conv2"].tolist() == [0.0]
+    assert sc.storage_bits() == bits
+
+
+def test_prune_remaps_adam_state():
+    sc = prunable_sc()
+    opt = torch.optim.Adam(sc.param_groups())
+    for _ in range(2):
+        opt.zero_grad()
+        (sc.model(sc.model.example_input()).square().mean() + sc.size_loss()).backward()
+        opt.step()
+    old_w = sc.model.conv2.parametrizations.weight.original
+    old_b = sc.bit_depths()["conv1"]
+    w_avg, b_avg = opt.state[old_w]["exp_avg"].clone(), opt.state[old_b]["exp_avg_sq"].clone()
+    sc.prune(optimizer=opt)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in sc.model.parameters()}
+    new_w = sc.model.conv2.parametrizations.weight.original
+    assert torch.equal(opt.state[new_w]["exp_avg"], w_avg[[1]][:, [0, 2]])
+    assert torch.equal(opt.state[sc.bit_depths()["conv1"]]["exp_avg_sq"], b_avg[[0, 2]])
+    assert opt.state[new_w]["step"] == 2
+    opt.zero_grad()
+    sc.size_loss().backward()
+    opt.step()  # shapes of state and parameters agree
+
+
+def test_prune_dead_heads_of_a_transformer():
+    from sgsc.models import CharTransformer, TransformerConfig
+
+    model = CharTransformer(TransformerConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2,
+                                              n_layer=1))
+    sc = SelfCompression(model, quantize_embeddings=True)
+    with torch.no_grad():
+        for part in ("q", "k", "v"):
+            sc.bit_depths()[f"blocks.0.attn.{part}"][:4] = 0.0  # head 0
+        sc.bit_depths()["blocks.0.mlp.fc1"][::3] = -1.0
+        sc.bit_depths()["lm_head"][1] = 0.0
+    model.eval()
+    x = model.example_input()
+    out, before = model(x)[0], sc.size_report()
+    result = sc.prune()
+    assert result.removed_heads == 1 and result.removed_channels == {"blocks.0.mlp.fc1": 11}
+    assert model.blocks[0].attn.n_head == 1
+    assert torch.allclose(model(x)[0], out, atol=1e-5)
+    assert sc.size_report() == before
