@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from sgsc import data
@@ -32,6 +33,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sgsc import runs  # imported here: `data verify` should not pay for torch models
+
+    overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
+                 "lr_quant": args.lr_quant, "batch_size": args.batch_size}
+    try:
+        result = runs.run(args.method, args.data, seed=args.seed, out_dir=args.out,
+                          device=args.device, progress=not args.no_progress,
+                          float_overrides={"epochs": args.float_epochs},
+                          **overrides)
+    except (ValueError, data.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sgsc",
@@ -47,6 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.add_argument("datasets", nargs="*", metavar="DATASET",
                           help=f"any of {', '.join(data.DATASETS)} (default: all)")
     data_cmd.set_defaults(handler=_cmd_data)
+
+    run_cmd = commands.add_parser(
+        "run", help="train one method on one data set and print its result as JSON",
+        description="Train METHOD on --data (float reference first for compressed methods), "
+                    "select on validation, export the packed model, print one JSON line.")
+    run_cmd.add_argument("method", metavar="METHOD", help="float, sc or sgsc")
+    run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
+                                                          "tinyshakespeare")
+    run_cmd.add_argument("--seed", type=int, default=0)
+    run_cmd.add_argument("--epochs", type=int, help="epochs of the method (default per data)")
+    run_cmd.add_argument("--float-epochs", type=int, help="epochs of the float reference")
+    run_cmd.add_argument("--batch-size", type=int)
+    run_cmd.add_argument("--gamma", type=float, help="weight of the size term Q")
+    run_cmd.add_argument("--lambda-pres", type=float, help="weight of the preservation loss")
+    run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
+    run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")
+    run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run_cmd.set_defaults(handler=_cmd_run)
     return parser
 
 

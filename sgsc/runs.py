@@ -1,0 +1,199 @@
+"""Methods as named runs: defaults per data set, the result schema, and the run folder.
+
+``run("sgsc", "mnist", seed=0)`` trains what the method needs (a float reference first,
+for the compressed methods), selects on validation, exports the compressed model to a
+real packed file, and returns one flat result dict:
+
+    method, data, seed, val_acc/test_acc (classifiers) or val_loss/test_loss (text),
+    storage_bytes (size of the packed file), entropy_coded_bytes, live_weights, Q,
+    selected_epoch, feedback_events, preservation_size, wall_s, params
+
+Test metrics are computed once, on the selected model, for reporting only.  A run
+folder holds checkpoints, so a killed run resumes; the float reference of a seed is
+shared by the compressed methods of that seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sgsc import data as datasets
+from sgsc.compress import SelfCompression
+from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
+from sgsc.feedback import FeedbackConfig
+from sgsc.models import CNNConfig, build_model
+from sgsc.preservation import build_preservation_set
+from sgsc.train import TrainConfig, Trainer, count_weights, evaluate, float_storage_bytes
+
+METHODS = ("float", "sc", "sgsc")
+
+# Defaults per data set: model, float budget, compression budget and coefficients.
+DEFAULTS: dict[str, dict] = {
+    "digits": {
+        "model": ("mnist_cnn", dataclasses.asdict(CNNConfig.for_digits())),
+        "float": {"epochs": 20, "batch_size": 32, "lr": 3e-3},
+        "compress": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_quant": 0.05,
+                     "gamma": 0.1},
+        "preservation_size": 100,
+    },
+    "mnist": {
+        "model": ("mnist_cnn", dataclasses.asdict(CNNConfig())),
+        "float": {"epochs": 3, "batch_size": 128, "lr": 3e-3},
+        "compress": {"epochs": 6, "batch_size": 128, "lr": 1e-3, "lr_quant": 0.05,
+                     "gamma": 0.05},
+        "preservation_size": 1000,
+    },
+    "names": {
+        "model": ("char_transformer", {"block_size": 32}),
+        "float": {"epochs": 10, "batch_size": 64, "lr": 3e-3},
+        "compress": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "lr_quant": 0.05,
+                     "gamma": 0.02},
+        "preservation_size": 500,
+    },
+    "tinyshakespeare": {
+        "model": ("char_transformer", {"block_size": 32}),
+        "float": {"epochs": 1, "batch_size": 64, "lr": 3e-3},
+        "compress": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "lr_quant": 0.05,
+                     "gamma": 0.02},
+        "preservation_size": 500,
+    },
+}
+SGSC_EXTRA = {"lambda_pres": 1.0, "feedback": dataclasses.asdict(FeedbackConfig())}
+
+
+def _check(method: str, data_name: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if data_name not in DEFAULTS:
+        raise ValueError(f"unknown data set {data_name!r}; choose one of "
+                         f"{', '.join(DEFAULTS)}")
+
+
+def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
+    """The default TrainConfig of ``method`` on ``data_name``, with overrides applied."""
+    _check(method, data_name)
+    stage = "float" if method == "float" else "compress"
+    values = dict(DEFAULTS[data_name][stage])
+    if method == "sgsc":
+        values |= SGSC_EXTRA
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(sorted(fields))}")
+    return TrainConfig(**(values | {k: v for k, v in overrides.items() if v is not None}))
+
+
+def _model(data_name: str, splits) -> nn.Module:
+    name, config = DEFAULTS[data_name]["model"]
+    if name == "char_transformer":
+        config = config | {"vocab_size": splits.vocab_size, "block_size": splits.block_size}
+    return build_model(name, **config)
+
+
+def _metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    key = {"accuracy": "acc"}
+    return {f"{prefix}_{key.get(k, k)}": v for k, v in metrics.items()}
+
+
+def load_splits(data_name: str):
+    """The data set's fixed splits (downloads on first use)."""
+    if data_name in datasets.TEXT_DATASETS:
+        return datasets.load(data_name, block_size=DEFAULTS[data_name]["model"][1]["block_size"])
+    return datasets.load(data_name)
+
+
+def train_float(data_name: str, splits, seed: int, out_dir: Path, device: str,
+                progress: bool, **overrides) -> tuple[nn.Module, dict]:
+    """Train (or resume, or reuse) the float model of ``seed``."""
+    config = train_config("float", data_name, seed=seed, device=device, progress=progress,
+                          **overrides)
+    torch.manual_seed(seed)
+    model = _model(data_name, splits)
+    trainer = Trainer(model, splits.train, splits.val, config, out_dir=out_dir)
+    result = trainer.fit()
+    return trainer.model, {"selected_epoch": result.selected_epoch, "wall_s": result.wall_s,
+                           "history": result.history, "config": dataclasses.asdict(config)}
+
+
+def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
+        device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
+        preservation_size: int | None = None, **overrides) -> dict:
+    """Run ``method`` on ``data_name``; see the module docstring for the result."""
+    _check(method, data_name)
+    start = time.perf_counter()
+    root = Path(out_dir) / data_name
+    if method == "float":  # the method's own settings are the float model's
+        float_overrides = (float_overrides or {}) | overrides
+    splits = load_splits(data_name)
+    float_model, float_info = train_float(data_name, splits, seed, root / f"float-s{seed}",
+                                          device, progress, **(float_overrides or {}))
+    dev = next(float_model.parameters()).device
+    if method == "float":
+        result = {"storage_bytes": float_storage_bytes(float_model),
+                  "live_weights": count_weights(float_model),
+                  "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
+                  **_metrics("val", evaluate(float_model, splits.val, dev)),
+                  **_metrics("test", evaluate(float_model, splits.test, dev))}
+        return _finish(method, data_name, seed, result, start, root)
+
+    config = train_config(method, data_name, seed=seed, device=device, progress=progress,
+                          **overrides)
+    preservation, pres_info = None, {}
+    if method == "sgsc":
+        size = preservation_size or DEFAULTS[data_name]["preservation_size"]
+        chosen = build_preservation_set(float_model, splits.train, size, seed=seed,
+                                        device=str(dev), progress=progress)
+        preservation = chosen.subset(splits.train)
+        pres_info = {"preservation_size": len(chosen.indices),
+                     "preservation_counts": chosen.counts()}
+    model = _model(data_name, splits).to(dev)
+    model.load_state_dict(float_model.state_dict())
+    compression = SelfCompression(model)
+    out = root / f"{method}-s{seed}-{_digest(config, pres_info)}"
+    trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
+                      preservation=preservation, out_dir=out)
+    trained = trainer.fit()
+
+    model.eval()
+    packed = out / "model.sgsc"
+    save_compressed(compression, packed)
+    loaded = load_compressed(packed).to(dev)
+    report = compression.size_report()
+    result = {
+        "storage_bytes": packed.stat().st_size,
+        "entropy_coded_bytes": entropy_coded_bytes(compression),
+        "storage_bits_counted": int(report["storage_bits"]),
+        "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
+        "selected_epoch": trained.selected_epoch,
+        "feedback_events": len(trained.feedback_events),
+        "params": dataclasses.asdict(config),
+        "float_val": _metrics("val", evaluate(float_model, splits.val, dev)),
+        **pres_info,
+        # measured on the model loaded back from the packed file: what a user would ship
+        **_metrics("val", evaluate(loaded, splits.val, dev)),
+        **_metrics("test", evaluate(loaded, splits.test, dev)),
+    }
+    return _finish(method, data_name, seed, result, start, out)
+
+
+def _digest(config: TrainConfig, extra: dict) -> str:
+    text = json.dumps([dataclasses.asdict(config) | {"device": None, "progress": None}, extra],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _finish(method: str, data_name: str, seed: int, result: dict, start: float,
+            folder: Path) -> dict:
+    row = {"method": method, "data": data_name, "seed": seed, **result,
+           "wall_s": round(time.perf_counter() - start, 2)}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(row, indent=1))
+    return row

@@ -1,0 +1,459 @@
+"""The training loop: float, self-compression (sc) and safety-guided self-compression (sgsc).
+
+One loop serves all three.  The loss is
+
+    task + l1_weights·L1(weights) + l1_dead_bias·L1(dead biases) + gamma·Q
+         + lambda_pres·task(preservation batch)
+
+with the size term and the dead-bias term only when a :class:`SelfCompression` is
+given, and the preservation term (and the feedback controller) only when a preservation
+set is given.  Epochs visit every training example once (shuffled without replacement,
+seeded).  After each epoch the model is evaluated on the validation split, a metrics
+row is appended to the history, the run is checkpointed (so a killed run resumes where
+the last epoch ended), and the selected state is updated:
+
+* float: the epoch with the best validation score;
+* compression: the *smallest* epoch (by storage bytes) whose validation score is within
+  ``select_tolerance`` of the best seen -- selection never looks at the test set.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from sgsc.compress import SelfCompression
+from sgsc.feedback import FeedbackConfig, FeedbackController
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of one training run; all of it is logged with the results."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3  # weights
+    weight_decay: float = 0.0
+    lr_quant: float = 0.05  # bit depths and exponents (SCNN used 0.5; see README)
+    eps_quant: float = 1e-3
+    schedule: str = "cosine"  # or "constant"
+    gamma: float = 0.0  # weight of Q (bits per weight)
+    l1_weights: float = 0.0
+    l1_dead_bias: float = 1e-2
+    lambda_pres: float = 0.0
+    pres_batch_size: int = 64
+    pres_augment: bool = False  # small random shifts of preservation images
+    select_tolerance: float = 0.005  # val accuracy (or nats) a smaller epoch may give up
+    feedback: FeedbackConfig | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feedback, dict):
+            self.feedback = FeedbackConfig(**self.feedback)
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0, "lr_quant": self.lr_quant >= 0, "gamma": self.gamma >= 0,
+            "l1_weights": self.l1_weights >= 0, "l1_dead_bias": self.l1_dead_bias >= 0,
+            "lambda_pres": self.lambda_pres >= 0, "pres_batch_size": self.pres_batch_size >= 1,
+            "select_tolerance": self.select_tolerance >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ValueError(f"invalid training settings: {values} (epochs, batch sizes and lr "
+                             "must be positive; coefficients must not be negative)")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        resolve_device(self.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; "
+                         "use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+def is_language_model(model: nn.Module) -> bool:
+    """Language models take token ids and return (logits, loss), nanoGPT style."""
+    return hasattr(model, "config") and hasattr(model.config, "vocab_size")
+
+
+def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for either kind of model (targets of -1 are padding)."""
+    if is_language_model(model):
+        logits = model(x)[0]
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+    return F.cross_entropy(model(x), y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device,
+             batch_size: int = 1000) -> dict[str, float]:
+    """Mean loss (and accuracy for classifiers) over a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    language = is_language_model(model)
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        x, y = x.to(device), y.to(device)
+        if language:
+            logits = model(x)[0]
+            mask = y != -1
+            total_loss += float(F.cross_entropy(logits[mask], y[mask], reduction="sum"))
+            count += int(mask.sum())
+        else:
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+    model.train(was_training)
+    metrics = {"loss": total_loss / max(count, 1)}
+    if not language:
+        metrics["accuracy"] = correct / max(count, 1)
+    return metrics
+
+
+def score(metrics: dict[str, float]) -> float:
+    """Higher is better: accuracy for classifiers, negative loss (nats) for text."""
+    return metrics["accuracy"] if "accuracy" in metrics else -metrics["loss"]
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to one pixel (keeps the preservation set from being memorised)."""
+    if x.dim() != 4:
+        return x
+    dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the selected model state, its metrics, and the history."""
+
+    history: list[dict] = field(default_factory=list)
+    selected_epoch: int = 0
+    selected: dict = field(default_factory=dict)  # metrics of the selected epoch
+    feedback_events: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_json(obj: object, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(obj, handle, indent=1)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains ``model`` (optionally wrapped by ``compression``) on ``train``; see module doc.
+
+    ``preservation`` is a TensorDataset of critical training examples (already selected);
+    it adds the preservation loss and, when ``config.feedback`` is set, the controller.
+    """
+
+    def __init__(self, model: nn.Module, train: TensorDataset, val: TensorDataset,
+                 config: TrainConfig, *, compression: SelfCompression | None = None,
+                 preservation: TensorDataset | None = None,
+                 out_dir: str | os.PathLike[str] | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.compression = compression
+        self.train_set, self.val_set = train, val
+        self.preservation = preservation
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        seed_everything(config.seed)
+        self.loader_generator = torch.Generator().manual_seed(config.seed)
+        self.pres_generator = torch.Generator().manual_seed(config.seed + 1)
+        groups = (compression.param_groups(lr_quant=config.lr_quant, eps_quant=config.eps_quant,
+                                           lr_weights=config.lr,
+                                           weight_decay=config.weight_decay)
+                  if compression is not None else
+                  [{"params": list(model.parameters()), "lr": config.lr,
+                    "weight_decay": config.weight_decay}])
+        self.optimizer = torch.optim.AdamW(groups)
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        if config.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total)
+                                                                 / total)))
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.feedback = self._make_feedback()
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_score = -math.inf
+        self.selected_epoch = 0
+        self.selected_state: dict | None = None
+        self.wall_s = 0.0
+
+    # ------------------------------------------------------------------ pieces
+
+    def _make_feedback(self) -> FeedbackController | None:
+        if self.config.feedback is None or self.preservation is None:
+            return None
+        if self.compression is None:
+            raise ValueError("the feedback controller needs a SelfCompression to act on")
+        return FeedbackController(
+            self.compression,
+            evaluate=lambda: self._preservation_metrics(),
+            preservation_loss=lambda: self._preservation_loss_full(),
+            config=self.config.feedback,
+        )
+
+    def _preservation_metrics(self) -> tuple[float, float]:
+        metrics = evaluate(self.model, self.preservation, self.device)
+        return metrics.get("accuracy", -metrics["loss"]), metrics["loss"]
+
+    def _preservation_loss_full(self) -> torch.Tensor:
+        x, y = (t.to(self.device) for t in self.preservation.tensors)
+        was_training = self.model.training
+        self.model.eval()  # sensitivities of the model as it is evaluated
+        loss = task_loss(self.model, x, y)
+        self.model.train(was_training)
+        return loss
+
+    def _preservation_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.preservation)
+        idx = torch.randint(n, (min(self.config.pres_batch_size, n),),
+                            generator=self.pres_generator)
+        x, y = self.preservation.tensors[0][idx], self.preservation.tensors[1][idx]
+        if self.config.pres_augment:
+            x = _augment(x, self.pres_generator)
+        return x.to(self.device), y.to(self.device)
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term of the loss for one batch, before weighting (for logging)."""
+        cfg = self.config
+        terms = {"task": task_loss(self.model, x, y)}
+        if cfg.l1_weights:
+            terms["l1"] = sum(p.abs().sum() for p in self.model.parameters() if p.dim() >= 2)
+        if self.compression is not None:
+            terms["size"] = self.compression.size_loss()
+            if cfg.l1_dead_bias:
+                terms["dead_bias"] = self.compression.dead_bias_l1()
+        if self.preservation is not None and cfg.lambda_pres:
+            terms["preservation"] = task_loss(self.model, *self._preservation_batch())
+        return terms
+
+    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        weights = {"task": 1.0, "l1": cfg.l1_weights, "size": cfg.gamma,
+                   "dead_bias": cfg.l1_dead_bias, "preservation": cfg.lambda_pres}
+        return sum(weights[k] * v for k, v in terms.items())
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True,
+                            generator=self.loader_generator, drop_last=False)
+        for x, y in loader:
+            yield x.to(self.device), y.to(self.device)
+
+    # ------------------------------------------------------------------ epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(self._batches(), total=self.steps_per_epoch, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                   disable=not self.config.progress)
+        for x, y in bar:
+            terms = self.loss_terms(x, y)
+            loss = self.total_loss(terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            if self.feedback is not None:
+                self.feedback.maybe_check(self.step, self.optimizer)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+
+    def epoch_metrics(self, train_metrics: dict[str, float]) -> dict:
+        val = evaluate(self.model, self.val_set, self.device)
+        row = {"epoch": self.epoch, "step": self.step, **train_metrics,
+               **{f"val_{k}": v for k, v in val.items()}}
+        if self.preservation is not None:
+            pres = evaluate(self.model, self.preservation, self.device)
+            row.update({f"pres_{k}": v for k, v in pres.items()})
+        if self.compression is not None:
+            report = self.compression.size_report()
+            row.update({"Q": float(report["Q"]), "storage_bytes": int(report["storage_bytes"]),
+                        "live_weights": int(report["live_weights"])})
+        else:
+            row.update({"storage_bytes": float_storage_bytes(self.model),
+                        "live_weights": count_weights(self.model)})
+        if self.feedback is not None:
+            row["feedback_events"] = len(self.feedback.events)
+        return row
+
+    def _select(self, row: dict) -> None:
+        """Online selection on validation only (see the module docstring)."""
+        row_score = _row_score(row)
+        self.best_score = max(self.best_score, row_score)
+        if self.selected_state is None:
+            take = True
+        elif self.compression is None:
+            take = row_score > _row_score(self.history[self.selected_epoch - 1])
+        else:
+            floor = self.best_score - self.config.select_tolerance
+            current = self.history[self.selected_epoch - 1]
+            take = row_score >= floor and (row["storage_bytes"] <= current["storage_bytes"]
+                                           or _row_score(current) < floor)
+        if take:
+            self.selected_epoch = row["epoch"]
+            self.selected_state = copy.deepcopy(self.model.state_dict())
+
+    def fit(self) -> TrainResult:
+        """Train for the configured epochs, resuming from a checkpoint in ``out_dir``."""
+        self._resume()
+        if self.feedback is not None and self.step == 0:
+            self.feedback.check(0, self.optimizer)  # the reference level: start of compression
+        start = time.perf_counter() - self.wall_s
+        epochs = range(self.epoch, self.config.epochs)
+        for _ in tqdm(epochs, desc="epochs", disable=not self.config.progress,
+                      initial=self.epoch, total=self.config.epochs):
+            train_metrics = self.train_epoch()
+            self.epoch += 1
+            row = self.epoch_metrics(train_metrics)
+            self.wall_s = time.perf_counter() - start
+            row["wall_s"] = self.wall_s
+            self.history.append(row)
+            self._select(row)
+            self._checkpoint()
+        if self.selected_state is not None:
+            self.model.load_state_dict(self.selected_state)
+        result = TrainResult(
+            history=self.history, selected_epoch=self.selected_epoch,
+            selected=self.history[self.selected_epoch - 1] if self.history else {},
+            feedback_events=([asdict(e) for e in self.feedback.events]
+                             if self.feedback else []),
+            wall_s=self.wall_s)
+        if self.out_dir is not None:
+            _atomic_json({"config": _config_dict(self.config), "history": self.history,
+                          "selected_epoch": self.selected_epoch,
+                          "feedback_events": result.feedback_events,
+                          "feedback_checks": self.feedback.checks if self.feedback else []},
+                         self.out_dir / HISTORY)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": _config_dict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "wall_s": self.wall_s,
+            "history": json.dumps(self.history),
+            "best_score": self.best_score, "selected_epoch": self.selected_epoch,
+            "selected_state": self.selected_state,
+            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(),
+                    "pres": self.pres_generator.get_state()},
+            "feedback": self.feedback.state_dict() if self.feedback else None,
+        }
+        _atomic_torch_save(state, self.out_dir / CHECKPOINT)
+
+    def _resume(self) -> None:
+        path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
+        if path is None or not path.exists():
+            return
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # a damaged checkpoint must not be silently ignored
+            raise RuntimeError(f"checkpoint {path} cannot be read: it is damaged or not an sgsc "
+                               f"checkpoint ({type(err).__name__}); delete it to start this "
+                               "run again from scratch") from err
+        if state["config"] != _config_dict(self.config):
+            raise ValueError(f"checkpoint {path} was written with other settings; use another "
+                             "--out directory or delete it to start again")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.wall_s = state["epoch"], state["step"], state["wall_s"]
+        self.history = json.loads(state["history"])
+        self.best_score, self.selected_epoch = state["best_score"], state["selected_epoch"]
+        self.selected_state = state["selected_state"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.loader_generator.set_state(state["rng"]["loader"])
+        self.pres_generator.set_state(state["rng"]["pres"])
+        if self.feedback is not None and state["feedback"] is not None:
+            self.feedback.load_state_dict(state["feedback"])
+
+
+def _row_score(row: dict) -> float:
+    return score({k[4:]: v for k, v in row.items() if k.startswith("val_")})
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    """The settings that define a run (progress bars and device do not change results)."""
+    values = asdict(config)
+    values.pop("progress")
+    values.pop("device")
+    return values
+
+
+def count_weights(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def float_storage_bytes(model: nn.Module) -> int:
+    """A float model stores every parameter and buffer at its dtype."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())

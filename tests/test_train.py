@@ -1,0 +1,154 @@
+"""Training loop and runs: compression that keeps accuracy, resume, selection, CLI, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from sgsc import runs
+from sgsc.cli import main
+from sgsc.compress import SelfCompression
+from sgsc.models import CNNConfig, build_model
+from sgsc.train import CHECKPOINT, TrainConfig, Trainer, resolve_device
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return build_model("mnist_cnn", **dataclasses.asdict(CNNConfig.for_digits()))
+
+
+@pytest.fixture(scope="module")
+def sgsc_digits(tmp_path_factory):
+    """The default sgsc run on digits, and the float run it started from."""
+    out = tmp_path_factory.mktemp("runs")
+    compressed = runs.run("sgsc", "digits", out_dir=out, progress=False)
+    reference = runs.run("float", "digits", out_dir=out, progress=False)
+    return compressed, reference, out
+
+
+def test_sgsc_compresses_4x_and_keeps_accuracy(sgsc_digits):
+    compressed, reference, _ = sgsc_digits
+    assert compressed["storage_bits_counted"] * 4 <= reference["storage_bytes"] * 8
+    assert compressed["storage_bytes"] * 4 <= reference["storage_bytes"] * 1.1  # the real file
+    assert compressed["val_acc"] >= reference["val_acc"] - 0.01
+
+
+def test_result_schema(sgsc_digits):
+    compressed, reference, _ = sgsc_digits
+    for row in (compressed, reference):
+        for key in ("method", "data", "seed", "val_acc", "test_acc", "storage_bytes",
+                    "live_weights", "wall_s", "params"):
+            assert key in row, key
+    assert compressed["preservation_size"] == runs.DEFAULTS["digits"]["preservation_size"]
+    assert sum(compressed["preservation_counts"].values()) == compressed["preservation_size"]
+
+
+def test_history_logs_every_loss_term(sgsc_digits):
+    _, _, out = sgsc_digits
+    [history_file] = out.glob("digits/sgsc-*/history.json")
+    history = json.loads(history_file.read_text())
+    row = history["history"][-1]
+    for key in ("train_task", "train_size", "train_dead_bias", "train_preservation", "val_loss",
+                "val_accuracy", "pres_accuracy", "Q", "storage_bytes", "live_weights"):
+        assert key in row, key
+    assert history["config"]["gamma"] > 0 and history["config"]["lambda_pres"] > 0
+    assert history["feedback_checks"], "the controller evaluated the preservation set"
+    # storage falls during training: compression comes from the loss
+    assert history["history"][-1]["storage_bytes"] < history["history"][0]["storage_bytes"]
+
+
+def _fit(digits, out_dir, epochs=3, **kwargs):
+    model = _cnn()
+    sc = SelfCompression(model)
+    config = TrainConfig(epochs=epochs, batch_size=64, gamma=0.1, progress=False, **kwargs)
+    trainer = Trainer(model, digits.train, digits.val, config, compression=sc, out_dir=out_dir)
+    return trainer, trainer.fit()
+
+
+def _without_time(history):
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in history]
+
+
+def test_killed_run_resumes_to_the_same_metrics(digits, tmp_path, monkeypatch):
+    _, uninterrupted = _fit(digits, tmp_path / "a")
+
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def dies_in_second_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(digits, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert (tmp_path / "b" / CHECKPOINT).exists()
+    trainer, resumed = _fit(digits, tmp_path / "b")
+    assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+    assert resumed.selected_epoch == uninterrupted.selected_epoch
+
+
+def test_same_seed_same_numbers(digits):
+    _, first = _fit(digits, None, epochs=1)
+    _, second = _fit(digits, None, epochs=1)
+    assert _without_time(first.history) == _without_time(second.history)
+
+
+def test_damaged_checkpoint_is_a_clear_error(digits, tmp_path):
+    _fit(digits, tmp_path, epochs=1)
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot be read.*delete it"):
+        _fit(digits, tmp_path, epochs=1)
+    assert (tmp_path / CHECKPOINT).read_bytes() == b"not a checkpoint"  # nothing lost
+
+
+def test_checkpoint_of_other_settings_is_refused(digits, tmp_path):
+    _fit(digits, tmp_path, epochs=1)
+    with pytest.raises(ValueError, match="other settings"):
+        _fit(digits, tmp_path, epochs=2)
+
+
+def test_selection_uses_validation_and_prefers_smaller(digits):
+    trainer, result = _fit(digits, None, epochs=3)
+    best = max(row["val_accuracy"] for row in result.history)
+    chosen = result.history[result.selected_epoch - 1]
+    assert chosen["val_accuracy"] >= best - trainer.config.select_tolerance
+    assert all("test" not in key for key in chosen)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"gamma": -0.1},
+                                 {"schedule": "step"}, {"device": "tpu"}])
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_cli_run_prints_one_json_line(tmp_path, capsys):
+    code = main(["run", "float", "--data", "digits", "--epochs", "1", "--out", str(tmp_path),
+                 "--no-progress"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    row = json.loads(lines[0])
+    assert row["method"] == "float" and row["data"] == "digits" and row["seed"] == 0
+    assert 0 <= row["test_acc"] <= 1 and row["storage_bytes"] > 0
+
+
+def test_cli_run_rejects_unknown_method(tmp_path, capsys):
+    assert main(["run", "magic", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
