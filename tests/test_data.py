@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgsc import data
+from sgsc import data, sources
 from sgsc.cli import main
 
 
@@ -89,7 +89,7 @@ def test_offline_error_says_what_to_do(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", no_network)
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(data.DataError) as err:
         data.load_names()
@@ -116,11 +116,11 @@ def test_download_is_verified_before_it_lands(shared_data_dir, tmp_path, monkeyp
             return False
 
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(b"junk"))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Response(b"junk"))
     with pytest.raises(data.DataError, match="checksum mismatch"):
         data.fetch(("names",))
     assert not (tmp_path / "names" / "names.txt").exists()
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(good))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Response(good))
     assert all(s.ok for s in data.fetch(("names",)))
     assert (tmp_path / "names" / "names.txt").read_bytes() == good
 
