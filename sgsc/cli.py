@@ -50,6 +50,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report (owner: notebooks/report) ---------------------------------------------------
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sgsc import report
+
+    try:
+        folder = report.profile_report_dir(args.profile, args.reports)
+        path = report.build_report(folder, args.profile)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
+def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    report_cmd = commands.add_parser(
+        "report", help="build reports/<profile>/index.html from the notebooks' metrics",
+        description="Render reports/<profile>/index.html from the metrics files the "
+                    "notebooks wrote (tables, figures, provenance, timings).")
+    report_cmd.add_argument("--profile", default="paper", help="quick, paper or full")
+    report_cmd.add_argument("--reports", default="reports",
+                            help="folder holding one sub-folder per profile")
+    report_cmd.set_defaults(handler=_cmd_report)
+# --- end report -------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sgsc",
@@ -70,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train one method on one data set and print its result as JSON",
         description="Train METHOD on --data (float reference first for compressed methods), "
                     "select on validation, export the packed model, print one JSON line.")
-    run_cmd.add_argument("method", metavar="METHOD", help="float, sc or sgsc")
+    run_cmd.add_argument("method", metavar="METHOD",
+                         help="float, sc, sgsc, or a baseline: uniform-ptq-B, uniform-qat-B "
+                              "(B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
     run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
                                                           "tinyshakespeare")
     run_cmd.add_argument("--seed", type=int, default=0)
@@ -84,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     run_cmd.set_defaults(handler=_cmd_run)
+    _add_report_parser(commands)
     return parser
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sgsc import data as datasets
+from sgsc.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
 from sgsc.compress import SelfCompression
 from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
 from sgsc.feedback import FeedbackConfig
@@ -32,7 +33,8 @@ from sgsc.models import CNNConfig, build_model
 from sgsc.preservation import build_preservation_set
 from sgsc.train import TrainConfig, Trainer, count_weights, evaluate, float_storage_bytes
 
-METHODS = ("float", "sc", "sgsc")
+# Baselines (uniform-ptq-B, uniform-qat-B, diffq, cbtpe, cbtpe-tpe): see sgsc.baselines.
+METHODS = ("float", "sc", "sgsc", *BASELINE_METHODS)
 
 # Defaults per data set: model, float budget, compression budget and coefficients.
 DEFAULTS: dict[str, dict] = {
@@ -46,7 +48,9 @@ DEFAULTS: dict[str, dict] = {
     "mnist": {
         "model": ("mnist_cnn", dataclasses.asdict(CNNConfig())),
         "float": {"epochs": 3, "batch_size": 128, "lr": 3e-3},
-        "compress": {"epochs": 6, "batch_size": 128, "lr": 1e-3, "lr_quant": 0.05,
+        # SCNN's lr on b and e: fast descent, kept stable by the preservation loss,
+        # the feedback controller and the cosine schedule
+        "compress": {"epochs": 6, "batch_size": 128, "lr": 1e-3, "lr_quant": 0.5,
                      "gamma": 0.05},
         "preservation_size": 1000,
     },
@@ -128,6 +132,15 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         preservation_size: int | None = None, **overrides) -> dict:
     """Run ``method`` on ``data_name``; see the module docstring for the result."""
     _check(method, data_name)
+    # --- baselines: uniform PTQ/QAT, DiffQ, CB-TPE (sgsc.baselines) -------------------
+    if method in BASELINE_METHODS:
+        if preservation_size is not None:
+            raise ValueError(f"{method} uses no preservation set; drop preservation_size")
+        from sgsc import baselines
+
+        return baselines.run(method, data_name, seed=seed, out_dir=out_dir, device=device,
+                             progress=progress, float_overrides=float_overrides, **overrides)
+    # --- end baselines ----------------------------------------------------------------
     start = time.perf_counter()
     root = Path(out_dir) / data_name
     if method == "float":  # the method's own settings are the float model's
@@ -142,7 +155,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
                   **_metrics("val", evaluate(float_model, splits.val, dev)),
                   **_metrics("test", evaluate(float_model, splits.test, dev))}
-        return _finish(method, data_name, seed, result, start, root)
+        return _finish(method, data_name, seed, result, start, root / f"float-s{seed}")
 
     config = train_config(method, data_name, seed=seed, device=device, progress=progress,
                           **overrides)
@@ -158,6 +171,9 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model)
     out = root / f"{method}-s{seed}-{_digest(config, pres_info)}"
+    if method == "sgsc":  # which examples guided the run, for figures and audits
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "preservation.json").write_text(json.dumps(chosen.to_dict()))
     trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
                       preservation=preservation, out_dir=out)
     trained = trainer.fit()
@@ -193,7 +209,7 @@ def _digest(config: TrainConfig, extra: dict) -> str:
 def _finish(method: str, data_name: str, seed: int, result: dict, start: float,
             folder: Path) -> dict:
     row = {"method": method, "data": data_name, "seed": seed, **result,
-           "wall_s": round(time.perf_counter() - start, 2)}
+           "wall_s": round(time.perf_counter() - start, 2), "run_dir": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text(json.dumps(row, indent=1))
     return row

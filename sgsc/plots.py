@@ -1,0 +1,229 @@
+"""Figures of the notebooks.  Each function returns a ``matplotlib.figure.Figure`` built
+without pyplot (so it works headless and never leaks open figures); a notebook shows it
+as the last expression of a cell and keeps it with :func:`save_figure`."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sgsc.quant import init_exponent_maxabs, quantize
+from sgsc.report import FIGURES, mean_std
+
+METHOD_COLORS = {"float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728"}
+_EXTRA_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e")
+
+
+def method_color(method: str) -> str:
+    """A fixed colour per method, so every figure agrees."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
+
+
+def save_figure(fig: Figure, report_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write ``fig`` as PNG and SVG to ``<report_dir>/figures/<name>.{png,svg}``."""
+    folder = Path(report_dir) / FIGURES
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+# ----------------------------------------------------------------------------- the quantizer
+
+
+def quantizer_curves(settings: Sequence[tuple[float, float]], *, w_max: float = 1.0,
+                     points: int = 2001) -> Figure:
+    """``q(w)`` against ``w`` for several (bit depth, exponent) pairs, one panel each."""
+    w = torch.linspace(-w_max, w_max, points).view(-1, 1)  # one channel, many weights
+    cols = min(len(settings), 3)
+    rows = math.ceil(len(settings) / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (b, e) in zip(axes, settings, strict=False):
+        q = quantize(w.T, torch.tensor([float(b)]), torch.tensor([float(e)])).ravel()
+        ax.plot(w.ravel(), w.ravel(), color="#bbbbbb", lw=1, label="w")
+        ax.plot(w.ravel(), q, color="#d62728", lw=1.5, label="q(w)")
+        levels = len(torch.unique(q))
+        ax.set_title(f"b = {b:g}, e = {e:g}: {levels} value{'s' * (levels > 1)}, "
+                     f"{math.ceil(max(b, 0))} bits stored", fontsize=9)
+        ax.set_xlabel("w")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(settings):]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layer_quantization(weight: torch.Tensor, bits: Sequence[float], *,
+                       channel: int = 0) -> Figure:
+    """One channel of a trained layer: its weights, and their quantized values at several
+    bit depths (exponent chosen so that the largest weight just fits)."""
+    row = weight.detach().reshape(weight.shape[0], -1)[channel : channel + 1].float()
+    fig = Figure(figsize=(3.6 * len(bits), 3.0))
+    axes = fig.subplots(1, len(bits), squeeze=False).ravel()
+    order = torch.argsort(row.ravel())
+    for ax, b in zip(axes, bits, strict=True):
+        e = init_exponent_maxabs(row, float(b))
+        q = quantize(row, torch.tensor([float(b)]), e)
+        error = (q - row).abs().mean().item()
+        ax.plot(row.ravel()[order], "o", ms=3, color="#999999", label="w")
+        ax.plot(q.ravel()[order], "_", ms=9, mew=2, color="#d62728", label="q(w)")
+        ax.set_title(f"b = {b:g}: {len(torch.unique(q))} distinct values, "
+                     f"mean |q - w| = {error:.3g}", fontsize=8)
+        ax.set_xlabel("weights of the channel, sorted")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _epoch_of_step(history: Sequence[dict], step: float) -> float:
+    """Fractional epoch of an optimizer step, from the (step, epoch) pairs of the history."""
+    steps = [0] + [row["step"] for row in history]
+    epochs = [0] + [row["epoch"] for row in history]
+    return float(np.interp(step, steps, epochs))
+
+
+CURVES = (("val_accuracy", "validation accuracy", "linear"),
+          ("Q", "Q (bits per weight)", "linear"),
+          ("storage_bytes", "storage (bytes)", "log"),
+          ("pres_accuracy", "preservation-set accuracy", "linear"))
+
+
+def training_curves(runs: Mapping[str, dict], *, curves: Sequence[tuple[str, str, str]]
+                    = CURVES) -> Figure:
+    """Per-epoch curves of several runs (label -> ``history.json`` contents).
+
+    Feedback events are marked as dotted vertical lines in the run's colour; curves a run
+    does not log (Q of a float run) are absent from that panel, and panels no run logs
+    (preservation accuracy without SGSC) are left out.
+    """
+    logged = {k for run in runs.values() for row in run["history"] for k, v in row.items()
+              if v is not None}
+    curves = [c for c in curves if c[0] in logged] or list(curves[:1])
+    fig = Figure(figsize=(4.0 * len(curves), 3.2))
+    axes = fig.subplots(1, len(curves), squeeze=False).ravel()
+    for label, run in runs.items():
+        history = run["history"]
+        method = label.split()[0]
+        color = method_color(method)
+        epochs = [row["epoch"] for row in history]
+        for ax, (key, _, _) in zip(axes, curves, strict=True):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", ms=3,
+                        color=color, label=label)
+            for event in run.get("feedback_events", []):
+                ax.axvline(_epoch_of_step(history, event["step"]), color=color, ls=":",
+                           lw=1)
+            selected = run.get("selected_epoch")
+            if selected:
+                row = history[selected - 1]
+                if row.get(key) is not None:
+                    ax.plot([selected], [row[key]], "*", ms=10, color=color)
+    last = max((row["epoch"] for run in runs.values() for row in run["history"]), default=1)
+    for ax, (_, title, scale) in zip(axes, curves, strict=True):
+        ax.set_xlim(0.5, last + 0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_yscale(scale)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("training curves (★ selected epoch, dotted lines: feedback events)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def pareto(rows: Sequence[dict], *, x: str = "storage_bytes", y: str = "test_acc",
+           xlabel: str = "storage (bytes, log scale)", ylabel: str = "test accuracy") -> Figure:
+    """Each run as a dot; per method the mean with ±1 std error bars (log x)."""
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        members = [r for r in rows if r["method"] == method and r.get(y) is not None]
+        xs = [float(r[x]) for r in members]
+        ys = [float(r[y]) for r in members]
+        color = method_color(method)
+        ax.scatter(xs, ys, s=14, alpha=0.5, color=color)
+        (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
+        if mx is not None:
+            ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", ms=7, capsize=3,
+                        color=color, label=f"{method} (n={len(members)})")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def bit_depth_heatmaps(layers_by_run: Mapping[str, dict[str, dict[str, Any]]]) -> Figure:
+    """Per run: a layer x channel map of stored bit depths (pruned channels shown as 0,
+    after the stored ones), from :func:`sgsc.cache.stored_bit_depths`."""
+    n = len(layers_by_run)
+    fig = Figure(figsize=(7.5, 0.6 + 1.7 * n), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False).ravel()
+    top = max((int(layer["bits"].max()) for layers in layers_by_run.values()
+               for layer in layers.values() if len(layer["bits"])), default=8)
+    image = None
+    for ax, (label, layers) in zip(axes, layers_by_run.items(), strict=True):
+        width = max(layer["channels"] for layer in layers.values())
+        grid = np.full((len(layers), width), np.nan)
+        for i, layer in enumerate(layers.values()):
+            bits = layer["bits"]
+            grid[i, : len(bits)] = bits
+            grid[i, len(bits): layer["channels"]] = 0
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=top,
+                          interpolation="nearest")
+        ax.set_yticks(range(len(layers)), list(layers), fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("channel (stored, then pruned = 0)", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="bits per weight")
+    return fig
+
+
+def per_class(table: Sequence[dict], *, classes: Sequence[str] | None = None) -> Figure:
+    """Grouped bars: accuracy per class (``class_0`` ... columns) for each table row
+    (labelled by its ``method``)."""
+    columns = [k for k in table[0] if k.startswith("class_")]
+    labels = classes or [c.removeprefix("class_") for c in columns]
+    fig = Figure(figsize=(8.0, 3.4))
+    ax = fig.subplots()
+    width = 0.8 / len(table)
+    for i, row in enumerate(table):
+        positions = np.arange(len(columns)) + (i - (len(table) - 1) / 2) * width
+        ax.bar(positions, [row[c] for c in columns], width=width, label=row["method"],
+               color=method_color(row["method"]))
+    low = min(row[c] for row in table for c in columns)
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_xticks(range(len(columns)), labels)
+    ax.set_xlabel("class")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, ncols=min(len(table), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.2))
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,728 @@
+"""Notebook parameters, metrics files, provenance and the HTML report of a profile.
+
+The notebooks in ``notebooks/`` write everything they measure through this module:
+
+* :func:`check_parameters` validates a notebook's papermill parameters before any
+  training starts and returns the :class:`Profile` (data, seeds, epoch budgets);
+* :func:`save_table` / :func:`save_json` write ``<report_dir>/metrics/<name>.json`` (and
+  ``.csv`` for tables); :func:`save_run_info` records how a notebook ran (parameters,
+  git SHA, package versions, data checksums, hardware);
+* :func:`build_report` (``python -m sgsc report --profile P``) renders
+  ``reports/<profile>/index.html`` from those files alone: every number on the page is
+  read from a metrics file, and each carries the file and key it came from
+  (``<span class="num" data-src="metrics/f.json#3/test_acc">``) so that tests can check it;
+  strings, SHAs and checksums likewise (``span.val``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import html
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+METRICS = "metrics"
+FIGURES = "figures"
+TIMINGS = "timings"  # metrics/timings.json, written by run_all.sh
+PACKAGES = ("sgsc", "torch", "numpy", "scikit-learn", "pandas", "matplotlib", "seaborn",
+            "papermill", "nbconvert", "ipykernel")
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one profile runs.  Epoch budgets of ``None`` mean the data set's default
+    (``sgsc.runs.DEFAULTS``); methods of ``None`` mean every method of
+    ``sgsc.runs.METHODS`` (float, sc, sgsc and the baselines)."""
+
+    name: str
+    image_data: str  # 01_mnist_cnn
+    seeds: tuple[int, ...]
+    float_epochs: int | None
+    epochs: int | None
+    methods: tuple[str, ...] | None
+    tutorial_float_epochs: int  # 00_tutorial (always on digits)
+    tutorial_epochs: int
+    text_data: str  # 02_char_transformer
+    text_seeds: tuple[int, ...]
+    text_float_epochs: int | None
+    text_epochs: int | None
+    text_methods: tuple[str, ...]
+    text_model: dict[str, Any] | None = None  # overrides of the text model's config
+
+    def budget(self, kind: str = "image") -> dict[str, int | None]:
+        """Epoch budgets (``float_epochs``, ``epochs``) for :func:`sgsc.cache.run_grid` of
+        the image or the text notebook."""
+        if kind == "text":
+            return {"float_epochs": self.text_float_epochs, "epochs": self.text_epochs}
+        return {"float_epochs": self.float_epochs, "epochs": self.epochs}
+
+
+CORE_METHODS = ("float", "sc", "sgsc")
+PROFILES: dict[str, Profile] = {
+    # CI: the 8x8 digits, two seeds, a few epochs and the cheap baselines, so the image
+    # notebooks run in seconds; one epoch of names with a one-layer transformer.
+    "quick": Profile(
+        name="quick", image_data="digits", seeds=(0, 1), float_epochs=3, epochs=4,
+        methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
+        tutorial_float_epochs=4, tutorial_epochs=6,
+        text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
+        text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2}),
+    # The reported results: MNIST with three seeds and default budgets; of the baselines
+    # only the ones that train nothing (PTQ), so that it fits an hour on 2 CPU cores.
+    # Every method of the harness runs in "full".
+    "paper": Profile(
+        name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
+        methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8"),
+        tutorial_float_epochs=20, tutorial_epochs=20,
+        text_data="names", text_seeds=(0, 1, 2), text_float_epochs=None, text_epochs=None,
+        text_methods=CORE_METHODS),
+    # Five seeds, for tighter error bars.
+    "full": Profile(
+        name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
+        epochs=None, methods=None, tutorial_float_epochs=20, tutorial_epochs=20,
+        text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
+        text_epochs=None, text_methods=CORE_METHODS),
+}
+
+
+def _choices(values: Iterable[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def check_parameters(*, profile: str, device: str = "auto", force: int | bool = 0,
+                     seed: int | None = None, seeds: Sequence[int] | None = None,
+                     methods: Sequence[str] | None = None, threads: int = 0,
+                     epochs: int = 0, float_epochs: int = 0) -> Profile:
+    """Validate a notebook's parameters; return the :class:`Profile` they select.
+
+    Raises ``ValueError`` naming every bad parameter and its valid values, so that a
+    papermill run with a typo stops before any training starts.
+    """
+    problems = []
+    if profile not in PROFILES:
+        problems.append(f"profile must be one of {_choices(PROFILES)}, not {profile!r}")
+    if device not in DEVICES:
+        problems.append(f"device must be one of {_choices(DEVICES)}, not {device!r}")
+    elif device == "cuda" and not _cuda_available():
+        problems.append("device 'cuda' was asked for but no CUDA GPU is available; "
+                        "use 'auto' or 'cpu'")
+    if force not in (0, 1) or isinstance(force, float):
+        problems.append(f"force must be 0 or 1, not {force!r}")
+    for name, value in (("seed", seed), ("threads", threads), ("epochs", epochs),
+                        ("float_epochs", float_epochs),
+                        *((f"seeds[{i}]", s) for i, s in enumerate(seeds or ()))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            problems.append(f"{name} must be a non-negative integer, not {value!r}")
+    if methods:
+        from sgsc.runs import METHODS
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            problems.append(f"methods must be taken from {_choices(METHODS)}; unknown: "
+                            f"{_choices(unknown)}")
+    if problems:
+        raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(problems))
+    return PROFILES[profile]
+
+
+def budget(profile: Profile, kind: str = "image", *, float_epochs: int = 0,
+           epochs: int = 0) -> dict[str, int | None]:
+    """The profile's epoch budgets for the image or text notebook, with a notebook's
+    ``float_epochs`` / ``epochs`` parameters put in when they are not 0."""
+    chosen = profile.budget(kind)
+    if float_epochs:
+        chosen["float_epochs"] = float_epochs
+    if epochs:
+        chosen["epochs"] = epochs
+    return chosen
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` CPU threads in torch and in numpy/scikit-learn (0: leave as is).
+
+    The models here are small: on a busy machine extra threads mostly wait for each other
+    (a digits run was 30 times slower with two threads than with one on a loaded 2-core
+    machine), so the notebooks default to one.  Returns torch's thread count.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be a non-negative integer (0: leave as is), "
+                         f"not {threads!r}")
+    import torch
+
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)
+    return torch.get_num_threads()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def selected_methods(methods: Sequence[str] | None, profile: Profile | None = None,
+                     kind: str = "image") -> list[str]:
+    """``methods`` as given; when empty, the profile's methods for ``kind`` ("image" or
+    "text"), or every method of ``sgsc.runs.METHODS`` (which lists the baselines too)."""
+    from sgsc.runs import METHODS
+
+    if methods:
+        return list(methods)
+    if profile is None:
+        return list(METHODS)
+    chosen = profile.text_methods if kind == "text" else profile.methods
+    return list(METHODS) if chosen is None else [m for m in chosen if m in METHODS]
+
+
+# ----------------------------------------------------------------------------- metrics files
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, numpy scalars become Python numbers."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def metrics_dir(report_dir: str | os.PathLike[str]) -> Path:
+    """``<report_dir>/metrics``, created if missing."""
+    path = Path(report_dir) / METRICS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_json(obj: Any, report_dir: str | os.PathLike[str], name: str) -> Path:
+    """Write ``obj`` to ``<report_dir>/metrics/<name>.json``."""
+    path = metrics_dir(report_dir) / f"{name}.json"
+    path.write_text(json.dumps(_clean(obj), indent=1, default=str) + "\n")
+    return path
+
+
+def save_table(rows: Any, report_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write a table (list of flat dicts, or a pandas DataFrame) as JSON and CSV.
+
+    Nested values (dicts, lists) are kept in the JSON and written as JSON text in the CSV.
+    """
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    records = [_clean(dict(r)) for r in records]
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    json_path = save_json(records, report_dir, name)
+    csv_path = json_path.with_suffix(".csv")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                             for k, v in record.items()})
+    return [json_path, csv_path]
+
+
+def load_table(report_dir: str | os.PathLike[str], name: str) -> list[dict]:
+    """Read back a table written by :func:`save_table`."""
+    return json.loads((Path(report_dir) / METRICS / f"{name}.json").read_text())
+
+
+def summarize(rows: Sequence[dict], by: str, columns: Sequence[str]) -> list[dict]:
+    """Per value of ``by`` (in first-seen order): n and mean/std of each column.
+
+    ``std`` is the sample standard deviation (ddof=1; 0 for a single row); rows where a
+    column is missing or None are left out of that column's statistics.
+    """
+    groups: dict[Any, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row[by], []).append(row)
+    table = []
+    for key, members in groups.items():
+        out: dict[str, Any] = {by: key, "n": len(members)}
+        for column in columns:
+            values = [float(r[column]) for r in members if r.get(column) is not None]
+            mean, std = mean_std(values)
+            out[f"{column}_mean"], out[f"{column}_std"] = mean, std
+        table.append(out)
+    return table
+
+
+def compare_to_float(rows: Sequence[dict], *, size: str = "storage_bytes",
+                     score: str = "test_acc", lower_is_better: bool = False) -> list[dict]:
+    """Rows with ``compression`` (float size / size) and how much worse than the float
+    run of the same data and seed the score is (None without one): ``<score>_drop``
+    (float - score) for accuracies, ``<score>_rise`` (score - float) for losses."""
+    reference = {(r["data"], r["seed"]): r for r in rows if r["method"] == "float"}
+    column = f"{score}_rise" if lower_is_better else f"{score}_drop"
+    out = []
+    for row in rows:
+        ref = reference.get((row["data"], row["seed"]))
+        row = dict(row)
+        row["compression"] = (ref[size] / row[size]) if ref and row.get(size) else None
+        worse = None
+        if ref and row.get(score) is not None:
+            worse = row[score] - ref[score] if lower_is_better else ref[score] - row[score]
+        row[column] = worse
+        out.append(row)
+    return out
+
+
+def average(rows: Sequence[dict], by: str, columns: Sequence[str]) -> list[dict]:
+    """Per value of ``by``: the mean of each column (a compact table for figures)."""
+    return [{by: r[by], **{c: r[f"{c}_mean"] for c in columns}}
+            for r in summarize(rows, by, columns)]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None for none)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def git_state(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The commit (``sha``) and whether the working tree has uncommitted changes."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=20, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha or "unknown", "dirty": None if status is None else bool(status)}
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """Installed version of each package (``"absent"`` when not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    """CPU count, torch threads and GPU (if any) of this process."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def data_checksums(datasets: Sequence[str]) -> list[dict[str, Any]]:
+    """Per file of each data set: its expected sha256 and whether the local copy verifies.
+
+    ``digits`` ships inside scikit-learn; its checksum is the sha256 of the image and
+    label arrays as loaded.
+    """
+    from sgsc import data
+
+    rows = []
+    for name in dict.fromkeys(datasets):
+        if name in data.FILES:
+            for status, file in zip(data.verify((name,)), data.FILES[name], strict=True):
+                rows.append({"dataset": name, "file": file.name, "sha256": file.sha256,
+                             "verified": bool(status.ok)})
+        elif name == "digits":
+            from sklearn.datasets import load_digits
+
+            bunch = load_digits()
+            digest = hashlib.sha256(bunch.images.astype("<f8").tobytes()
+                                    + bunch.target.astype("<i8").tobytes()).hexdigest()
+            rows.append({"dataset": name, "file": "sklearn.datasets.load_digits",
+                         "sha256": digest, "verified": True})
+        else:
+            raise ValueError(f"unknown data set {name!r}; choose from {_choices(data.DATASETS)}")
+    return rows
+
+
+def run_info(notebook: str, parameters: dict[str, Any], datasets: Sequence[str]) -> dict:
+    """Everything needed to say how a notebook's numbers were made."""
+    return {"notebook": notebook, "parameters": dict(parameters),
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "git": git_state(), "packages": package_versions(), "hardware": hardware(),
+            "data": data_checksums(datasets)}
+
+
+def save_run_info(report_dir: str | os.PathLike[str], notebook: str,
+                  parameters: dict[str, Any], datasets: Sequence[str]) -> Path:
+    """Write :func:`run_info` to ``metrics/<notebook>__run.json``."""
+    return save_json(run_info(notebook, parameters, datasets), report_dir, f"{notebook}__run")
+
+
+# ----------------------------------------------------------------------------- claims
+
+VERDICTS = ("supported", "inconclusive", "not supported", "not measured")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the papers, made testable: a per-seed measurement and a threshold.
+
+    The verdict compares mean ± std (over seeds) with ``threshold``: *supported* when the
+    whole interval is on the claimed side, *not supported* when it is wholly on the other
+    side, *inconclusive* when it straddles the threshold.
+    """
+
+    id: str
+    source: str
+    claim: str
+    measurement: str
+    threshold: float
+    higher_is_better: bool
+
+    @property
+    def criterion(self) -> str:
+        side = ">" if self.higher_is_better else "<"
+        return f"mean ± std {side} {self.threshold:g}"
+
+
+SCNN = "Cséfalvay & Imber 2023 (SCNN)"
+SGSC = "Zbeeb et al. 2025 (SGSC)"
+CLAIMS = (
+    Claim("scnn-size", SCNN, "Self-compression makes the network several times smaller.",
+          "sc: float32 size / packed size (x); 4 = an 8-bit copy", 4.0, True),
+    Claim("scnn-accuracy", SCNN, "It keeps the float model's accuracy.",
+          "sc: float test accuracy - sc test accuracy (0.01 = 1 point)", 0.01, False),
+    Claim("scnn-channels", SCNN, "Bit depths reach zero, so whole channels are removed.",
+          "sc: channels removed from the packed file", 0.0, True),
+    Claim("sgsc-accuracy", SGSC, "Safety guidance gives higher test accuracy than plain "
+          "self-compression.", "sgsc - sc test accuracy, same seed", 0.0, True),
+    Claim("sgsc-size", SGSC, "It does so at about the same size.",
+          "sgsc size / sc size - 1, same seed", 0.05, False),
+    Claim("sgsc-worst-class", SGSC, "It protects the hardest cases: the worst class is "
+          "better kept.", "sgsc - sc accuracy of the worst class, same seed", 0.0, True),
+    Claim("sgsc-feedback", SGSC, "The feedback controller restores precision during "
+          "training.", "sgsc: feedback events per run", 0.0, True),
+    Claim("sgsc-text", SGSC, "It compresses a character-level transformer with a small "
+          "loss increase.", "sgsc test loss - float test loss (nats per character)",
+          0.05, False),
+)
+
+
+def verdict(mean: float | None, std: float | None, claim: Claim) -> str:
+    """One of :data:`VERDICTS` for a measurement of ``claim`` (see :class:`Claim`)."""
+    if mean is None:
+        return "not measured"
+    low, high = mean - (std or 0.0), mean + (std or 0.0)
+    if claim.higher_is_better:
+        return "supported" if low > claim.threshold else (
+            "not supported" if high <= claim.threshold else "inconclusive")
+    return "supported" if high < claim.threshold else (
+        "not supported" if low >= claim.threshold else "inconclusive")
+
+
+def _same_seed(rows: Sequence[dict], column: str, a: str, b: str,
+            combine=lambda x, y: x - y) -> list[float]:
+    """Per seed present in both: ``combine(method a's value, method b's value)``."""
+    by = {(r["method"], r["seed"]): r.get(column) for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    return [combine(by[(a, s)], by[(b, s)]) for s in seeds
+            if by.get((a, s)) is not None and by.get((b, s)) is not None]
+
+
+def _column(rows: Sequence[dict], method: str, column: str) -> list[float]:
+    return [float(r[column]) for r in rows if r["method"] == method
+            and r.get(column) is not None]
+
+
+def claim_measurements(tables: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Per claim id, the per-seed values measured from the notebooks' tables:
+    ``image_runs`` (01 runs), ``bit_depths`` and ``per_class_runs`` (01), and
+    ``text_runs`` (02).  Missing tables give empty measurements."""
+    runs = tables.get("image_runs", [])
+    bits = tables.get("bit_depths", [])
+    classes = tables.get("per_class_runs", [])
+    text = tables.get("text_runs", [])
+    removed: dict[int, int] = {}
+    for row in bits:
+        if row["method"] == "sc":
+            removed[row["seed"]] = removed.get(row["seed"], 0) + int(row["removed"])
+    worst = [{"method": r["method"], "seed": r["seed"],
+              "worst": min(v for k, v in r.items() if k.startswith("class_"))}
+             for r in classes]
+    return {
+        "scnn-size": _column(runs, "sc", "compression"),
+        "scnn-accuracy": _column(runs, "sc", "test_acc_drop"),
+        "scnn-channels": [float(v) for v in removed.values()],
+        "sgsc-accuracy": _same_seed(runs, "test_acc", "sgsc", "sc"),
+        "sgsc-size": _same_seed(runs, "storage_bytes", "sgsc", "sc", lambda x, y: x / y - 1),
+        "sgsc-worst-class": _same_seed(worst, "worst", "sgsc", "sc"),
+        "sgsc-feedback": _column(runs, "sgsc", "feedback_events"),
+        "sgsc-text": _column(text, "sgsc", "test_loss_rise"),
+    }
+
+
+def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
+    """The claims table: claim · measurement mean ± std (n seeds) · criterion · verdict."""
+    measured = claim_measurements(tables)
+    rows = []
+    for claim in CLAIMS:
+        values = measured.get(claim.id, [])
+        mean, std = mean_std(values)
+        rows.append({"id": claim.id, "source": claim.source, "claim": claim.claim,
+                     "measurement": claim.measurement, "value_mean": mean, "value_std": std,
+                     "n": len(values), "criterion": claim.criterion,
+                     "verdict": verdict(mean, std, claim)})
+    return rows
+
+
+def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:
+    """The tables :func:`assess_claims` reads, from a report folder (absent: empty)."""
+    names = {"image_runs": "01_mnist_cnn__runs", "bit_depths": "01_mnist_cnn__bit_depths",
+             "per_class_runs": "01_mnist_cnn__per_class_runs",
+             "text_runs": "02_char_transformer__runs"}
+    folder = Path(report_dir) / METRICS
+    return {key: load_table(report_dir, name) if (folder / f"{name}.json").exists() else []
+            for key, name in names.items()}
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def fmt(value: Any) -> str:
+    """How the report prints a number: ints with thousands separators, floats to 4
+    significant digits (from 1,000 on, as whole numbers with separators), booleans as
+    yes/no, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 1e3:
+            return f"{value:,.0f}"
+        text = f"{value:.4g}"
+        return text if "e" not in text else f"{value:.2e}"
+    return str(value)
+
+
+def lookup(obj: Any, key: str) -> Any:
+    """Follow ``a/0/b`` through dicts and lists (the ``#`` part of a ``data-src``)."""
+    for part in key.split("/") if key else ():
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: Any, src: str) -> str:
+    """One value with its source: numbers as ``span.num`` (text :func:`fmt`), everything
+    else as ``span.val`` (strings as they are, lists and dicts as JSON)."""
+    if _is_number(value):
+        return f'<span class="num" data-src="{html.escape(src)}">{fmt(value)}</span>'
+    if value is None or isinstance(value, bool):
+        return fmt(value)
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return f'<span class="val" data-src="{html.escape(src)}">{html.escape(text)}</span>'
+
+
+def _paired(columns: list[str]) -> list[tuple[str, str | None]]:
+    """Merge ``x_mean`` with ``x_std`` into one ``x`` column shown as mean ± std."""
+    merged: list[tuple[str, str | None]] = []
+    for column in columns:
+        if column.endswith("_std") and f"{column[:-4]}_mean" in columns:
+            continue
+        std = f"{column[:-5]}_std" if column.endswith("_mean") else None
+        merged.append((column, std if std in columns else None))
+    return merged
+
+
+def render_table(records: list[dict], file: str, max_rows: int = 40, prefix: str = "") -> str:
+    """An HTML table of a metrics table; ``file`` is its path relative to index.html and
+    ``prefix`` the key of the table inside that file (empty: the file is the table)."""
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    pairs = _paired(columns)
+    head = "".join(f"<th>{html.escape(c[:-5] if s else c)}</th>" for c, s in pairs)
+    body = []
+    for i, record in enumerate(records[:max_rows]):
+        cells = []
+        for column, std in pairs:
+            text = _cell(record.get(column), f"{file}#{prefix}{i}/{column}")
+            if std is not None and record.get(std) is not None:
+                text += " ± " + _cell(record.get(std), f"{file}#{prefix}{i}/{std}")
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    more = (f"<p class='note'>first {max_rows} rows of {len(records)}</p>"
+            if len(records) > max_rows else "")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def render_mapping(obj: dict, file: str, prefix: str = "") -> str:
+    """A two-column table of a (nested) dict, numbers with their source."""
+    rows = []
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.append(f"<tr><th>{html.escape(str(key))}</th><td>"
+                        f"{render_mapping(value, file, path + '/')}</td></tr>")
+        else:
+            rows.append(f"<tr><th>{html.escape(str(key))}</th>"
+                        f"<td>{_cell(value, f'{file}#{path}')}</td></tr>")
+    return f"<table class='kv'>{''.join(rows)}</table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+span.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0; }
+.note { color: #666; font-size: 0.85em; }
+code { font-size: 0.85em; }
+"""
+
+
+def _notebooks(report_dir: Path) -> list[str]:
+    """Notebook stems that left metrics files (``<stem>__<table>.json``) or outputs."""
+    stems = {p.name.split("__")[0] for p in (report_dir / METRICS).glob("*__*.json")}
+    stems |= {p.stem for p in report_dir.glob("[0-9]*.ipynb")}
+    return sorted(stems)
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _section(report_dir: Path, stem: str) -> str:
+    """Links, tables, figures and provenance of one notebook."""
+    parts = [f"<h2 id='{html.escape(stem)}'>{html.escape(stem)}</h2>"]
+    links = [f"<a href='{name}'>{label}</a>" for name, label in
+             ((f"{stem}.html", "executed notebook (HTML)"), (f"{stem}.ipynb", "notebook"))
+             if (report_dir / name).exists()]
+    if links:
+        parts.append("<p>" + " · ".join(links) + "</p>")
+    tables = sorted((report_dir / METRICS).glob(f"{stem}__*.json"))
+    # Summaries first: they are the headline numbers.
+    tables.sort(key=lambda p: (0 if "summary" in p.stem else 1, p.stem))
+    for path in tables:
+        table = path.stem.split("__", 1)[1]
+        if table == "run":
+            continue
+        file = f"{METRICS}/{path.name}"
+        obj = _load(path)
+        csv_link = f" · <a href='{METRICS}/{path.stem}.csv'>CSV</a>" \
+            if path.with_suffix(".csv").exists() else ""
+        parts.append(f"<h3>{html.escape(table.replace('_', ' '))}</h3>"
+                     f"<p class='note'><a href='{file}'>JSON</a>{csv_link}</p>")
+        if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
+            parts.append(render_table(obj, file))
+        elif isinstance(obj, dict):
+            parts.append(render_mapping(obj, file))
+    for png in sorted((report_dir / FIGURES).glob(f"{stem}*.png")):
+        svg = png.with_suffix(".svg")
+        svg_link = f" · <a href='{FIGURES}/{svg.name}'>SVG</a>" if svg.exists() else ""
+        parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{png.stem}'>"
+                     f"<figcaption><code>{html.escape(png.stem)}</code>{svg_link}"
+                     "</figcaption></figure>")
+    run = report_dir / METRICS / f"{stem}__run.json"
+    if run.exists():
+        parts.append(f"<h3>provenance</h3><p class='note'><a href='{METRICS}/{run.name}'>JSON"
+                     "</a></p>" + _provenance(_load(run), f"{METRICS}/{run.name}"))
+    return "\n".join(parts)
+
+
+def _provenance(info: dict, file: str) -> str:
+    """Parameters, git, packages, hardware and data checksums of one notebook run."""
+    blocks = {k: v for k, v in info.items() if k != "data"}
+    text = render_mapping(blocks, file)
+    data = info.get("data") or []
+    if data:
+        text += "<h4>data</h4>" + render_table(data, file, prefix="data/")
+    return text
+
+
+def _timings(report_dir: Path) -> str:
+    path = report_dir / METRICS / f"{TIMINGS}.json"
+    if not path.exists():
+        return "<p class='note'>no timings recorded (run_all.sh writes them)</p>"
+    obj = _load(path)
+    file = f"{METRICS}/{path.name}"
+    return render_mapping(obj, file) if isinstance(obj, dict) else render_table(obj, file)
+
+
+def build_report(report_dir: str | os.PathLike[str], profile: str | None = None) -> Path:
+    """Write ``<report_dir>/index.html`` from the metrics files there; return its path.
+
+    Writes ``metrics/report.json`` first (build time, git state and packages of the
+    process building the report) so that it, too, is shown from a file.
+    """
+    report_dir = Path(report_dir)
+    if not (report_dir / METRICS).is_dir():
+        raise FileNotFoundError(f"{report_dir / METRICS} does not exist: run the notebooks "
+                                "first (./run_all.sh --profile ...)")
+    profile = profile or report_dir.name
+    save_json({"profile": profile,
+               "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+               "git": git_state(), "packages": package_versions()}, report_dir, "report")
+    stems = _notebooks(report_dir)
+    build = f"{METRICS}/report.json"
+    toc = "".join(f"<li><a href='#{html.escape(s)}'>{html.escape(s)}</a></li>" for s in stems)
+    body = [f"<h1>sgsc report: profile <code>{html.escape(profile)}</code></h1>",
+            "<p>Every number on this page is read from a file under <code>metrics/</code>; "
+            "each carries the file and key it came from in its <code>data-src</code> "
+            "attribute.</p>",
+            f"<ul>{toc}</ul>",
+            "<h2>build</h2>", render_mapping(_load(report_dir / build), build),
+            "<h2>wall time per notebook</h2>", _timings(report_dir)]
+    body += [_section(report_dir, stem) for stem in stems]
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>sgsc report ({html.escape(profile)})</title><style>{_STYLE}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+    path = report_dir / "index.html"
+    path.write_text(page)
+    return path
+
+
+def profile_report_dir(profile: str, root: str | os.PathLike[str] = "reports") -> Path:
+    """``<root>/<profile>``, after checking the profile name."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {_choices(PROFILES)}, not {profile!r}")
+    return Path(root) / profile

@@ -1,0 +1,236 @@
+"""The notebooks: committed clean, parameterized, and runnable end to end (quick profile).
+
+Each notebook is executed once with papermill in its ``quick`` profile (the 8x8 digits and
+a few epochs; well under a minute each) into a temporary folder; the figures and metrics
+it promises must exist, and the report built from them must pass the same number check as
+``test_report``.  Invalid parameters must stop a notebook before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from test_report import check_index
+
+from sgsc import data, report
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REQUIRED_PARAMETERS = ("profile", "device", "force", "seed", "out_dir", "report_dir")
+# What each notebook must leave in the report folder (figures as PNG and SVG).
+EXPECTED = {
+    "00_tutorial": {"figures": ("quantizer", "layer", "training", "preservation"),
+                    "metrics": ("results", "run")},
+    "01_mnist_cnn": {"figures": ("pareto", "training", "bit_depths", "preservation",
+                                 "per_class"),
+                     "metrics": ("runs", "summary", "bit_depths", "per_class", "run")},
+    "02_char_transformer": {"figures": ("pareto", "training"),
+                            "metrics": ("runs", "summary", "samples", "run")},
+    "05_paper_claims": {"figures": (), "metrics": ("claims", "run")},
+}
+NEEDS_DATA = {"02_char_transformer": "names"}
+
+
+def _notebooks() -> list[str]:
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
+
+
+def _missing_data(name: str) -> str | None:
+    """Why a notebook cannot run here (its data set is not available), or None."""
+    dataset = NEEDS_DATA.get(name)
+    if dataset is None:
+        return None
+    root = os.environ.get(data.DATA_DIR_ENV)
+    files = data.FILES[dataset]
+    if root and all(data.locate(f, Path(root)) is not None for f in files):
+        return None
+    return f"{dataset} data not found (set {data.DATA_DIR_ENV})"
+
+
+def _execute(name: str, output: Path, **parameters) -> None:
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output),
+                               parameters=parameters, cwd=str(NOTEBOOKS),
+                               kernel_name="python3", progress_bar=False, log_output=False)
+
+
+# ----------------------------------------------------------------------------- as committed
+
+
+@pytest.mark.parametrize("name", _notebooks())
+def test_notebook_is_committed_without_outputs_and_is_parameterized(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), \
+        f"{name} has outputs: clear them (jupyter nbconvert --clear-output --inplace)"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
+    assert code.index(tagged[0]) == 0, "the parameters cell must come before any other code"
+    for parameter in REQUIRED_PARAMETERS:
+        assert f"\n{parameter} = " in f"\n{tagged[0].source}", f"{name} lacks {parameter}"
+    assert name in EXPECTED, f"add {name} to EXPECTED in this test"
+
+
+# ----------------------------------------------------------------------------- executed
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    """Every notebook executed in the quick profile into one report folder.
+
+    Returns the folder and, per notebook, None (ran) or why it was skipped.
+    """
+    root = tmp_path_factory.mktemp("notebooks")
+    report_dir = root / "reports" / "quick"
+    report_dir.mkdir(parents=True)
+    skipped: dict[str, str | None] = {}
+    for name in _notebooks():
+        skipped[name] = _missing_data(name)
+        if skipped[name] is None:
+            _execute(name, report_dir / f"{name}.ipynb", profile="quick",
+                     out_dir=str(root / "runs"), report_dir=str(report_dir))
+    return report_dir, skipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _notebooks())
+def test_quick_profile_writes_figures_and_metrics(quick, name):
+    report_dir, skipped = quick
+    if skipped[name]:
+        pytest.skip(skipped[name])
+    for figure in EXPECTED[name]["figures"]:
+        for suffix in ("png", "svg"):
+            path = report_dir / "figures" / f"{name}_{figure}.{suffix}"
+            assert path.stat().st_size > 0, f"missing {path.name}"
+    for table in EXPECTED[name]["metrics"]:
+        assert (report_dir / "metrics" / f"{name}__{table}.json").exists(), table
+    info = report.load_table(report_dir, f"{name}__run")
+    assert info["parameters"]["profile"] == "quick"
+    executed = nbformat.read(report_dir / f"{name}.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
+
+
+@pytest.mark.slow
+def test_report_of_the_quick_profile(quick):
+    report_dir, _ = quick
+    index = report.build_report(report_dir, "quick")
+    assert check_index(index) == []
+    text = index.read_text()
+    for name in _notebooks():
+        assert f"id='{name}'" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _notebooks())
+def test_invalid_parameters_stop_before_any_training(tmp_path, name):
+    runs = tmp_path / "runs"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        _execute(name, tmp_path / "out.ipynb", profile="papr", device="gpu",
+                 out_dir=str(runs), report_dir=str(tmp_path / "report"))
+    message = str(err.value)
+    assert "profile must be one of 'quick', 'paper', 'full', not 'papr'" in message
+    assert "device must be one of 'auto', 'cpu', 'cuda', not 'gpu'" in message
+    assert not runs.exists(), "a run folder was created before the parameters were checked"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_stored_bit_depths_read_the_packed_file(tmp_path):
+    import torch
+
+    from sgsc import cache
+    from sgsc.compress import SelfCompression
+    from sgsc.export import save_compressed
+    from sgsc.models import CNNConfig, MnistCNN
+
+    torch.manual_seed(0)
+    sc = SelfCompression(MnistCNN(CNNConfig.for_digits()), init_bits=6)
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:3] = 0.0  # pruned from the file
+        sc.bit_depths()["fc"][1] = 2.5  # stored at ceil(b) = 3 bits
+    save_compressed(sc, tmp_path / "m.sgsc")
+    layers = cache.stored_bit_depths(tmp_path / "m.sgsc")
+    assert list(layers) == ["conv1", "conv2", "conv3", "conv4", "fc"]
+    assert layers["conv2"]["channels"] == 16 and len(layers["conv2"]["bits"]) == 13
+    assert layers["fc"]["bits"].tolist() == [6, 3] + [6] * 8
+    table = {r["layer"]: r for r in cache.bit_depth_table(layers)}
+    assert table["conv2"]["removed"] == 3 and table["fc"]["max_bits"] == 6
+
+
+def test_run_folders_are_found_and_cleared(tmp_path):
+    import json
+
+    from sgsc import cache
+
+    root = tmp_path / "digits"
+    for folder, params in (("float-s0", None), ("sc-s0-aaa", {"gamma": 1}),
+                           ("sc-s0-bbb", {"gamma": 2}), ("sgsc-s0-ccc", {"gamma": 1}),
+                           ("uniform-ptq-4-s0", {"bits": 4}), ("sc-s1-ddd", {"gamma": 1})):
+        (root / folder).mkdir(parents=True)
+        if params is not None:
+            (root / folder / "result.json").write_text(json.dumps({"params": params}))
+    find = cache.find_run_dir
+    assert find(tmp_path, {"method": "sc", "data": "digits", "seed": 0,
+                           "params": {"gamma": 2}}) == root / "sc-s0-bbb"
+    assert find(tmp_path, {"method": "float", "data": "digits", "seed": 0}) == root / "float-s0"
+    assert find(tmp_path, {"method": "uniform-ptq-4", "data": "digits", "seed": 0,
+                           "params": {"bits": 4}}) == root / "uniform-ptq-4-s0"
+    assert find(tmp_path, {"method": "sc", "data": "digits", "seed": 0,
+                           "params": {"gamma": 3}}) is None
+    gone = cache.clear_runs(tmp_path, "digits", ["sc", "uniform-ptq-4"], [0])
+    assert sorted(p.name for p in gone) == ["float-s0", "sc-s0-aaa", "sc-s0-bbb",
+                                            "uniform-ptq-4-s0"]
+    assert sorted(p.name for p in root.iterdir()) == ["sc-s1-ddd", "sgsc-s0-ccc"]
+
+
+def test_model_overrides_are_checked_and_undone():
+    from sgsc import cache, runs
+
+    before = runs.DEFAULTS["names"]["model"]
+    with cache.model_overrides("names", {"n_layer": 1}):
+        assert runs.DEFAULTS["names"]["model"][1]["n_layer"] == 1
+    assert runs.DEFAULTS["names"]["model"] == before
+    with pytest.raises(ValueError, match="unknown char_transformer setting"):
+        cache.configure_model("names", {"layers": 1})
+    assert runs.DEFAULTS["names"]["model"] == before
+
+
+def test_training_overrides_skip_methods_that_do_not_train():
+    from sgsc import cache
+
+    assert cache.training_overrides("float", epochs=3) == {}
+    assert cache.training_overrides("uniform-ptq-4", epochs=3) == {}
+    assert cache.training_overrides("sc", epochs=3, gamma=None) == {"epochs": 3}
+
+
+def test_figures_are_saved_as_png_and_svg(tmp_path):
+    from matplotlib.figure import Figure
+
+    from sgsc import plots
+
+    history = {"history": [{"epoch": 1, "step": 10, "val_accuracy": 0.9, "Q": 7.0,
+                            "storage_bytes": 900},
+                           {"epoch": 2, "step": 20, "val_accuracy": 0.92, "Q": 6.0,
+                            "storage_bytes": 800}],
+               "selected_epoch": 2, "feedback_events": [{"step": 15}]}
+    rows = [{"method": "float", "storage_bytes": 4000, "test_acc": 0.9},
+            {"method": "sc", "storage_bytes": 900, "test_acc": 0.91},
+            {"method": "sc", "storage_bytes": 800, "test_acc": 0.89}]
+    figures = {
+        "quantizer": plots.quantizer_curves([(8, -7), (2, -1), (0, 0)]),
+        "curves": plots.training_curves({"sc s0": history}),
+        "pareto": plots.pareto(rows),
+        "per_class": plots.per_class([{"method": "sc", "class_0": 0.9, "class_1": 1.0}]),
+    }
+    for name, fig in figures.items():
+        assert isinstance(fig, Figure)
+        png, svg = plots.save_figure(fig, tmp_path, name)
+        assert png.read_bytes()[:4] == b"\x89PNG" and b"<svg" in svg.read_bytes()[:400]
+    # panels only for what was logged (no preservation accuracy here)
+    assert len(figures["curves"].axes) == 3

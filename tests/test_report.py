@@ -1,0 +1,331 @@
+"""sgsc.report: parameters, metrics files, and an index.html whose numbers are the files'.
+
+The page is checked with an independent HTML parser: every number shown must be a
+``<span class="num">`` whose text is the value its ``data-src`` names (file and key), every
+string from a metrics file (SHAs, versions, timestamps, claims) a ``<span class="val">``
+holding exactly that string, and no number may appear anywhere else in the page's text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sgsc import report
+
+NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
+
+
+class _Page(HTMLParser):
+    """Numbers with their sources, and the text outside numbers and code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: list[tuple[str, str]] = []  # (data-src, text) of span.num
+        self.values: list[tuple[str, str]] = []  # (data-src, text) of span.val
+        self.loose_text: list[str] = []
+        self.links: list[str] = []
+        self._stack: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("a", "img"):
+            self.links.append(attrs.get("href") or attrs.get("src") or "")
+        if tag in ("meta", "img", "br"):
+            return
+        kind = attrs.get("class") if attrs.get("class") in ("num", "val") else None
+        self._stack.append((tag, kind))
+        if kind is not None:
+            self._target(kind).append((attrs.get("data-src", ""), ""))
+
+    def _target(self, kind: str) -> list[tuple[str, str]]:
+        return self.numbers if kind == "num" else self.values
+
+    def handle_endtag(self, tag):
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        inside = [t for t, _ in self._stack]
+        if any(t in ("style", "title", "code") for t in inside):
+            return
+        kind = self._stack[-1][1] if self._stack else None
+        if kind is not None:
+            target = self._target(kind)
+            src, text = target[-1]
+            target[-1] = (src, text + data)
+        else:
+            self.loose_text.append(data)
+
+
+def _expected_text(value: object) -> str:
+    """What the page must show for a non-numeric value."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_index(index: Path) -> list[str]:
+    """Problems of a report page: numbers (and strings) that do not match their source,
+    numbers without a source, and links to files that do not exist."""
+    page = _Page()
+    page.feed(index.read_text())
+    problems = []
+    files: dict[str, object] = {}
+
+    def source(src: str) -> tuple[bool, object]:
+        file, _, key = src.partition("#")
+        if file not in files:
+            path = index.parent / file
+            if not path.exists():
+                problems.append(f"{src}: no such file")
+                return False, None
+            files[file] = json.loads(path.read_text())
+        try:
+            return True, report.lookup(files[file], key)
+        except (KeyError, IndexError, ValueError, TypeError):
+            problems.append(f"{src}: no such key")
+            return False, None
+
+    for src, text in page.numbers:
+        found, value = source(src)
+        if not found:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{src}: {value!r} is not a number")
+        elif report.fmt(value) != text:
+            problems.append(f"{src}: page shows {text!r}, file holds {value!r}")
+    for src, text in page.values:
+        found, value = source(src)
+        if found and _expected_text(value) != text:
+            problems.append(f"{src}: page shows {text!r}, file holds {value!r}")
+    for text in page.loose_text:
+        for match in NUMBER.findall(text):
+            problems.append(f"number {match!r} without a source in {text.strip()[:60]!r}")
+    for link in page.links:
+        if link and not link.startswith(("#", "http")) and not (index.parent / link).exists():
+            problems.append(f"broken link {link}")
+    if not page.numbers:
+        problems.append("the page shows no numbers at all")
+    return problems
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+RUNS = [
+    {"method": "float", "data": "digits", "seed": 0, "test_acc": 0.95, "storage_bytes": 18424},
+    {"method": "float", "data": "digits", "seed": 1, "test_acc": 0.93, "storage_bytes": 18424},
+    {"method": "sc", "data": "digits", "seed": 0, "test_acc": 0.96, "storage_bytes": 4883,
+     "Q": 4.7628},
+    {"method": "sc", "data": "digits", "seed": 1, "test_acc": 0.9, "storage_bytes": 5101,
+     "Q": 5.1},
+]
+
+
+@pytest.fixture()
+def report_dir(tmp_path: Path) -> Path:
+    """A report folder as the notebooks leave it (tables, run info, a figure, timings)."""
+    folder = tmp_path / "quick"
+    rows = report.compare_to_float(RUNS)
+    report.save_table(rows, folder, "01_mnist_cnn__runs")
+    report.save_table(report.summarize(rows, "method", ["test_acc", "storage_bytes",
+                                                        "compression", "Q"]),
+                      folder, "01_mnist_cnn__summary")
+    report.save_json({"notebook": "01_mnist_cnn", "parameters": {"seeds": [0, 1], "force": 0},
+                      "git": {"sha": "0123abc", "dirty": False},
+                      "hardware": {"cpu_count": 2, "torch_threads": 1, "gpu": "none"},
+                      "finished": "2025-01-02T03:04:05+00:00",
+                      "data": [{"dataset": "digits", "file": "x", "sha256": "ab12",
+                                "verified": True}]},
+                     folder, "01_mnist_cnn__run")
+    report.save_json([{"notebook": "01_mnist_cnn", "wall_s": 12.5, "status": "ok"}],
+                     folder, report.TIMINGS)
+    (folder / "figures").mkdir()
+    (folder / "figures" / "01_mnist_cnn_pareto.png").write_bytes(b"\x89PNG")
+    (folder / "01_mnist_cnn.html").write_text("<html></html>")
+    return folder
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def test_every_number_on_the_page_comes_from_a_metrics_file(report_dir):
+    index = report.build_report(report_dir, "quick")
+    assert index == report_dir / "index.html"
+    assert check_index(index) == []
+    text = index.read_text()
+    # The headline: mean ± std of each method, from the summary file.
+    summary = report.load_table(report_dir, "01_mnist_cnn__summary")
+    sc = next(r for r in summary if r["method"] == "sc")
+    assert report.fmt(sc["test_acc_mean"]) == "0.93"
+    assert f">{report.fmt(sc['test_acc_mean'])}</span> ± <span" in text
+    assert "01_mnist_cnn.html" in text and "figures/01_mnist_cnn_pareto.png" in text
+
+
+def test_the_checker_catches_a_number_that_differs_from_its_file(report_dir):
+    index = report.build_report(report_dir, "quick")
+    runs = json.loads((report_dir / "metrics" / "01_mnist_cnn__runs.json").read_text())
+    runs[2]["test_acc"] = 0.5
+    (report_dir / "metrics" / "01_mnist_cnn__runs.json").write_text(json.dumps(runs))
+    problems = check_index(index)
+    assert len(problems) == 1 and "#2/test_acc" in problems[0]
+
+
+def test_the_checker_catches_a_string_that_differs_from_its_file(report_dir):
+    index = report.build_report(report_dir, "quick")
+    index.write_text(index.read_text().replace(">0123abc<", ">0123abd<"))
+    assert check_index(index) == [
+        "metrics/01_mnist_cnn__run.json#git/sha: page shows '0123abd', file holds '0123abc'"]
+
+
+def test_the_checker_catches_a_number_without_a_source(report_dir):
+    index = report.build_report(report_dir, "quick")
+    index.write_text(index.read_text().replace("<h3>summary", "<h3>summary of 3 seeds"))
+    assert any("'3' without a source" in p for p in check_index(index))
+
+
+def test_provenance_and_timings_are_shown(report_dir):
+    text = report.build_report(report_dir, "quick").read_text()
+    for verbatim in ("0123abc", "2025-01-02T03:04:05+00:00", "ab12", "torch"):
+        assert verbatim in text
+    assert 'data-src="metrics/timings.json#0/wall_s">12.5<' in text
+    assert 'data-src="metrics/01_mnist_cnn__run.json#hardware/cpu_count">2<' in text
+    assert 'data-src="metrics/01_mnist_cnn__run.json#git/sha">0123abc<' in text
+    build = json.loads((report_dir / "metrics" / "report.json").read_text())
+    assert build["profile"] == "quick" and "sha" in build["git"]
+
+
+def test_a_report_needs_metrics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the notebooks"):
+        report.build_report(tmp_path / "paper")
+
+
+def test_cli_builds_the_report(report_dir, capsys):
+    from sgsc.cli import main
+
+    assert main(["report", "--profile", "quick", "--reports", str(report_dir.parent)]) == 0
+    assert "index.html" in capsys.readouterr().out
+    assert main(["report", "--profile", "fast", "--reports", str(report_dir.parent)]) == 2
+    assert "profile must be one of 'quick', 'paper', 'full'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (18424, "18,424"), (0.95123, "0.9512"), (4.7628, "4.763"), (6136.5, "6,136"),
+    (1e-5, "1.00e-05"), (None, "–"), (True, "yes"), (0.0, "0"), (-0.04259, "-0.04259"),
+])
+def test_fmt(value, text):
+    assert report.fmt(value) == text
+
+
+def test_save_table_writes_the_same_table_as_json_and_csv(tmp_path):
+    rows = [{"method": "sc", "acc": 0.9, "nan": math.nan, "counts": {"a": 1}},
+            {"method": "sgsc", "acc": 0.8, "extra": 3}]
+    json_path, csv_path = report.save_table(rows, tmp_path, "t")
+    assert json.loads(json_path.read_text()) == [
+        {"method": "sc", "acc": 0.9, "nan": None, "counts": {"a": 1}},
+        {"method": "sgsc", "acc": 0.8, "extra": 3}]
+    with csv_path.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["method"] for r in table] == ["sc", "sgsc"]
+    assert table[0]["counts"] == '{"a": 1}' and table[1]["extra"] == "3"
+    assert report.load_table(tmp_path, "t")[1]["extra"] == 3
+
+
+def test_summarize_and_compare_to_float():
+    rows = report.compare_to_float(RUNS)
+    sc0 = rows[2]
+    assert sc0["compression"] == pytest.approx(18424 / 4883)
+    assert sc0["test_acc_drop"] == pytest.approx(0.95 - 0.96)
+    summary = {r["method"]: r for r in report.summarize(rows, "method", ["test_acc", "Q"])}
+    assert summary["sc"]["n"] == 2
+    assert summary["sc"]["test_acc_mean"] == pytest.approx(0.93)
+    assert summary["sc"]["test_acc_std"] == pytest.approx(math.sqrt(2 * 0.03**2))
+    assert summary["float"]["Q_mean"] is None
+    assert report.mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_check_parameters_names_every_bad_value():
+    assert report.check_parameters(profile="quick").image_data == "digits"
+    assert report.check_parameters(profile="paper", seeds=[0, 1], methods=["sc"]).seeds \
+        == (0, 1, 2)
+    with pytest.raises(ValueError) as err:
+        report.check_parameters(profile="papr", device="gpu", force=2, seed=-1,
+                                methods=["sc", "magic"])
+    message = str(err.value)
+    for expected in ("profile must be one of 'quick', 'paper', 'full', not 'papr'",
+                     "device must be one of 'auto', 'cpu', 'cuda', not 'gpu'",
+                     "force must be 0 or 1", "seed must be a non-negative integer",
+                     "unknown: 'magic'"):
+        assert expected in message
+
+
+def test_selected_methods():
+    from sgsc.runs import METHODS
+
+    assert report.selected_methods(["sc"]) == ["sc"]
+    assert report.selected_methods([]) == list(METHODS)
+    quick = report.PROFILES["quick"]
+    assert report.selected_methods([], quick) == [m for m in quick.methods if m in METHODS]
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def test_verdicts_compare_mean_and_std_with_the_threshold():
+    more = report.Claim("x", "s", "c", "m", threshold=0.0, higher_is_better=True)
+    less = report.Claim("y", "s", "c", "m", threshold=0.01, higher_is_better=False)
+    assert report.verdict(0.02, 0.01, more) == "supported"
+    assert report.verdict(0.01, 0.02, more) == "inconclusive"
+    assert report.verdict(-0.03, 0.01, more) == "not supported"
+    assert report.verdict(0.0, 0.0, more) == "not supported"  # no improvement at all
+    assert report.verdict(0.002, 0.001, less) == "supported"
+    assert report.verdict(0.008, 0.004, less) == "inconclusive"
+    assert report.verdict(0.05, 0.01, less) == "not supported"
+    assert report.verdict(None, None, less) == "not measured"
+    assert less.criterion == "mean ± std < 0.01"
+
+
+def test_claims_are_measured_per_seed_from_the_tables():
+    runs = report.compare_to_float(RUNS + [
+        {"method": "sgsc", "data": "digits", "seed": 0, "test_acc": 0.97, "storage_bytes": 4883,
+         "feedback_events": 2},
+        {"method": "sgsc", "data": "digits", "seed": 1, "test_acc": 0.92, "storage_bytes": 5356,
+         "feedback_events": 0}])
+    classes = [{"method": m, "seed": s, "class_0": 0.9, "class_1": worst}
+               for m, s, worst in (("sc", 0, 0.5), ("sgsc", 0, 0.7), ("sc", 1, 0.6),
+                                   ("sgsc", 1, 0.6))]
+    bits = [{"method": "sc", "seed": 0, "layer": "a", "removed": 2},
+            {"method": "sc", "seed": 0, "layer": "b", "removed": 1},
+            {"method": "sgsc", "seed": 0, "layer": "a", "removed": 5}]
+    measured = report.claim_measurements({"image_runs": runs, "per_class_runs": classes,
+                                          "bit_depths": bits})
+    assert measured["sgsc-accuracy"] == pytest.approx([0.01, 0.02])
+    assert measured["sgsc-size"] == pytest.approx([0.0, 5356 / 5101 - 1])
+    assert measured["sgsc-worst-class"] == pytest.approx([0.2, 0.0])
+    assert measured["scnn-channels"] == [3.0]
+    assert measured["sgsc-feedback"] == [2.0, 0.0]
+    assert measured["scnn-size"] == pytest.approx([18424 / 4883, 18424 / 5101])
+    assert measured["sgsc-text"] == []
+    table = {r["id"]: r for r in report.assess_claims({"image_runs": runs})}
+    assert set(table) == {c.id for c in report.CLAIMS}
+    assert table["sgsc-accuracy"]["verdict"] == "supported"  # 0.015 ± 0.0071 > 0
+    assert table["sgsc-text"]["verdict"] == "not measured" and table["sgsc-text"]["n"] == 0
+
+
+def test_budget_takes_the_notebooks_epoch_parameters():
+    quick = report.PROFILES["quick"]
+    assert report.budget(quick) == {"float_epochs": 3, "epochs": 4}
+    assert report.budget(quick, "text", epochs=2) == {"float_epochs": 1, "epochs": 2}
+    paper = report.PROFILES["paper"]
+    assert report.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        report.check_parameters(profile="quick", epochs=-1)
