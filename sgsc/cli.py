@@ -76,6 +76,52 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
 # --- end report -------------------------------------------------------------------------
 
 
+# --- sweep (owner: sweep) ---------------------------------------------------------------
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sgsc import sweep
+
+    try:
+        grid = sweep.load_grid(args.grid)
+        if args.out:
+            grid.out = args.out
+        done, todo = sweep.plan(grid)
+    except (sweep.GridError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(done) + len(todo)} runs in {args.grid}: {len(done)} cached, {len(todo)} to run")
+    if args.dry_run:
+        for spec in todo:
+            print(f"  {spec.key[:12]}  {spec.label}")
+        return 0
+    if not todo:
+        return 0
+    client = sweep.make_client(args.workers, args.scheduler)
+    try:
+        report = sweep.run_sweep(grid, client, progress=not args.no_progress)
+    finally:
+        sweep.close_client(client)
+    for line in sweep.summary(report, grid):
+        print(line)
+    return 1 if report.failed else 0
+
+
+def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "sweep", help="run a grid of runs (YAML) on Dask, skipping cached results",
+        description="Expand GRID.yaml into runs, skip those with a result in "
+                    "<out>/sweep/<key>.json, run the rest on a local Dask cluster or an "
+                    "existing scheduler. Rerun the command to finish an interrupted sweep.")
+    cmd.add_argument("grid", metavar="GRID.yaml", help="grid file (see examples/grids/)")
+    cmd.add_argument("--workers", type=int, help="local worker processes (default: cores)")
+    cmd.add_argument("--scheduler", help="address of a running scheduler, e.g. "
+                                         "tcp://host:8786 (default: start a local cluster)")
+    cmd.add_argument("--out", help="override the grid's out folder")
+    cmd.add_argument("--dry-run", action="store_true", help="list the runs to do, run none")
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd.set_defaults(handler=_cmd_sweep)
+# --- end sweep --------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sgsc",
@@ -113,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     run_cmd.set_defaults(handler=_cmd_run)
     _add_report_parser(commands)
+    _add_sweep_parser(commands)  # sweep block
     return parser
 
 
