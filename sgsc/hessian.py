@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 @dataclass
@@ -101,12 +101,3 @@ def exact_trace(loss_fn: Callable[[], Tensor], param: Tensor) -> float:
         total += float(row[i])
     return total
 
-
-def layer_weights(model: nn.Module, names: list[str]) -> dict[str, Tensor]:
-    """Module name -> its stored (unquantised) weight, whether parametrized or not."""
-    out = {}
-    for name in names:
-        module = model.get_submodule(name)
-        params = getattr(module, "parametrizations", None)
-        out[name] = params.weight.original if params is not None else module.weight
-    return out
