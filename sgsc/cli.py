@@ -36,6 +36,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sgsc import runs  # imported here: `data verify` should not pay for torch models
 
+    if args.threads < 0:
+        print("error: --threads must be 0 (torch's default) or a positive count",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
                  "lr_quant": args.lr_quant, "batch_size": args.batch_size}
     try:
@@ -50,7 +58,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- report (owner: notebooks/report) ---------------------------------------------------
 def _cmd_report(args: argparse.Namespace) -> int:
     from sgsc import report
 
@@ -64,6 +71,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_parser(commands: argparse._SubParsersAction) -> None:
+    data_cmd = commands.add_parser("data", help="verify or download the data sets",
+                                   description="Verify (sha256) or download the data sets.")
+    data_cmd.add_argument("action", choices=("verify", "fetch"),
+                          help="verify: check local copies, exit 1 on any missing or "
+                               "corrupt file; fetch: download what is missing, then verify")
+    data_cmd.add_argument("datasets", nargs="*", metavar="DATASET",
+                          help=f"any of {', '.join(data.DATASETS)} (default: all)")
+    data_cmd.set_defaults(handler=_cmd_data)
+
+
+def _add_run_parser(commands: argparse._SubParsersAction) -> None:
+    run_cmd = commands.add_parser(
+        "run", help="train one method on one data set and print its result as JSON",
+        description="Train METHOD on --data (float reference first for compressed methods), "
+                    "select on validation, export the packed model, print one JSON line.")
+    run_cmd.add_argument("method", metavar="METHOD",
+                         help="float, sc, sgsc, or a baseline: uniform-ptq-B, uniform-qat-B "
+                              "(B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
+    run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
+                                                          "tinyshakespeare")
+    run_cmd.add_argument("--seed", type=int, default=0)
+    run_cmd.add_argument("--epochs", type=int, help="epochs of the method (default per data)")
+    run_cmd.add_argument("--float-epochs", type=int, help="epochs of the float reference")
+    run_cmd.add_argument("--batch-size", type=int)
+    run_cmd.add_argument("--gamma", type=float, help="weight of the size term Q")
+    run_cmd.add_argument("--lambda-pres", type=float, help="weight of the preservation loss")
+    run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
+    run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")
+    run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run_cmd.add_argument("--threads", type=int, default=0,
+                         help="torch CPU threads (0: torch's default; 1 is best on a busy "
+                              "machine)")
+    run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run_cmd.set_defaults(handler=_cmd_run)
+
+
 def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report_cmd = commands.add_parser(
         "report", help="build reports/<profile>/index.html from the notebooks' metrics",
@@ -73,10 +117,8 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report_cmd.add_argument("--reports", default="reports",
                             help="folder holding one sub-folder per profile")
     report_cmd.set_defaults(handler=_cmd_report)
-# --- end report -------------------------------------------------------------------------
 
 
-# --- sweep (owner: sweep) ---------------------------------------------------------------
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from sgsc import sweep
 
@@ -119,7 +161,6 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--dry-run", action="store_true", help="list the runs to do, run none")
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(handler=_cmd_sweep)
-# --- end sweep --------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,37 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data_cmd = commands.add_parser("data", help="verify or download the data sets",
-                                   description="Verify (sha256) or download the data sets.")
-    data_cmd.add_argument("action", choices=("verify", "fetch"),
-                          help="verify: check local copies, exit 1 on any missing or "
-                               "corrupt file; fetch: download what is missing, then verify")
-    data_cmd.add_argument("datasets", nargs="*", metavar="DATASET",
-                          help=f"any of {', '.join(data.DATASETS)} (default: all)")
-    data_cmd.set_defaults(handler=_cmd_data)
-
-    run_cmd = commands.add_parser(
-        "run", help="train one method on one data set and print its result as JSON",
-        description="Train METHOD on --data (float reference first for compressed methods), "
-                    "select on validation, export the packed model, print one JSON line.")
-    run_cmd.add_argument("method", metavar="METHOD",
-                         help="float, sc, sgsc, or a baseline: uniform-ptq-B, uniform-qat-B "
-                              "(B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
-    run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
-                                                          "tinyshakespeare")
-    run_cmd.add_argument("--seed", type=int, default=0)
-    run_cmd.add_argument("--epochs", type=int, help="epochs of the method (default per data)")
-    run_cmd.add_argument("--float-epochs", type=int, help="epochs of the float reference")
-    run_cmd.add_argument("--batch-size", type=int)
-    run_cmd.add_argument("--gamma", type=float, help="weight of the size term Q")
-    run_cmd.add_argument("--lambda-pres", type=float, help="weight of the preservation loss")
-    run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
-    run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")
-    run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run_cmd.set_defaults(handler=_cmd_run)
-    _add_report_parser(commands)
-    _add_sweep_parser(commands)  # sweep block
+    for add in (_add_data_parser, _add_run_parser, _add_report_parser, _add_sweep_parser):
+        add(commands)
     return parser
 
 
