@@ -43,7 +43,6 @@ import json
 import lzma
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgsc import bitpack, models, prune, quant
+from sgsc import atomic, bitpack, models, prune, quant
 
 if TYPE_CHECKING:
     from sgsc.compress import SelfCompression
@@ -133,7 +132,7 @@ def save_compressed(
     """
     path = Path(path)
     blob, sizes = encode_compressed(sc, entropy_coded=entropy_coded)
-    _write_atomically(path, blob)
+    atomic.write_bytes(path, blob)
     return ExportInfo(
         path=path,
         file_bytes=len(blob),
@@ -277,21 +276,6 @@ def _build(name: str, config: dict[str, Any]) -> nn.Module:
     overwritten anyway, and saving mid-training must not change the run)."""
     with torch.random.fork_rng(devices=[]):
         return models.build_model(name, **config)
-
-
-def _write_atomically(path: Path, blob: bytes) -> None:
-    """Write to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- loading

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sgsc import atomic
 from sgsc import data as datasets
 from sgsc.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
 from sgsc.compress import SelfCompression
@@ -172,8 +173,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     compression = SelfCompression(model)
     out = root / f"{method}-s{seed}-{_digest(config, pres_info)}"
     if method == "sgsc":  # which examples guided the run, for figures and audits
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "preservation.json").write_text(json.dumps(chosen.to_dict()))
+        atomic.write_json(chosen.to_dict(), out / "preservation.json")
     trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
                       preservation=preservation, out_dir=out)
     trained = trainer.fit()
@@ -211,5 +211,5 @@ def _finish(method: str, data_name: str, seed: int, result: dict, start: float,
     row = {"method": method, "data": data_name, "seed": seed, **result,
            "wall_s": round(time.perf_counter() - start, 2), "run_dir": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps(row, indent=1))
+    atomic.write_json(row, folder / "result.json")
     return row

@@ -12,12 +12,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from sgsc import atomic
 
 DATA_DIR_ENV = "SGSC_DATA_DIR"
 
@@ -172,20 +173,9 @@ def _download(file: DataFile, root: Path) -> Path:
             continue
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / file.name
-        _atomic_write(target, payload)
+        atomic.write_bytes(target, payload)
         return target
     raise DataError(_missing_message(file, root, "; ".join(errors) or "no source"))
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_file(file: DataFile, *, download: bool = True, root: Path | None = None) -> bytes:

@@ -30,7 +30,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import time
 import traceback
 import uuid
@@ -42,6 +41,7 @@ from typing import Any
 import yaml
 
 import sgsc
+from sgsc import atomic
 
 GRID_KEYS = ("data", "methods", "seeds", "grid", "fixed", "out", "device")
 RESERVED = ("seed", "device", "progress")  # set by the sweep itself, not per run
@@ -215,19 +215,6 @@ def cache_dir(out: str | os.PathLike[str]) -> Path:
     return Path(out) / CACHE_DIR
 
 
-def atomic_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached(out: str | os.PathLike[str], spec: RunSpec) -> dict | None:
     """The stored result of ``spec``, or None."""
     path = cache_dir(out) / f"{spec.key}.json"
@@ -238,10 +225,10 @@ def record(out: str | os.PathLike[str], spec: RunSpec, outcome: dict) -> None:
     """Store an outcome: a result replaces an earlier failure; a failure keeps results."""
     folder = cache_dir(out)
     if outcome["status"] == "done":
-        atomic_json(outcome, folder / f"{spec.key}.json")
+        atomic.write_json(outcome, folder / f"{spec.key}.json")
         (folder / f"{spec.key}.failed.json").unlink(missing_ok=True)
     elif not (folder / f"{spec.key}.json").exists():
-        atomic_json(outcome, folder / f"{spec.key}.failed.json")
+        atomic.write_json(outcome, folder / f"{spec.key}.failed.json")
 
 
 # ------------------------------------------------------------------------ execution

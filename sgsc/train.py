@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from sgsc import atomic
 from sgsc.compress import SelfCompression
 from sgsc.feedback import FeedbackConfig, FeedbackController
 
@@ -173,24 +173,6 @@ class TrainResult:
     selected: dict = field(default_factory=dict)  # metrics of the selected epoch
     feedback_events: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_json(obj: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=1)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -383,7 +365,7 @@ class Trainer:
                              if self.feedback else []),
             wall_s=self.wall_s)
         if self.out_dir is not None:
-            _atomic_json({"config": _config_dict(self.config), "history": self.history,
+            atomic.write_json({"config": _config_dict(self.config), "history": self.history,
                           "selected_epoch": self.selected_epoch,
                           "feedback_events": result.feedback_events,
                           "feedback_checks": self.feedback.checks if self.feedback else []},
@@ -409,7 +391,7 @@ class Trainer:
                     "pres": self.pres_generator.get_state()},
             "feedback": self.feedback.state_dict() if self.feedback else None,
         }
-        _atomic_torch_save(state, self.out_dir / CHECKPOINT)
+        atomic.torch_save(state, self.out_dir / CHECKPOINT)
 
     def _resume(self) -> None:
         path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
