@@ -190,6 +190,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.compression = compression
+        # Compressed models keep the smallest good epoch, float models the best one.
+        self.select_smallest = compression is not None
         self.train_set, self.val_set = train, val
         self.preservation = preservation
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -324,17 +326,17 @@ class Trainer:
 
     def _select(self, row: dict) -> None:
         """Online selection on validation only (see the module docstring)."""
-        row_score = _row_score(row)
-        self.best_score = max(self.best_score, row_score)
+        score_now = row_score(row)
+        self.best_score = max(self.best_score, score_now)
         if self.selected_state is None:
             take = True
-        elif self.compression is None:
-            take = row_score > _row_score(self.history[self.selected_epoch - 1])
+        elif not self.select_smallest:
+            take = score_now > row_score(self.history[self.selected_epoch - 1])
         else:
             floor = self.best_score - self.config.select_tolerance
             current = self.history[self.selected_epoch - 1]
-            take = row_score >= floor and (row["storage_bytes"] <= current["storage_bytes"]
-                                           or _row_score(current) < floor)
+            take = score_now >= floor and (row["storage_bytes"] <= current["storage_bytes"]
+                                           or row_score(current) < floor)
         if take:
             self.selected_epoch = row["epoch"]
             self.selected_state = copy.deepcopy(self.model.state_dict())
@@ -420,7 +422,8 @@ class Trainer:
             self.feedback.load_state_dict(state["feedback"])
 
 
-def _row_score(row: dict) -> float:
+def row_score(row: dict) -> float:
+    """Validation score of a history row: accuracy, or minus the loss (nats) for text."""
     return score({k[4:]: v for k, v in row.items() if k.startswith("val_")})
 
 

@@ -69,13 +69,12 @@ from sgsc.baselines.common import (
     packed_result,
     reference,
     refuse,
-    row_score,
     split_overrides,
 )
 from sgsc.baselines.fixed import FixedBits
 from sgsc.compress import QUANTIZABLE
 from sgsc.hessian import hutchinson
-from sgsc.train import TrainConfig, Trainer, evaluate, score, task_loss
+from sgsc.train import TrainConfig, Trainer, evaluate, row_score, score, task_loss
 
 
 @dataclass

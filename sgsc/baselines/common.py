@@ -83,11 +83,6 @@ def refuse(method: str, settings: dict[str, Any], names: tuple[str, ...], why: s
         raise ValueError(f"{method} does not take {', '.join(bad)}: {why}")
 
 
-def row_score(row: dict) -> float:
-    """Validation score of a Trainer history row: accuracy, or minus the loss for text."""
-    return row["val_accuracy"] if "val_accuracy" in row else -row["val_loss"]
-
-
 def packed_result(sc: SelfCompression, folder: Path, ref: Reference) -> dict[str, Any]:
     """Export ``sc`` to ``folder/model.sgsc``; sizes and metrics of the model read back.
 

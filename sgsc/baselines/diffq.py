@@ -48,7 +48,6 @@ from sgsc.baselines.common import (
     Reference,
     packed_result,
     reference,
-    row_score,
     split_overrides,
 )
 from sgsc.baselines.fixed import FixedBits
@@ -114,6 +113,7 @@ class DiffQTrainer(Trainer):
         self.quantizer.setup_optimizer(self.optimizer, lr=settings.lr_bits)
         schedule = self.scheduler.lr_lambdas[0]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.select_smallest = True  # as for sc: the smallest epoch within tolerance
 
     def loss_terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         terms = super().loss_terms(x, y)
@@ -126,19 +126,6 @@ class DiffQTrainer(Trainer):
         row["storage_bytes"] = self.true_bytes()
         row["mean_bits"] = self.mean_bits()
         return row
-
-    def _select(self, row: dict) -> None:
-        """Smallest epoch within ``select_tolerance`` of the best validation score."""
-        score = row_score(row)
-        self.best_score = max(self.best_score, score)
-        floor = self.best_score - self.config.select_tolerance
-        current = (self.history[self.selected_epoch - 1]
-                   if self.selected_state is not None else None)
-        if current is None or (score >= floor and (
-                row["storage_bytes"] <= current["storage_bytes"] or row_score(current) < floor)):
-            self.selected_epoch = row["epoch"]
-            self.selected_state = {k: v.detach().clone()
-                                   for k, v in self.model.state_dict().items()}
 
     def true_bytes(self) -> int:
         """``true_model_size()`` (MB, parameters only) in bytes."""
