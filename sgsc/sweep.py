@@ -342,7 +342,9 @@ def _collect(client: Any, grid: Grid, todo: list[RunSpec], runner: Runner,
             try:
                 outcome = future.result()
             except Exception as err:
-                outcome = _lost(spec, err)
+                # A run may finish and store its result just before its worker dies with
+                # the result still ungathered: that run is done, not lost.
+                outcome = cached(grid.out, spec) or _lost(spec, err)
             record(grid.out, spec, outcome)  # again: the client may not share workers' disk
             outcomes[spec.key] = outcome
             if spec.method == "float":

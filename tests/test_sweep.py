@@ -71,7 +71,7 @@ def _fake(spec: sweep.RunSpec, out: str, device: str, markers: Path, kill: str =
     return {"method": spec.method, "seed": spec.seed, "val_acc": 1.0}
 
 
-def test_killed_worker_loses_only_its_run_and_rerun_finishes(client, tmp_path):
+def test_killed_worker_loses_only_unfinished_runs_and_rerun_finishes(client, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     grid = _grid(tmp_path / "out", seeds=[0, 1])
@@ -79,7 +79,9 @@ def test_killed_worker_loses_only_its_run_and_rerun_finishes(client, tmp_path):
     runner = functools.partial(_fake, markers=markers, kill=victim)
     first = sweep.run_sweep(grid, client, runner=runner, progress=False)
     lost = {o["key"] for o in first.failed}  # the victim, and what else its worker held
-    assert victim in lost and len(lost) <= 2  # at most one task in flight per worker
+    # Dask may hand a worker more than one small task at a time, so the victim's worker
+    # can take a few unfinished runs with it; the other worker's runs are not lost.
+    assert victim in lost and len(lost) < len(first.outcomes)
     assert "KilledWorker" in first.outcomes[victim]["error"]
     assert (tmp_path / "out/sweep" / f"{victim}.failed.json").exists()
 
@@ -89,6 +91,24 @@ def test_killed_worker_loses_only_its_run_and_rerun_finishes(client, tmp_path):
     assert {p.stem for p in (tmp_path / "out/sweep").glob("*.json")} == keys
     executions = [p.name.split(".")[0] for p in markers.iterdir() if p.name != "killed"]
     assert sorted(executions) == sorted(keys)  # every run completed exactly once
+
+
+def _store_then_die(spec: sweep.RunSpec, out: str, device: str, victim: str) -> dict:
+    """Stores its result, then (for ``victim``) dies before the result is gathered."""
+    result = {"method": spec.method, "seed": spec.seed, "val_acc": 1.0}
+    sweep.record(out, spec, {"key": spec.key, "status": "done", "result": result})
+    if spec.key == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+def test_run_stored_before_its_worker_died_counts_as_done(client, tmp_path):
+    grid = _grid(tmp_path / "out")
+    victim = next(s.key for s in grid.specs() if s.method == "sc")
+    runner = functools.partial(_store_then_die, victim=victim)
+    report = sweep.run_sweep(grid, client, runner=runner, progress=False)
+    assert report.outcomes[victim]["status"] == "done"
+    assert not (tmp_path / "out/sweep" / f"{victim}.failed.json").exists()
 
 
 def test_failed_run_is_recorded_and_others_go_on(client, tmp_path):
