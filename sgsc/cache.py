@@ -58,8 +58,8 @@ def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str,
     ``config`` fields overridden -- e.g. a one-layer transformer for a quick profile.
     Returns the previous ``(model name, config)`` entry, to restore it.
 
-    Runs made this way must live in their own ``out_dir``: checkpoints do not record the
-    architecture.  Packed files do, so reloading compressed models is unaffected.
+    The architecture is part of each run's folder key (:func:`sgsc.runs.run_folder`), so
+    such runs never resume or reuse runs of another architecture.
     """
     entry = runs.DEFAULTS[data_name]
     previous = entry["model"]
@@ -96,9 +96,8 @@ def training_overrides(method: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _folders(root: Path, method: str, seed: int) -> list[Path]:
-    """Folders that may hold a run of ``method`` and ``seed`` (with or without a digest)."""
-    plain = root / f"{method}-s{seed}"
-    return ([plain] if plain.is_dir() else []) + sorted(root.glob(f"{method}-s{seed}-*"))
+    """Folders that may hold a run of ``method`` and ``seed`` (see runs.run_folder)."""
+    return sorted(p for p in root.glob(f"{method}-s{seed}-*") if p.is_dir())
 
 
 def clear_runs(out_dir: str | os.PathLike[str], data_name: str, methods: Sequence[str],
@@ -108,7 +107,7 @@ def clear_runs(out_dir: str | os.PathLike[str], data_name: str, methods: Sequenc
     root = Path(out_dir) / data_name
     gone = []
     for seed in seeds:
-        folders = [root / f"float-s{seed}"]
+        folders = _folders(root, "float", seed)
         for method in methods:
             folders += _folders(root, method, seed)
         for folder in folders:
@@ -121,16 +120,13 @@ def clear_runs(out_dir: str | os.PathLike[str], data_name: str, methods: Sequenc
 def find_run_dir(out_dir: str | os.PathLike[str], result: dict) -> Path | None:
     """The folder a result of :func:`sgsc.runs.run` was written to.
 
-    A float run trains in ``<data>/float-s<seed>``; a compressed run in
-    ``<data>/<method>-s<seed>-<digest>`` (or ``<method>-s<seed>``), found as the newest
-    such folder whose ``result.json`` has the same settings.
+    A run lives in ``<data>/<method>-s<seed>-<key>`` (see :func:`sgsc.runs.run_folder`);
+    without a ``run_dir`` in ``result``, it is the newest such folder whose
+    ``result.json`` has the same settings.
     """
     if result.get("run_dir"):
         return Path(result["run_dir"])
     root = Path(out_dir) / result["data"]
-    if result["method"] == "float":
-        folder = root / f"float-s{result['seed']}"
-        return folder if folder.is_dir() else None
     candidates = sorted((f / "result.json" for f in _folders(root, result["method"],
                                                               result["seed"])
                          if (f / "result.json").exists()),

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import sgsc
 from sgsc import atomic
 from sgsc import data as datasets
 from sgsc.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
@@ -115,17 +116,20 @@ def load_splits(data_name: str):
     return datasets.load(data_name)
 
 
-def train_float(data_name: str, splits, seed: int, out_dir: Path, device: str,
+def train_float(data_name: str, splits, seed: int, root: Path, device: str,
                 progress: bool, **overrides) -> tuple[nn.Module, dict]:
-    """Train (or resume, or reuse) the float model of ``seed``."""
+    """Train (or resume, or reuse) the float model of ``seed`` in a folder under ``root``
+    (``info["run_dir"]``)."""
     config = train_config("float", data_name, seed=seed, device=device, progress=progress,
                           **overrides)
+    folder = run_folder(root, "float", seed, config)
     torch.manual_seed(seed)
     model = _model(data_name, splits)
-    trainer = Trainer(model, splits.train, splits.val, config, out_dir=out_dir)
+    trainer = Trainer(model, splits.train, splits.val, config, out_dir=folder)
     result = trainer.fit()
     return trainer.model, {"selected_epoch": result.selected_epoch, "wall_s": result.wall_s,
-                           "history": result.history, "config": dataclasses.asdict(config)}
+                           "history": result.history, "config": dataclasses.asdict(config),
+                           "run_dir": folder}
 
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
@@ -147,8 +151,8 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     if method == "float":  # the method's own settings are the float model's
         float_overrides = (float_overrides or {}) | overrides
     splits = load_splits(data_name)
-    float_model, float_info = train_float(data_name, splits, seed, root / f"float-s{seed}",
-                                          device, progress, **(float_overrides or {}))
+    float_model, float_info = train_float(data_name, splits, seed, root, device, progress,
+                                          **(float_overrides or {}))
     dev = next(float_model.parameters()).device
     if method == "float":
         result = {"storage_bytes": float_storage_bytes(float_model),
@@ -156,7 +160,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
                   **_metrics("val", evaluate(float_model, splits.val, dev)),
                   **_metrics("test", evaluate(float_model, splits.test, dev))}
-        return _finish(method, data_name, seed, result, start, root / f"float-s{seed}")
+        return _finish(method, data_name, seed, result, start, float_info["run_dir"])
 
     config = train_config(method, data_name, seed=seed, device=device, progress=progress,
                           **overrides)
@@ -171,7 +175,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     model = _model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model)
-    out = root / f"{method}-s{seed}-{_digest(config, pres_info)}"
+    out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
     if method == "sgsc":  # which examples guided the run, for figures and audits
         atomic.write_json(chosen.to_dict(), out / "preservation.json")
     trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
@@ -200,10 +204,22 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     return _finish(method, data_name, seed, result, start, out)
 
 
-def _digest(config: TrainConfig, extra: dict) -> str:
-    text = json.dumps([dataclasses.asdict(config) | {"device": None, "progress": None}, extra],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,
+               *extra) -> Path:
+    """``<root>/<method>-s<seed>-<key>``: the folder of one run.
+
+    The key hashes the run's settings, ``extra`` (method settings, the float reference's
+    folder), the model architecture of the data set and the code version
+    (``sgsc.__version__``, raised whenever a change alters results).  A rerun therefore
+    resumes or reuses a run only when code and settings are the same; anything else gets
+    a fresh folder.  Device and progress bars are not part of the key.
+    """
+    if isinstance(settings, TrainConfig):
+        settings = dataclasses.asdict(settings) | {"device": None, "progress": None}
+    data_name = root.name
+    model = DEFAULTS[data_name]["model"] if data_name in DEFAULTS else None
+    text = json.dumps([settings, extra, model, sgsc.__version__], sort_keys=True, default=str)
+    return root / f"{method}-s{seed}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def _finish(method: str, data_name: str, seed: int, result: dict, start: float,

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sgsc import runs
+import sgsc
+from sgsc import cache, runs
 from sgsc.cli import main
 from sgsc.compress import SelfCompression
 from sgsc.models import CNNConfig, build_model
@@ -98,6 +99,24 @@ def test_same_seed_same_numbers(digits):
     _, first = _fit(digits, None, epochs=1)
     _, second = _fit(digits, None, epochs=1)
     assert _without_time(first.history) == _without_time(second.history)
+
+
+def test_run_folder_keys_settings_model_and_code_version(tmp_path, monkeypatch):
+    root = tmp_path / "digits"
+    config = runs.train_config("sc", "digits")
+
+    def folder(cfg=config, *extra):
+        return runs.run_folder(root, "sc", 0, cfg, *extra)
+
+    base = folder()
+    assert base.parent == root and base.name.startswith("sc-s0-")
+    assert folder(dataclasses.replace(config, device="cpu", progress=False)) == base
+    others = {folder(dataclasses.replace(config, gamma=0.5)), folder(config, "float-s0-x")}
+    with cache.model_overrides("digits", {"widths": (4, 4, 4, 4)}):
+        others.add(folder())
+    monkeypatch.setattr(sgsc, "__version__", "999")
+    others.add(folder())
+    assert base not in others and len(others) == 4
 
 
 def test_damaged_checkpoint_is_a_clear_error(digits, tmp_path):

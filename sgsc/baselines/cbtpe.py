@@ -380,7 +380,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     sampler = "cluster-tpe" if method == "cbtpe" else "tpe"
     found = search(ref, space, config, per_trial, sampler, seed)
 
-    out = ref.root / f"{method}-s{seed}-{runs._digest(final, dataclasses.asdict(config))}"
+    out = ref.run_folder(method, final, dataclasses.asdict(config))
     fixed = candidate(ref, space, found.best["bits"], found.best["widths"])
     trainer = Trainer(fixed.model, ref.splits.train, ref.splits.val, final,
                       compression=fixed.sc, out_dir=out)

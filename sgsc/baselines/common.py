@@ -30,6 +30,7 @@ class Reference:
     data_name: str
     seed: int
     root: Path  # <out_dir>/<data>
+    folder: Path  # the float run's folder
     splits: Any
     model: nn.Module
     info: dict
@@ -45,16 +46,21 @@ class Reference:
         """Validation metrics of the float model (for drops and targets; never test)."""
         return runs._metrics("val", evaluate(self.model, self.splits.val, self.device))
 
+    def run_folder(self, method: str, settings: Any, *extra: Any) -> Path:
+        """The folder of a baseline run started from this reference."""
+        return runs.run_folder(self.root, method, self.seed, settings, *extra,
+                               self.folder.name)
+
 
 def reference(data_name: str, seed: int, out_dir: str | Path, device: str, progress: bool,
               float_overrides: dict | None) -> Reference:
     """Load the splits and train (or resume, or reuse) the float model of ``seed``."""
     root = Path(out_dir) / data_name
     splits = runs.load_splits(data_name)
-    model, info = runs.train_float(data_name, splits, seed, root / f"float-s{seed}", device,
-                                   progress, **(float_overrides or {}))
+    model, info = runs.train_float(data_name, splits, seed, root, device, progress,
+                                   **(float_overrides or {}))
     model.eval()
-    return Reference(data_name, seed, root, splits, model, info,
+    return Reference(data_name, seed, root, info["run_dir"], splits, model, info,
                      next(model.parameters()).device)
 
 

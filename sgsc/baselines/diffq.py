@@ -180,7 +180,7 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
     config = runs.train_config("diffq", data_name, seed=seed, device=device, progress=progress,
                                **train)
-    out = ref.root / f"diffq-s{seed}-{runs._digest(config, dataclasses.asdict(settings))}"
+    out = ref.run_folder("diffq", config, dataclasses.asdict(settings))
     trainer = DiffQTrainer(ref.copy(), ref.splits.train, ref.splits.val, config, settings,
                            out_dir=out)
     trained = trainer.fit()

@@ -56,7 +56,7 @@ def _ptq(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     start = time.perf_counter()
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
     fixed = FixedBits(ref.copy(), bits)
-    out = ref.root / f"{method}-s{seed}"
+    out = ref.run_folder(method, {"bits": bits})
     result = {"bits": bits, "params": {"bits": bits, "scheme": SCHEME, "training": "none"},
               "selected_epoch": 0, **packed_result(fixed.sc, out, ref)}
     return runs._finish(method, data_name, seed, result, start, out)
@@ -69,7 +69,7 @@ def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     config = runs.train_config(method, data_name, seed=seed, device=device, progress=progress,
                                **(train | {"gamma": 0.0, "lr_quant": 0.0}))
     fixed = FixedBits(ref.copy(), bits)
-    out = ref.root / f"{method}-s{seed}-{runs._digest(config, {'bits': bits})}"
+    out = ref.run_folder(method, config, {"bits": bits})
     trainer = Trainer(fixed.model, ref.splits.train, ref.splits.val, config,
                       compression=fixed.sc, out_dir=out)
     with fixed.tracking():
