@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Regenerate every result: executes each notebook with papermill into reports/<profile>/,
 # converts it to HTML, times it, and builds reports/<profile>/index.html.
-# Usage: ./run_all.sh [--profile quick|paper|full] [--force] [--device auto|cpu|cuda] [--threads N]
+# Usage: ./run_all.sh [--profile quick|paper|full] [--force] [--device auto|cpu|cuda]
+#                     [--threads N] [--jobs N]   (--jobs: notebooks run side by side; default 1)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile=paper force=0 device=auto threads=""
-usage() { sed -n '2,4p' "$0" | sed 's/^# //'; }
+profile=paper force=0 device=auto threads="" jobs=1
+usage() { sed -n '2,5p' "$0" | sed 's/^# //'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="${2:?--profile needs quick, paper or full}"; shift 2 ;;
         --profile=*) profile="${1#*=}"; shift ;;
         --device) device="${2:?--device needs auto, cpu or cuda}"; shift 2 ;;
         --threads) threads="${2:?--threads needs a number (0: torch default)}"; shift 2 ;;
+        --jobs) jobs="${2:?--jobs needs a number}"; shift 2 ;;
         --force) force=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run_all.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -26,6 +28,10 @@ case "$device" in auto|cpu|cuda) ;; *)
 esac
 case "$threads" in ""|*[!0-9]*) [ -z "$threads" ] || {
     echo "run_all.sh: --threads must be a non-negative integer, not '$threads'" >&2; exit 2; } ;;
+esac
+
+case "$jobs" in ""|0|*[!0-9]*)
+    echo "run_all.sh: --jobs must be a positive integer, not '$jobs'" >&2; exit 2 ;;
 esac
 
 source scripts/env.sh
@@ -47,30 +53,52 @@ params=(-p profile "$profile" -p device "$device" -p force "$force"
         -p report_dir "../$out")
 [ -z "$threads" ] || params+=(-p threads "$threads")
 timings="$out/metrics/timings.json"
-entries=() failed=() total_start=$(date +%s.%N)
+entry_dir="$(mktemp -d)"
+trap 'rm -rf "$entry_dir"' EXIT
+total_start=$(date +%s.%N)
 seconds_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-write_timings() {
-    local IFS=,
+write_timings() {  # one entry per finished notebook, in notebook order
+    local entries=() IFS=,
+    for nb in "${notebooks[@]}"; do
+        f="$entry_dir/$(basename "$nb" .ipynb)"
+        [ -f "$f" ] && entries+=("$(cat "$f")")
+    done
+    [ $# -eq 0 ] || entries+=("$1")
     printf '[%s]\n' "${entries[*]}" > "$timings"
 }
-
-for nb in "${notebooks[@]}"; do
+run_notebook() {
+    local nb="$1" name start status=ok wall
     name="$(basename "$nb" .ipynb)"
     echo "== $name ($profile)"
-    start=$(date +%s.%N) status=ok
+    start=$(date +%s.%N)
     "$PY" -m papermill "$nb" "$out/$name.ipynb" "${params[@]}" --cwd notebooks \
         --log-level WARNING || status=failed
     wall=$(seconds_since "$start")
     # A failed notebook is converted too: its HTML shows where and why it stopped.
     "$PY" -m nbconvert --to html --log-level ERROR "$out/$name.ipynb" || status=failed
-    entries+=("{\"notebook\": \"$name\", \"status\": \"$status\", \"wall_s\": $wall}")
-    write_timings
+    echo "{\"notebook\": \"$name\", \"status\": \"$status\", \"wall_s\": $wall}" \
+        > "$entry_dir/$name"
     echo "   $name: $status in ${wall} s"
-    [ "$status" = ok ] || failed+=("$name")
+}
+
+# The paper-claims notebook reads the metrics the others write, so it runs after them;
+# the others are independent and run up to --jobs at a time.
+for nb in "${notebooks[@]}"; do
+    case "$nb" in *_paper_claims.ipynb) continue ;; esac
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    run_notebook "$nb" &
 done
-entries+=("{\"notebook\": \"all notebooks\", \"status\": \"${#failed[@]} failed\", \
-\"wall_s\": $(seconds_since "$total_start")}")
+wait
 write_timings
+for nb in "${notebooks[@]}"; do
+    case "$nb" in *_paper_claims.ipynb) run_notebook "$nb"; write_timings ;; esac
+done
+failed=()
+for f in "$entry_dir"/*; do
+    grep -q '"status": "ok"' "$f" || failed+=("$(basename "$f")")
+done
+write_timings "{\"notebook\": \"all notebooks\", \"status\": \"${#failed[@]} failed\", \
+\"wall_s\": $(seconds_since "$total_start")}"
 
 "$PY" -m sgsc report --profile "$profile"
 echo "report: $out/index.html (open it in a browser); executed notebooks in $out/"

@@ -45,7 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
-                 "lr_quant": args.lr_quant, "batch_size": args.batch_size}
+                 "lr_quant": args.lr_quant, "batch_size": args.batch_size,
+                 "init_bits": args.init_bits}
     try:
         result = runs.run(args.method, args.data, seed=args.seed, out_dir=args.out,
                           device=args.device, progress=not args.no_progress,
@@ -97,6 +98,8 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run_cmd.add_argument("--float-epochs", type=int, help="epochs of the float reference")
     run_cmd.add_argument("--batch-size", type=int)
     run_cmd.add_argument("--gamma", type=float, help="weight of the size term Q")
+    run_cmd.add_argument("--init-bits", type=float,
+                         help="starting bit depth of every channel (default 8)")
     run_cmd.add_argument("--lambda-pres", type=float, help="weight of the preservation loss")
     run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
     run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")

@@ -174,7 +174,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                      "preservation_counts": chosen.counts()}
     model = _model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
-    compression = SelfCompression(model)
+    compression = SelfCompression(model, init_bits=config.init_bits)
     out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
     if method == "sgsc":  # which examples guided the run, for figures and audits
         atomic.write_json(chosen.to_dict(), out / "preservation.json")

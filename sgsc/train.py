@@ -55,6 +55,7 @@ class TrainConfig:
     lr_quant: float = 0.05  # bit depths and exponents (SCNN used 0.5; see README)
     eps_quant: float = 1e-3
     schedule: str = "cosine"  # or "constant"
+    init_bits: float = 8.0  # starting bit depth of every channel (self-compression)
     gamma: float = 0.0  # weight of Q (bits per weight)
     l1_weights: float = 0.0
     l1_dead_bias: float = 1e-2
@@ -73,6 +74,7 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "lr": self.lr > 0, "lr_quant": self.lr_quant >= 0, "gamma": self.gamma >= 0,
+            "init_bits": 0 < self.init_bits <= 32,
             "l1_weights": self.l1_weights >= 0, "l1_dead_bias": self.l1_dead_bias >= 0,
             "lambda_pres": self.lambda_pres >= 0, "pres_batch_size": self.pres_batch_size >= 1,
             "select_tolerance": self.select_tolerance >= 0,
@@ -81,7 +83,8 @@ class TrainConfig:
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
             raise ValueError(f"invalid training settings: {values} (epochs, batch sizes and lr "
-                             "must be positive; coefficients must not be negative)")
+                             "must be positive, init_bits in (0, 32]; coefficients must not be "
+                             "negative)")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         resolve_device(self.device)

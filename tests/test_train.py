@@ -142,6 +142,7 @@ def test_selection_uses_validation_and_prefers_smaller(digits):
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"gamma": -0.1},
+                                 {"init_bits": 0}, {"init_bits": 33},
                                  {"schedule": "step"}, {"device": "tpu"}])
 def test_bad_settings_are_rejected(bad):
     with pytest.raises(ValueError):
@@ -171,3 +172,14 @@ def test_cli_run_prints_one_json_line(tmp_path, capsys):
 def test_cli_run_rejects_unknown_method(tmp_path, capsys):
     assert main(["run", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_init_bits_sets_the_starting_bit_depth(tmp_path):
+    def bits_after_one_epoch(init_bits: float) -> float:
+        result = runs.run("sc", "digits", out_dir=tmp_path, progress=False, epochs=1,
+                          float_overrides={"epochs": 1}, gamma=0.0, lr_quant=0.0,
+                          init_bits=init_bits)
+        return result["Q"]
+
+    assert bits_after_one_epoch(3.0) == pytest.approx(3.0, abs=0.01)
+    assert bits_after_one_epoch(12.0) == pytest.approx(12.0, abs=0.01)
