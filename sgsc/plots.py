@@ -227,3 +227,74 @@ def per_class(table: Sequence[dict], *, classes: Sequence[str] | None = None) ->
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+def sweep_axes(rows: Sequence[dict], *, y: str = "test_acc", ylabel: str = "test accuracy"
+               ) -> Figure:
+    """One panel per swept setting (rows of :func:`sgsc.studies.sweep_rows`): per method,
+    the mean of ``y`` over seeds with ±1 std, against the setting's value (log x)."""
+    axes_names = list(dict.fromkeys(r["axis"] for r in rows))
+    fig = Figure(figsize=(3.2 * max(1, len(axes_names)), 3.2))
+    panels = np.atleast_1d(fig.subplots(1, max(1, len(axes_names)), sharey=True))
+    for ax, axis in zip(panels, axes_names, strict=False):
+        members = [r for r in rows if r["axis"] == axis and r.get(y) is not None]
+        for method in dict.fromkeys(r["method"] for r in members):
+            values = sorted({float(r["value"]) for r in members if r["method"] == method})
+            stats = [mean_std([float(r[y]) for r in members
+                               if r["method"] == method and float(r["value"]) == v])
+                     for v in values]
+            ax.errorbar(values, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-",
+                        ms=4, capsize=3, color=method_color(method), label=method)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({float(r["value"]) for r in members})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel(axis)
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel(ylabel)
+    handles = {}
+    for ax in panels:  # every method once, whichever panels it appears in
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), fontsize=8, loc="upper left",
+               bbox_to_anchor=(1.0, 0.95))
+    return fig
+
+
+def search_race(curves: Mapping[str, Sequence[Sequence[dict]]],
+                points: Mapping[str, Sequence[dict]] | None = None) -> Figure:
+    """Best objective so far against trials (mean ± std over seeds) and against training
+    seconds (one line per seed), per sampler (curves of :func:`sgsc.studies.best_so_far`).
+    ``points``: other methods' runs as single markers (``trial`` / ``train_s`` /
+    ``value`` each), e.g. one self-compression run."""
+    fig = Figure(figsize=(10.0, 3.8))
+    by_trial, by_time = fig.subplots(1, 2, sharey=True)
+    for sampler, seeds in curves.items():
+        color = method_color(sampler)
+        n = min(len(c) for c in seeds)
+        values = np.array([[p["best_value"] for p in c[:n]] for c in seeds])
+        trials = np.arange(1, n + 1)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        by_trial.plot(trials, mean, color=color, label=f"{sampler} (n={len(seeds)})")
+        by_trial.fill_between(trials, mean - std, mean + std, color=color, alpha=0.2)
+        for curve in seeds:
+            by_time.plot([p["train_s"] for p in curve], [p["best_value"] for p in curve],
+                         color=color, alpha=0.7, drawstyle="steps-post")
+    for method, marks in (points or {}).items():
+        color = method_color(method)
+        by_trial.scatter([m["trial"] for m in marks], [m["value"] for m in marks], marker="*",
+                         s=90, color=color, label=method, zorder=3)
+        by_time.scatter([m["train_s"] for m in marks], [m["value"] for m in marks],
+                        marker="*", s=90, color=color, zorder=3)
+    by_trial.set_xlabel("trials")
+    by_trial.set_ylabel("best objective so far")
+    by_time.set_xlabel("training time (s)")
+    for ax in (by_trial, by_time):
+        ax.grid(alpha=0.3)
+    by_trial.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -26,7 +26,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,16 @@ class Profile:
     text_epochs: int | None
     text_methods: tuple[str, ...]
     text_model: dict[str, Any] | None = None  # overrides of the text model's config
+    # 03_sweeps: one setting at a time around the defaults (sgsc.studies.axis_grids)
+    sweep_data: str = "digits"
+    sweep_seeds: tuple[int, ...] = (0,)
+    sweep_axes: dict[str, tuple] = field(default_factory=dict)
+    sweep_fixed: dict[str, Any] = field(default_factory=dict)  # e.g. epochs, float_epochs
+    # 04_cbtpe_search: cbtpe vs cbtpe-tpe (and sc) on the same float models
+    search_data: str = "digits"
+    search_seeds: tuple[int, ...] = (0,)
+    search_settings: dict[str, Any] = field(default_factory=dict)  # CBTPEConfig fields
+    search_budget: dict[str, int | None] = field(default_factory=dict)  # float_epochs, epochs
 
     def budget(self, kind: str = "image") -> dict[str, int | None]:
         """Epoch budgets (``float_epochs``, ``epochs``) for :func:`sgsc.cache.run_grid` of
@@ -72,6 +82,10 @@ class Profile:
 
 
 CORE_METHODS = ("float", "sc", "sgsc")
+# The SGSC paper's axes: initial bit depth 2-16 (and 32), gamma, lambda, batch size, lr.
+PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.2),
+              "lambda_pres": (0.25, 1.0, 4.0), "batch_size": (16, 32, 64),
+              "lr": (3e-4, 1e-3, 3e-3)}
 PROFILES: dict[str, Profile] = {
     # CI: the 8x8 digits, two seeds, a few epochs and the cheap baselines, so the image
     # notebooks run in seconds; one epoch of names with a one-layer transformer.
@@ -80,7 +94,11 @@ PROFILES: dict[str, Profile] = {
         methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
         tutorial_float_epochs=4, tutorial_epochs=6,
         text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
-        text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2}),
+        text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
+        sweep_seeds=(0, 1), sweep_axes={"gamma": (0.2,), "lambda_pres": (4.0,)},
+        sweep_fixed={"epochs": 2, "float_epochs": 2},
+        search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
+        search_budget={"float_epochs": 2, "epochs": 2}),
     # The reported results: MNIST with three seeds and default budgets; of the baselines
     # only the ones that train nothing (PTQ), so that it fits an hour on 2 CPU cores.
     # Every method of the harness runs in "full".
@@ -89,13 +107,17 @@ PROFILES: dict[str, Profile] = {
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8"),
         tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2), text_float_epochs=None, text_epochs=None,
-        text_methods=CORE_METHODS),
-    # Five seeds, for tighter error bars.
+        text_methods=CORE_METHODS,
+        # the sweep and the search race on the 8x8 digits: 3 seeds in minutes, not hours
+        sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES, search_seeds=(0, 1, 2)),
+    # Five seeds, for tighter error bars; the sweep and the search race on MNIST.
     "full": Profile(
         name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
         epochs=None, methods=None, tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
-        text_epochs=None, text_methods=CORE_METHODS),
+        text_epochs=None, text_methods=CORE_METHODS,
+        sweep_data="mnist", sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES,
+        search_data="mnist", search_seeds=(0, 1, 2)),
 }
 
 
@@ -385,133 +407,6 @@ def save_run_info(report_dir: str | os.PathLike[str], notebook: str,
                   parameters: dict[str, Any], datasets: Sequence[str]) -> Path:
     """Write :func:`run_info` to ``metrics/<notebook>__run.json``."""
     return save_json(run_info(notebook, parameters, datasets), report_dir, f"{notebook}__run")
-
-
-# ----------------------------------------------------------------------------- claims
-
-VERDICTS = ("supported", "inconclusive", "not supported", "not measured")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claim of the papers, made testable: a per-seed measurement and a threshold.
-
-    The verdict compares mean ± std (over seeds) with ``threshold``: *supported* when the
-    whole interval is on the claimed side, *not supported* when it is wholly on the other
-    side, *inconclusive* when it straddles the threshold.
-    """
-
-    id: str
-    source: str
-    claim: str
-    measurement: str
-    threshold: float
-    higher_is_better: bool
-
-    @property
-    def criterion(self) -> str:
-        side = ">" if self.higher_is_better else "<"
-        return f"mean ± std {side} {self.threshold:g}"
-
-
-SCNN = "Cséfalvay & Imber 2023 (SCNN)"
-SGSC = "Zbeeb et al. 2025 (SGSC)"
-CLAIMS = (
-    Claim("scnn-size", SCNN, "Self-compression makes the network several times smaller.",
-          "sc: float32 size / packed size (x); 4 = an 8-bit copy", 4.0, True),
-    Claim("scnn-accuracy", SCNN, "It keeps the float model's accuracy.",
-          "sc: float test accuracy - sc test accuracy (0.01 = 1 point)", 0.01, False),
-    Claim("scnn-channels", SCNN, "Bit depths reach zero, so whole channels are removed.",
-          "sc: channels removed from the packed file", 0.0, True),
-    Claim("sgsc-accuracy", SGSC, "Safety guidance gives higher test accuracy than plain "
-          "self-compression.", "sgsc - sc test accuracy, same seed", 0.0, True),
-    Claim("sgsc-size", SGSC, "It does so at about the same size.",
-          "sgsc size / sc size - 1, same seed", 0.05, False),
-    Claim("sgsc-worst-class", SGSC, "It protects the hardest cases: the worst class is "
-          "better kept.", "sgsc - sc accuracy of the worst class, same seed", 0.0, True),
-    Claim("sgsc-feedback", SGSC, "The feedback controller restores precision during "
-          "training.", "sgsc: feedback events per run", 0.0, True),
-    Claim("sgsc-text", SGSC, "It compresses a character-level transformer with a small "
-          "loss increase.", "sgsc test loss - float test loss (nats per character)",
-          0.05, False),
-)
-
-
-def verdict(mean: float | None, std: float | None, claim: Claim) -> str:
-    """One of :data:`VERDICTS` for a measurement of ``claim`` (see :class:`Claim`)."""
-    if mean is None:
-        return "not measured"
-    low, high = mean - (std or 0.0), mean + (std or 0.0)
-    if claim.higher_is_better:
-        return "supported" if low > claim.threshold else (
-            "not supported" if high <= claim.threshold else "inconclusive")
-    return "supported" if high < claim.threshold else (
-        "not supported" if low >= claim.threshold else "inconclusive")
-
-
-def _same_seed(rows: Sequence[dict], column: str, a: str, b: str,
-            combine=lambda x, y: x - y) -> list[float]:
-    """Per seed present in both: ``combine(method a's value, method b's value)``."""
-    by = {(r["method"], r["seed"]): r.get(column) for r in rows}
-    seeds = sorted({r["seed"] for r in rows})
-    return [combine(by[(a, s)], by[(b, s)]) for s in seeds
-            if by.get((a, s)) is not None and by.get((b, s)) is not None]
-
-
-def _column(rows: Sequence[dict], method: str, column: str) -> list[float]:
-    return [float(r[column]) for r in rows if r["method"] == method
-            and r.get(column) is not None]
-
-
-def claim_measurements(tables: dict[str, list[dict]]) -> dict[str, list[float]]:
-    """Per claim id, the per-seed values measured from the notebooks' tables:
-    ``image_runs`` (01 runs), ``bit_depths`` and ``per_class_runs`` (01), and
-    ``text_runs`` (02).  Missing tables give empty measurements."""
-    runs = tables.get("image_runs", [])
-    bits = tables.get("bit_depths", [])
-    classes = tables.get("per_class_runs", [])
-    text = tables.get("text_runs", [])
-    removed: dict[int, int] = {}
-    for row in bits:
-        if row["method"] == "sc":
-            removed[row["seed"]] = removed.get(row["seed"], 0) + int(row["removed"])
-    worst = [{"method": r["method"], "seed": r["seed"],
-              "worst": min(v for k, v in r.items() if k.startswith("class_"))}
-             for r in classes]
-    return {
-        "scnn-size": _column(runs, "sc", "compression"),
-        "scnn-accuracy": _column(runs, "sc", "test_acc_drop"),
-        "scnn-channels": [float(v) for v in removed.values()],
-        "sgsc-accuracy": _same_seed(runs, "test_acc", "sgsc", "sc"),
-        "sgsc-size": _same_seed(runs, "storage_bytes", "sgsc", "sc", lambda x, y: x / y - 1),
-        "sgsc-worst-class": _same_seed(worst, "worst", "sgsc", "sc"),
-        "sgsc-feedback": _column(runs, "sgsc", "feedback_events"),
-        "sgsc-text": _column(text, "sgsc", "test_loss_rise"),
-    }
-
-
-def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
-    """The claims table: claim · measurement mean ± std (n seeds) · criterion · verdict."""
-    measured = claim_measurements(tables)
-    rows = []
-    for claim in CLAIMS:
-        values = measured.get(claim.id, [])
-        mean, std = mean_std(values)
-        rows.append({"id": claim.id, "source": claim.source, "claim": claim.claim,
-                     "measurement": claim.measurement, "value_mean": mean, "value_std": std,
-                     "n": len(values), "criterion": claim.criterion,
-                     "verdict": verdict(mean, std, claim)})
-    return rows
-
-
-def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:
-    """The tables :func:`assess_claims` reads, from a report folder (absent: empty)."""
-    names = {"image_runs": "01_mnist_cnn__runs", "bit_depths": "01_mnist_cnn__bit_depths",
-             "per_class_runs": "01_mnist_cnn__per_class_runs",
-             "text_runs": "02_char_transformer__runs"}
-    folder = Path(report_dir) / METRICS
-    return {key: load_table(report_dir, name) if (folder / f"{name}.json").exists() else []
-            for key, name in names.items()}
 
 
 # ----------------------------------------------------------------------------- HTML

@@ -20,7 +20,7 @@ from sgsc import data, report
 papermill = pytest.importorskip("papermill")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-REQUIRED_PARAMETERS = ("profile", "device", "force", "seed", "out_dir", "report_dir")
+REQUIRED_PARAMETERS = ("profile", "device", "force", "out_dir", "report_dir")
 # What each notebook must leave in the report folder (figures as PNG and SVG).
 EXPECTED = {
     "00_tutorial": {"figures": ("quantizer", "layer", "training", "preservation"),
@@ -30,7 +30,12 @@ EXPECTED = {
                      "metrics": ("runs", "summary", "bit_depths", "per_class", "run")},
     "02_char_transformer": {"figures": ("pareto", "training"),
                             "metrics": ("runs", "summary", "samples", "run")},
-    "05_paper_claims": {"figures": (), "metrics": ("claims", "run")},
+    "03_sweeps": {"figures": ("accuracy", "storage"),
+                  "metrics": ("runs", "summary", "spread_test_acc", "spread_epoch_swing",
+                              "stability", "variance", "run")},
+    "04_cbtpe_search": {"figures": ("race",),
+                        "metrics": ("runs", "summary", "race", "race_summary", "run")},
+    "05_paper_claims": {"figures": (), "metrics": ("claims", "size_at_target", "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import report
+from sgsc import claims, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -281,16 +281,16 @@ def test_selected_methods():
 
 
 def test_verdicts_compare_mean_and_std_with_the_threshold():
-    more = report.Claim("x", "s", "c", "m", threshold=0.0, higher_is_better=True)
-    less = report.Claim("y", "s", "c", "m", threshold=0.01, higher_is_better=False)
-    assert report.verdict(0.02, 0.01, more) == "supported"
-    assert report.verdict(0.01, 0.02, more) == "inconclusive"
-    assert report.verdict(-0.03, 0.01, more) == "not supported"
-    assert report.verdict(0.0, 0.0, more) == "not supported"  # no improvement at all
-    assert report.verdict(0.002, 0.001, less) == "supported"
-    assert report.verdict(0.008, 0.004, less) == "inconclusive"
-    assert report.verdict(0.05, 0.01, less) == "not supported"
-    assert report.verdict(None, None, less) == "not measured"
+    more = claims.Claim("x", "s", "c", "m", threshold=0.0, higher_is_better=True)
+    less = claims.Claim("y", "s", "c", "m", threshold=0.01, higher_is_better=False)
+    assert claims.verdict(0.02, 0.01, more) == "supported"
+    assert claims.verdict(0.01, 0.02, more) == "inconclusive"
+    assert claims.verdict(-0.03, 0.01, more) == "not supported"
+    assert claims.verdict(0.0, 0.0, more) == "not supported"  # no improvement at all
+    assert claims.verdict(0.002, 0.001, less) == "supported"
+    assert claims.verdict(0.008, 0.004, less) == "inconclusive"
+    assert claims.verdict(0.05, 0.01, less) == "not supported"
+    assert claims.verdict(None, None, less) == "not measured"
     assert less.criterion == "mean ± std < 0.01"
 
 
@@ -306,7 +306,7 @@ def test_claims_are_measured_per_seed_from_the_tables():
     bits = [{"method": "sc", "seed": 0, "layer": "a", "removed": 2},
             {"method": "sc", "seed": 0, "layer": "b", "removed": 1},
             {"method": "sgsc", "seed": 0, "layer": "a", "removed": 5}]
-    measured = report.claim_measurements({"image_runs": runs, "per_class_runs": classes,
+    measured = claims.claim_measurements({"image_runs": runs, "per_class_runs": classes,
                                           "bit_depths": bits})
     assert measured["sgsc-accuracy"] == pytest.approx([0.01, 0.02])
     assert measured["sgsc-size"] == pytest.approx([0.0, 5356 / 5101 - 1])
@@ -315,10 +315,38 @@ def test_claims_are_measured_per_seed_from_the_tables():
     assert measured["sgsc-feedback"] == [2.0, 0.0]
     assert measured["scnn-size"] == pytest.approx([18424 / 4883, 18424 / 5101])
     assert measured["sgsc-text"] == []
-    table = {r["id"]: r for r in report.assess_claims({"image_runs": runs})}
-    assert set(table) == {c.id for c in report.CLAIMS}
+    assert measured["sgsc-vs-float"] == pytest.approx([0.02, -0.01])
+    assert measured["sgsc-reduction"] == pytest.approx([1 - 4883 / 18424, 1 - 5356 / 18424])
+    table = {r["id"]: r for r in claims.assess_claims({"image_runs": runs})}
+    assert set(table) == {c.id for c in claims.CLAIMS}
     assert table["sgsc-accuracy"]["verdict"] == "supported"  # 0.015 ± 0.0071 > 0
     assert table["sgsc-text"]["verdict"] == "not measured" and table["sgsc-text"]["n"] == 0
+
+
+def test_sweep_claims_pair_sgsc_with_sc_per_setting_and_seed():
+    rows = [{"setting": st, "method": m, "seed": sd, "test_acc": acc, "epoch_swing": sw}
+            for st, m, sd, acc, sw in (
+                ("gamma=0.1", "sc", 0, 0.80, 0.10), ("gamma=0.1", "sc", 1, 0.90, 0.20),
+                ("gamma=0.1", "sgsc", 0, 0.85, 0.05), ("gamma=0.1", "sgsc", 1, 0.86, 0.10),
+                ("gamma=0.5", "sc", 0, 0.70, 0.30), ("gamma=0.5", "sgsc", 0, 0.75, 0.20),
+                ("lambda_pres=4.0", "sgsc", 0, 0.8, 0.1))]
+    measured = claims.claim_measurements({"sweep_runs": rows})
+    # one setting has two seeds of both: std 0.00707 - 0.07071
+    assert measured["sgsc-variance"] == pytest.approx([0.0070711 - 0.0707107], rel=1e-4)
+    assert sorted(measured["sgsc-stability"]) == pytest.approx([-0.1, -0.1, -0.05])
+
+
+def test_size_at_accuracy_picks_the_smallest_method_reaching_the_target():
+    rows = [{"method": m, "seed": s, "test_acc": a, "storage_bytes": b}
+            for m, s, a, b in (("float", 0, 0.995, 350000), ("float", 1, 0.993, 350000),
+                               ("sc", 0, 0.992, 6000), ("sc", 1, 0.985, 7000),
+                               ("sgsc", 0, 0.991, 9000), ("sgsc", 1, 0.990, 11000))]
+    table = {r["method"]: r for r in claims.size_at_accuracy(rows, 0.99)}
+    assert not table["sc"]["reaches_target"]  # mean 0.9885
+    assert table["sgsc"]["reaches_target"] and table["sgsc"]["smallest_at_target"]
+    assert table["sgsc"]["storage_bytes_mean"] == 10000
+    assert not table["float"]["smallest_at_target"]
+    assert not any(r["smallest_at_target"] for r in claims.size_at_accuracy(rows, 0.999))
 
 
 def test_budget_takes_the_notebooks_epoch_parameters():
