@@ -202,3 +202,38 @@ def size_at_accuracy(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
         row["smallest_at_target"] = bool(sizes) and row["reaches_target"] and \
             row["storage_bytes_mean"] == min(sizes)
     return table
+
+
+# The project's own targets (README): what a compressed model must reach to count.
+IMAGE_TARGET = {"test_acc": 0.99, "storage_bytes": 10_000, "entropy_coded_bytes": 5_000}
+TEXT_TARGET = {"test_loss_rise": 0.02, "float_fraction": 0.10}
+
+
+def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
+    """Per compressed method, mean over seeds against the project's targets:
+    image data -- test accuracy >= 99.0 % in a packed file <= 10,000 bytes (<= 5,000
+    entropy-coded); text -- test loss within 0.02 nats of float at <= 10 % of its size."""
+    rows = []
+    image, text = tables.get("image_runs", []), tables.get("text_runs", [])
+    for method in ("sc", "sgsc"):
+        members = [r for r in image if r["method"] == method]
+        if members:
+            means = {k: mean_std(_column(members, method, k))[0] for k in IMAGE_TARGET}
+            met = all(v is not None for v in means.values()) and \
+                means["test_acc"] >= IMAGE_TARGET["test_acc"] and \
+                means["storage_bytes"] <= IMAGE_TARGET["storage_bytes"] and \
+                means["entropy_coded_bytes"] <= IMAGE_TARGET["entropy_coded_bytes"]
+            rows.append({"data": members[0]["data"], "method": method, "n": len(members),
+                         **{f"{k}_mean": v for k, v in means.items()}, "met": met})
+        members = [r for r in text if r["method"] == method]
+        if members:
+            rise = mean_std(_column(members, method, "test_loss_rise"))[0]
+            fraction = mean_std([1 / c for c in _column(members, method, "compression")
+                                 if c])[0]
+            met = rise is not None and fraction is not None and \
+                rise <= TEXT_TARGET["test_loss_rise"] and \
+                fraction <= TEXT_TARGET["float_fraction"]
+            rows.append({"data": members[0]["data"], "method": method, "n": len(members),
+                         "test_loss_rise_mean": rise, "float_fraction_mean": fraction,
+                         "met": met})
+    return rows

@@ -35,7 +35,8 @@ EXPECTED = {
                               "stability", "variance", "run")},
     "04_cbtpe_search": {"figures": ("race",),
                         "metrics": ("runs", "summary", "race", "race_summary", "run")},
-    "05_paper_claims": {"figures": (), "metrics": ("claims", "size_at_target", "run")},
+    "05_paper_claims": {"figures": (), "metrics": ("claims", "size_at_target", "targets",
+                                                    "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

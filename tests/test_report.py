@@ -349,6 +349,25 @@ def test_size_at_accuracy_picks_the_smallest_method_reaching_the_target():
     assert not any(r["smallest_at_target"] for r in claims.size_at_accuracy(rows, 0.999))
 
 
+def test_project_targets_need_accuracy_size_and_entropy_coded_size():
+    image = [{"method": "sc", "data": "mnist", "seed": s, "test_acc": 0.991,
+              "storage_bytes": 9000, "entropy_coded_bytes": e} for s, e in ((0, 4000), (1, 4400))]
+    image += [{"method": "sgsc", "data": "mnist", "seed": 0, "test_acc": 0.995,
+               "storage_bytes": 12000, "entropy_coded_bytes": 4000}]
+    text = [{"method": "sc", "data": "names", "seed": 0, "test_loss_rise": 0.01,
+             "compression": 12.5},
+            {"method": "sgsc", "data": "names", "seed": 0, "test_loss_rise": 0.01,
+             "compression": 4.0}]
+    rows = {(r["data"], r["method"]): r
+            for r in claims.project_targets({"image_runs": image, "text_runs": text})}
+    assert rows[("mnist", "sc")]["met"]
+    assert rows[("mnist", "sc")]["entropy_coded_bytes_mean"] == 4200
+    assert not rows[("mnist", "sgsc")]["met"]  # 12,000 bytes > 10,000
+    assert rows[("names", "sc")]["met"] and rows[("names", "sc")]["float_fraction_mean"] == 0.08
+    assert not rows[("names", "sgsc")]["met"]  # a quarter of the float size
+    assert claims.project_targets({}) == []
+
+
 def test_budget_takes_the_notebooks_epoch_parameters():
     quick = report.PROFILES["quick"]
     assert report.budget(quick) == {"float_epochs": 3, "epochs": 4}
