@@ -60,10 +60,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sgsc import report
+    from sgsc import profiles, report
 
     try:
-        folder = report.profile_report_dir(args.profile, args.reports)
+        folder = profiles.profile_report_dir(args.profile, args.reports)
         path = report.build_report(folder, args.profile)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,9 +1,8 @@
-"""Notebook parameters, metrics files, provenance and the HTML report of a profile.
+"""Metrics files, provenance and the HTML report of a profile.
 
-The notebooks in ``notebooks/`` write everything they measure through this module:
+The notebooks in ``notebooks/`` write everything they measure through this module
+(their parameters are checked by :mod:`sgsc.profiles`):
 
-* :func:`check_parameters` validates a notebook's papermill parameters before any
-  training starts and returns the :class:`Profile` (data, seeds, epoch budgets);
 * :func:`save_table` / :func:`save_json` write ``<report_dir>/metrics/<name>.json`` (and
   ``.csv`` for tables); :func:`save_run_info` records how a notebook ran (parameters,
   git SHA, package versions, data checksums, hardware);
@@ -25,193 +24,16 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DEVICES = ("auto", "cpu", "cuda")
 METRICS = "metrics"
 FIGURES = "figures"
 TIMINGS = "timings"  # metrics/timings.json, written by run_all.sh
 PACKAGES = ("sgsc", "torch", "numpy", "scikit-learn", "pandas", "matplotlib", "seaborn",
             "papermill", "nbconvert", "ipykernel")
-
-
-# ----------------------------------------------------------------------------- profiles
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What one profile runs.  Epoch budgets of ``None`` mean the data set's default
-    (``sgsc.runs.DEFAULTS``); methods of ``None`` mean every method of
-    ``sgsc.runs.METHODS`` (float, sc, sgsc and the baselines)."""
-
-    name: str
-    image_data: str  # 01_mnist_cnn
-    seeds: tuple[int, ...]
-    float_epochs: int | None
-    epochs: int | None
-    methods: tuple[str, ...] | None
-    tutorial_float_epochs: int  # 00_tutorial (always on digits)
-    tutorial_epochs: int
-    text_data: str  # 02_char_transformer
-    text_seeds: tuple[int, ...]
-    text_float_epochs: int | None
-    text_epochs: int | None
-    text_methods: tuple[str, ...]
-    text_model: dict[str, Any] | None = None  # overrides of the text model's config
-    # 03_sweeps: one setting at a time around the defaults (sgsc.studies.axis_grids)
-    sweep_data: str = "digits"
-    sweep_seeds: tuple[int, ...] = (0,)
-    sweep_axes: dict[str, tuple] = field(default_factory=dict)
-    sweep_fixed: dict[str, Any] = field(default_factory=dict)  # e.g. epochs, float_epochs
-    # 04_cbtpe_search: cbtpe vs cbtpe-tpe (and sc) on the same float models
-    search_data: str = "digits"
-    search_seeds: tuple[int, ...] = (0,)
-    search_settings: dict[str, Any] = field(default_factory=dict)  # CBTPEConfig fields
-    search_budget: dict[str, int | None] = field(default_factory=dict)  # float_epochs, epochs
-
-    def budget(self, kind: str = "image") -> dict[str, int | None]:
-        """Epoch budgets (``float_epochs``, ``epochs``) for :func:`sgsc.cache.run_grid` of
-        the image or the text notebook."""
-        if kind == "text":
-            return {"float_epochs": self.text_float_epochs, "epochs": self.text_epochs}
-        return {"float_epochs": self.float_epochs, "epochs": self.epochs}
-
-
-CORE_METHODS = ("float", "sc", "sgsc")
-# The SGSC paper's axes: initial bit depth 2-16 (and 32), gamma, lambda, batch size, lr.
-PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.2),
-              "lambda_pres": (0.25, 1.0, 4.0), "batch_size": (16, 32, 64),
-              "lr": (3e-4, 1e-3, 3e-3)}
-PROFILES: dict[str, Profile] = {
-    # CI: the 8x8 digits, two seeds, a few epochs and the cheap baselines, so the image
-    # notebooks run in seconds; one epoch of names with a one-layer transformer.
-    "quick": Profile(
-        name="quick", image_data="digits", seeds=(0, 1), float_epochs=3, epochs=4,
-        methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
-        tutorial_float_epochs=4, tutorial_epochs=6,
-        text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
-        text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
-        sweep_seeds=(0, 1), sweep_axes={"gamma": (0.2,), "lambda_pres": (4.0,)},
-        sweep_fixed={"epochs": 2, "float_epochs": 2},
-        search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
-        search_budget={"float_epochs": 2, "epochs": 2}),
-    # The reported results: MNIST with three seeds and default budgets; of the baselines
-    # only the ones that train nothing (PTQ), so that it fits an hour on 2 CPU cores.
-    # Every method of the harness runs in "full".
-    "paper": Profile(
-        name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
-        methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8"),
-        tutorial_float_epochs=20, tutorial_epochs=20,
-        text_data="names", text_seeds=(0, 1, 2), text_float_epochs=None, text_epochs=None,
-        text_methods=CORE_METHODS,
-        # the sweep and the search race on the 8x8 digits: 3 seeds in minutes, not hours
-        sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES, search_seeds=(0, 1, 2)),
-    # Five seeds, for tighter error bars; the sweep and the search race on MNIST.
-    "full": Profile(
-        name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
-        epochs=None, methods=None, tutorial_float_epochs=20, tutorial_epochs=20,
-        text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
-        text_epochs=None, text_methods=CORE_METHODS,
-        sweep_data="mnist", sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES,
-        search_data="mnist", search_seeds=(0, 1, 2)),
-}
-
-
-def _choices(values: Iterable[str]) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
-def check_parameters(*, profile: str, device: str = "auto", force: int | bool = 0,
-                     seed: int | None = None, seeds: Sequence[int] | None = None,
-                     methods: Sequence[str] | None = None, threads: int = 0,
-                     epochs: int = 0, float_epochs: int = 0) -> Profile:
-    """Validate a notebook's parameters; return the :class:`Profile` they select.
-
-    Raises ``ValueError`` naming every bad parameter and its valid values, so that a
-    papermill run with a typo stops before any training starts.
-    """
-    problems = []
-    if profile not in PROFILES:
-        problems.append(f"profile must be one of {_choices(PROFILES)}, not {profile!r}")
-    if device not in DEVICES:
-        problems.append(f"device must be one of {_choices(DEVICES)}, not {device!r}")
-    elif device == "cuda" and not _cuda_available():
-        problems.append("device 'cuda' was asked for but no CUDA GPU is available; "
-                        "use 'auto' or 'cpu'")
-    if force not in (0, 1) or isinstance(force, float):
-        problems.append(f"force must be 0 or 1, not {force!r}")
-    for name, value in (("seed", seed), ("threads", threads), ("epochs", epochs),
-                        ("float_epochs", float_epochs),
-                        *((f"seeds[{i}]", s) for i, s in enumerate(seeds or ()))):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 0):
-            problems.append(f"{name} must be a non-negative integer, not {value!r}")
-    if methods:
-        from sgsc.runs import METHODS
-
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            problems.append(f"methods must be taken from {_choices(METHODS)}; unknown: "
-                            f"{_choices(unknown)}")
-    if problems:
-        raise ValueError("invalid notebook parameters:\n  " + "\n  ".join(problems))
-    return PROFILES[profile]
-
-
-def budget(profile: Profile, kind: str = "image", *, float_epochs: int = 0,
-           epochs: int = 0) -> dict[str, int | None]:
-    """The profile's epoch budgets for the image or text notebook, with a notebook's
-    ``float_epochs`` / ``epochs`` parameters put in when they are not 0."""
-    chosen = profile.budget(kind)
-    if float_epochs:
-        chosen["float_epochs"] = float_epochs
-    if epochs:
-        chosen["epochs"] = epochs
-    return chosen
-
-
-def set_threads(threads: int) -> int:
-    """Use ``threads`` CPU threads in torch and in numpy/scikit-learn (0: leave as is).
-
-    The models here are small: on a busy machine extra threads mostly wait for each other
-    (a digits run was 30 times slower with two threads than with one on a loaded 2-core
-    machine), so the notebooks default to one.  Returns torch's thread count.
-    """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be a non-negative integer (0: leave as is), "
-                         f"not {threads!r}")
-    import torch
-
-    if threads:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(threads)
-        threadpool_limits(threads)
-    return torch.get_num_threads()
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def selected_methods(methods: Sequence[str] | None, profile: Profile | None = None,
-                     kind: str = "image") -> list[str]:
-    """``methods`` as given; when empty, the profile's methods for ``kind`` ("image" or
-    "text"), or every method of ``sgsc.runs.METHODS`` (which lists the baselines too)."""
-    from sgsc.runs import METHODS
-
-    if methods:
-        return list(methods)
-    if profile is None:
-        return list(METHODS)
-    chosen = profile.text_methods if kind == "text" else profile.methods
-    return list(METHODS) if chosen is None else [m for m in chosen if m in METHODS]
 
 
 # ----------------------------------------------------------------------------- metrics files
@@ -391,7 +213,8 @@ def data_checksums(datasets: Sequence[str]) -> list[dict[str, Any]]:
             rows.append({"dataset": name, "file": "sklearn.datasets.load_digits",
                          "sha256": digest, "verified": True})
         else:
-            raise ValueError(f"unknown data set {name!r}; choose from {_choices(data.DATASETS)}")
+            choices = ", ".join(data.DATASETS)
+            raise ValueError(f"unknown data set {name!r}; choose from {choices}")
     return rows
 
 
@@ -614,10 +437,3 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
     path = report_dir / "index.html"
     path.write_text(page)
     return path
-
-
-def profile_report_dir(profile: str, root: str | os.PathLike[str] = "reports") -> Path:
-    """``<root>/<profile>``, after checking the profile name."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {_choices(PROFILES)}, not {profile!r}")
-    return Path(root) / profile

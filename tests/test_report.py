@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import claims, report
+from sgsc import claims, profiles, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -254,11 +254,11 @@ def test_summarize_and_compare_to_float():
 
 
 def test_check_parameters_names_every_bad_value():
-    assert report.check_parameters(profile="quick").image_data == "digits"
-    assert report.check_parameters(profile="paper", seeds=[0, 1], methods=["sc"]).seeds \
+    assert profiles.check_parameters(profile="quick").image_data == "digits"
+    assert profiles.check_parameters(profile="paper", seeds=[0, 1], methods=["sc"]).seeds \
         == (0, 1, 2)
     with pytest.raises(ValueError) as err:
-        report.check_parameters(profile="papr", device="gpu", force=2, seed=-1,
+        profiles.check_parameters(profile="papr", device="gpu", force=2, seed=-1,
                                 methods=["sc", "magic"])
     message = str(err.value)
     for expected in ("profile must be one of 'quick', 'paper', 'full', not 'papr'",
@@ -271,10 +271,10 @@ def test_check_parameters_names_every_bad_value():
 def test_selected_methods():
     from sgsc.runs import METHODS
 
-    assert report.selected_methods(["sc"]) == ["sc"]
-    assert report.selected_methods([]) == list(METHODS)
-    quick = report.PROFILES["quick"]
-    assert report.selected_methods([], quick) == [m for m in quick.methods if m in METHODS]
+    assert profiles.selected_methods(["sc"]) == ["sc"]
+    assert profiles.selected_methods([]) == list(METHODS)
+    quick = profiles.PROFILES["quick"]
+    assert profiles.selected_methods([], quick) == [m for m in quick.methods if m in METHODS]
 
 
 # ----------------------------------------------------------------------------- claims
@@ -369,10 +369,10 @@ def test_project_targets_need_accuracy_size_and_entropy_coded_size():
 
 
 def test_budget_takes_the_notebooks_epoch_parameters():
-    quick = report.PROFILES["quick"]
-    assert report.budget(quick) == {"float_epochs": 3, "epochs": 4}
-    assert report.budget(quick, "text", epochs=2) == {"float_epochs": 1, "epochs": 2}
-    paper = report.PROFILES["paper"]
-    assert report.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
+    quick = profiles.PROFILES["quick"]
+    assert profiles.budget(quick) == {"float_epochs": 3, "epochs": 4}
+    assert profiles.budget(quick, "text", epochs=2) == {"float_epochs": 1, "epochs": 2}
+    paper = profiles.PROFILES["paper"]
+    assert profiles.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
-        report.check_parameters(profile="quick", epochs=-1)
+        profiles.check_parameters(profile="quick", epochs=-1)
