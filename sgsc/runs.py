@@ -6,7 +6,11 @@ real packed file, and returns one flat result dict:
 
     method, data, seed, val_acc/test_acc (classifiers) or val_loss/test_loss (text),
     storage_bytes (size of the packed file), entropy_coded_bytes, live_weights, Q,
-    selected_epoch, feedback_events, preservation_size, wall_s, params
+    selected_epoch, feedback_events, preservation_size, train_s, wall_s, params
+
+``train_s`` is the method's own training time, summed over resumes (the float
+reference's for ``float``; never the shared float reference's for the others), so it
+survives a rerun that only reloads a finished run; ``wall_s`` is the time of this call.
 
 Test metrics are computed once, on the selected model, for reporting only.  A run
 folder holds checkpoints, so a killed run resumes; the float reference of a seed is
@@ -160,6 +164,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         result = {"storage_bytes": float_storage_bytes(float_model),
                   "live_weights": count_weights(float_model),
                   "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
+                  "train_s": round(float_info["wall_s"], 2),
                   **_metrics("val", evaluate(float_model, splits.val, dev)),
                   **_metrics("test", evaluate(float_model, splits.test, dev))}
         return _finish(method, data_name, seed, result, start, float_info["run_dir"])
@@ -194,7 +199,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         "entropy_coded_bytes": entropy_coded_bytes(compression),
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
-        "selected_epoch": trained.selected_epoch,
+        "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
         "feedback_events": len(trained.feedback_events),
         "params": dataclasses.asdict(config),
         "float_val": _metrics("val", evaluate(float_model, splits.val, dev)),

@@ -163,6 +163,20 @@ def test_cbtpe_runs_and_reports_the_search(out, method):
     assert len(log["trials"]) == 3 and log["space"]
 
 
+def test_cbtpe_rerun_reuses_its_search_and_keeps_train_s(out, monkeypatch):
+    first = _run("cbtpe", out, **SEARCH)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search of a finished run must not run again")
+
+    monkeypatch.setattr(cbtpe, "search", no_search)
+    again = _run("cbtpe", out, **SEARCH)
+    for key in ("search", "test_acc", "storage_bytes", "train_s"):
+        assert again[key] == first[key], key
+    assert again["params"]["bits"] == first["params"]["bits"]
+    assert first["train_s"] >= first["search"]["search_wall_s"] > 0
+
+
 def test_cluster_split_puts_the_best_trials_in_the_good_group():
     # three clear levels of accuracy: bad, middling, good
     history = [0.52, 0.91, 0.75, 0.50, 0.93, 0.74, 0.55, 0.92, 0.76]

@@ -47,6 +47,15 @@ def test_result_schema(sgsc_digits):
     assert sum(compressed["preservation_counts"].values()) == compressed["preservation_size"]
 
 
+def test_rerun_reloads_and_keeps_the_training_time(sgsc_digits):
+    compressed, reference, out = sgsc_digits
+    again = runs.run("sgsc", "digits", out_dir=out, progress=False)
+    assert again["train_s"] == compressed["train_s"] > 0  # from the checkpoint
+    assert again["test_acc"] == compressed["test_acc"]
+    assert runs.run("float", "digits", out_dir=out, progress=False)["train_s"] == \
+        reference["train_s"] > 0
+
+
 def test_history_logs_every_loss_term(sgsc_digits):
     _, _, out = sgsc_digits
     [history_file] = out.glob("digits/sgsc-*/history.json")

@@ -63,7 +63,7 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from sgsc import runs
+from sgsc import atomic, runs
 from sgsc.baselines.common import (
     Reference,
     packed_result,
@@ -294,6 +294,16 @@ class SearchResult:
     target_score: float = 0.0
     splits: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_log(cls, log: dict) -> SearchResult:
+        """The search a run folder's ``search.json`` recorded."""
+        trials = log["trials"]
+        best = next(t for t in trials if t["trial"] == log["best_trial"])
+        return cls(sampler=log["sampler"], trials=trials, best=best,
+                   wall_s=log["search_wall_s"], trials_to_target=log["trials_to_target"],
+                   budget_bytes=log["budget_bytes"], target_score=log["target_val_score"],
+                   splits=log["splits"])
+
 
 def _params_of(trial: optuna.Trial, space: list[LayerSpace]
                ) -> tuple[dict[str, int], dict[str, float]]:
@@ -378,35 +388,42 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
 
     space = build_space(ref, config, seed)
     sampler = "cluster-tpe" if method == "cbtpe" else "tpe"
-    found = search(ref, space, config, per_trial, sampler, seed)
-
     out = ref.run_folder(method, final, dataclasses.asdict(config))
+    log = out / "search.json"
+    if log.exists():  # a rerun or a resumed run: the search is deterministic, reuse it
+        found = SearchResult.from_log(json.loads(log.read_text()))
+    else:
+        found = search(ref, space, config, per_trial, sampler, seed)
+        atomic.write_json({**_summary(found), "space": [_layer_json(layer) for layer in space],
+                           "trials": found.trials, "splits": found.splits}, log)
+
     fixed = candidate(ref, space, found.best["bits"], found.best["widths"])
     trainer = Trainer(fixed.model, ref.splits.train, ref.splits.val, final,
                       compression=fixed.sc, out_dir=out)
     with fixed.tracking():
         trained = trainer.fit()
-    summary = {"sampler": sampler, "n_trials": len(found.trials),
-               "distinct_trials": sum(not t["repeat"] for t in found.trials),
-               "search_wall_s": round(found.wall_s, 2),
-               "trials_to_target": found.trials_to_target,
-               "budget_bytes": found.budget_bytes, "target_val_score": found.target_score,
-               "best_trial": found.best["trial"], "best_value": found.best["value"],
-               "best_trial_val_score": found.best["val_score"],
-               "best_trial_storage_bytes": found.best["storage_bytes"]}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(
-        {**summary, "space": [_layer_json(layer) for layer in space],
-         "trials": found.trials, "splits": found.splits}, indent=1))
+    summary = _summary(found)
     result = {
         "params": {**dataclasses.asdict(final), "cbtpe": dataclasses.asdict(config),
                    "bits": found.best["bits"], "widths": found.best["widths"]},
         "search": summary, "selected_epoch": trained.selected_epoch,
+        "train_s": round(found.wall_s + trained.wall_s, 2),  # search + final training
         "mean_bits": fixed.mean_bits(),
         "sensitivity": {layer.name: layer.mean_trace for layer in space},
         **packed_result(fixed.sc, out, ref),
     }
     return runs._finish(method, data_name, seed, result, start, out)
+
+
+def _summary(found: SearchResult) -> dict:
+    return {"sampler": found.sampler, "n_trials": len(found.trials),
+            "distinct_trials": sum(not t["repeat"] for t in found.trials),
+            "search_wall_s": round(found.wall_s, 2),
+            "trials_to_target": found.trials_to_target,
+            "budget_bytes": found.budget_bytes, "target_val_score": found.target_score,
+            "best_trial": found.best["trial"], "best_value": found.best["value"],
+            "best_trial_val_score": found.best["val_score"],
+            "best_trial_storage_bytes": found.best["storage_bytes"]}
 
 
 def _layer_json(layer: LayerSpace) -> dict:
