@@ -192,3 +192,10 @@ def test_init_bits_sets_the_starting_bit_depth(tmp_path):
 
     assert bits_after_one_epoch(3.0) == pytest.approx(3.0, abs=0.01)
     assert bits_after_one_epoch(12.0) == pytest.approx(12.0, abs=0.01)
+
+
+def test_a_data_set_can_override_the_safety_defaults():
+    assert runs.train_config("sgsc", "names").lambda_pres == 0.1  # DEFAULTS["names"]["sgsc"]
+    assert runs.train_config("sgsc", "mnist").lambda_pres == runs.SGSC_EXTRA["lambda_pres"]
+    assert runs.train_config("sc", "names").lambda_pres == 0.0  # sc has no safety terms
+    assert runs.train_config("sgsc", "names", lambda_pres=2.0).lambda_pres == 2.0
