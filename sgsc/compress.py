@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from sgsc.graph import ChannelGraph, HeadDependency
 from sgsc.prune import PruneResult, prune_channels
-from sgsc.quant import ChannelQuantizer
+from sgsc.quant import ChannelQuantizer, effective_bits
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 HEADER_BITS = 8 + 32
@@ -50,7 +50,8 @@ class SelfCompression:
 
     Args:
         model: wrapped in place (parametrizations are registered on its modules).
-        init_bits: starting bit depth of every channel.
+        init_bits: starting bit depth of every channel (above ``quant.MAX_BITS`` = 24,
+            the widest code float32 computes exactly, it starts at 24).
         init: ``"maxabs"`` -- exponents put each channel's ``max|w|`` at the top of the
             ``init_bits`` range (near-lossless start); ``"scnn"`` -- every exponent is
             ``init_exponent`` (the original study's fixed start, e.g. b=2, e=-8).
@@ -131,7 +132,7 @@ class SelfCompression:
 
     @torch.no_grad()
     def _dead(self, name: str) -> Tensor:
-        """Rows with ``relu(b) == 0`` (exact zeros) of quantised module ``name``."""
+        """Rows with ``b <= 0`` (exact zeros) of quantised module ``name``."""
         return self._quantizer(name).bit_depth <= 0
 
     def _dead_heads(self, block: HeadDependency) -> Tensor | None:
@@ -204,7 +205,7 @@ class SelfCompression:
     def size_loss(self) -> Tensor:
         """Q: differentiable average bits per weight, over the ORIGINAL weight count.
 
-        ``sum_layers sum_c relu(b_c) * live_inputs_per_row / total_weights``, where
+        ``sum_layers sum_c clamp(b_c, 0, 24) * live_inputs_per_row / total_weights``, where
         ``live_inputs_per_row`` leaves out input columns fed by zero-bit producer channels
         and columns of dead heads (the columns :meth:`storage_bits` does not store).  That
         count is a constant (no gradient): the gradient on ``b_c`` is the number of
@@ -215,7 +216,7 @@ class SelfCompression:
         removed_cols = self._removed_cols()
         total = 0.0
         for name in self.names:
-            b = torch.relu(self._quantizer(name).bit_depth)
+            b = effective_bits(self._quantizer(name).bit_depth)
             total = total + b.sum() * self._stored_inputs(name, removed_cols)
         return total / self.total_weights
 
@@ -226,7 +227,7 @@ class SelfCompression:
         The rule (export must match it, and pruning must not change it):
 
         1. Quantised weights, per row that is STORED: ``HEADER_BITS`` = 40 (uint8 bit
-           depth + float32 exponent) plus ``ceil(relu(b))`` bits per stored input element.
+           depth + float32 exponent) plus ``ceil(clamp(b, 0, 24))`` bits per stored input.
            Stored input elements exclude columns that pruning removes (inputs fed by
            zero-bit producer channels of a ChannelDependency, columns of dead heads).
         2. Rows that pruning removes are not stored at all: zero-bit producer rows of a
@@ -249,7 +250,7 @@ class SelfCompression:
         bits = 0
         for name in self.names:
             quantizer = self._quantizer(name)
-            b = torch.ceil(torch.relu(quantizer.bit_depth)).long()
+            b = torch.ceil(effective_bits(quantizer.bit_depth)).long()
             stored = ~rows[name] if name in rows else torch.ones_like(b, dtype=torch.bool)
             bits += HEADER_BITS * int(stored.sum())
             bits += int(b[stored].sum()) * self._stored_inputs(name, cols)

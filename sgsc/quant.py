@@ -10,9 +10,10 @@ integer times a power-of-two scale.  Rounding uses a straight-through estimator,
   trade) plus the clamp term;
 * ``b`` gets gradient only where the clamp binds, through ``lo(b)`` / ``hi(b)``.
 
-``b`` enters through ``relu`` so a channel pushed to ``b <= 0`` is exactly zero and can be
-removed.  Fractional ``b`` is legal: the range is then a fraction of the ``ceil(b)``-bit
-one, and storage is charged ``ceil(b)`` bits.
+``b`` enters through :func:`effective_bits` -- clamped to ``[0, MAX_BITS]`` (24) -- so a
+channel pushed to ``b <= 0`` is exactly zero and can be removed, and a start at 32 bits
+acts as 24, the widest code float32 computes exactly.  Fractional ``b`` is legal: the range is
+then a fraction of the ``ceil(b)``-bit one, and storage is charged ``ceil(b)`` bits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+# The widest code: float32 holds every integer up to 2^24 exactly, and quantize() computes
+# codes in float32, so a 25-bit or wider range would round its top code out of range.
+MAX_BITS = 24
 
 
 class RoundSTE(torch.autograd.Function):
@@ -40,13 +45,19 @@ def _per_channel(v: Tensor, weight: Tensor) -> Tensor:
     return v.view(-1, *([1] * (weight.dim() - 1)))
 
 
+def effective_bits(bit_depth: Tensor) -> Tensor:
+    """The bit depth the quantizer uses: ``b`` clamped to ``[0, MAX_BITS]`` (zero gradient
+    outside; ``relu`` then ``clamp``, so that below 24 bits it is exactly ``relu``)."""
+    return torch.relu(bit_depth).clamp(max=MAX_BITS)
+
+
 def _clamped(weight: Tensor, bit_depth: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
     """``(clamp(2^-e * w, lo(b), hi(b)), e)``: the shared first half of quantize/codes.
 
     Kept in one place so that :func:`quantize` and :func:`integer_codes` run the very
     same float ops and therefore agree bit for bit.
     """
-    b = _per_channel(torch.relu(bit_depth), weight)
+    b = _per_channel(effective_bits(bit_depth), weight)
     e = _per_channel(exponent, weight)
     half_range = torch.exp2(b - 1)
     z = torch.clamp(torch.exp2(-e) * weight, -half_range, half_range - 1)
@@ -71,12 +82,13 @@ def integer_codes(weight: Tensor, bit_depth: Tensor, exponent: Tensor) -> tuple[
 
     Returns ``(codes, bits)``: ``codes`` (int32, shape of ``weight``) with
     ``torch.exp2(exponent).view(-1, 1, ...) * codes.float()`` equal to ``quantize(...)``
-    bit for bit, and ``bits = ceil(relu(bit_depth))`` (int64, one per channel); every code
+    bit for bit, and ``bits = ceil(effective_bits(bit_depth))`` (int64, one per channel);
+    every code
     of channel ``c`` fits in ``bits[c]``-bit two's complement (and is 0 when bits is 0).
     """
     z, _ = _clamped(weight, bit_depth, exponent)
     codes = torch.round(z).to(torch.int32)
-    bits = torch.ceil(torch.relu(bit_depth)).to(torch.int64)
+    bits = torch.ceil(effective_bits(bit_depth)).to(torch.int64)
     return codes, bits
 
 
@@ -124,15 +136,18 @@ class ChannelQuantizer(nn.Module):
     def constant(
         cls, out_channels: int, bits: float, exponent: float, *, like: Tensor | None = None
     ) -> ChannelQuantizer:
-        """Every channel starts at the same ``bits`` and ``exponent`` (SCNN's init)."""
+        """Every channel starts at the same ``bits`` (at most ``MAX_BITS``) and
+        ``exponent`` (SCNN's init)."""
         kw = {} if like is None else {"dtype": like.dtype, "device": like.device}
-        return cls(torch.full((out_channels,), float(bits), **kw),
+        return cls(torch.full((out_channels,), min(float(bits), MAX_BITS), **kw),
                    torch.full((out_channels,), float(exponent), **kw))
 
     @classmethod
     def maxabs(cls, weight: Tensor, bits: float) -> ChannelQuantizer:
-        """``bits`` everywhere, exponents from :func:`init_exponent_maxabs`."""
-        return cls(weight.new_full((weight.shape[0],), float(bits)),
+        """``bits`` everywhere, exponents from :func:`init_exponent_maxabs`.  A start
+        above ``MAX_BITS`` begins at ``MAX_BITS``: that is the widest range there is."""
+        bits = min(float(bits), MAX_BITS)
+        return cls(weight.new_full((weight.shape[0],), bits),
                    init_exponent_maxabs(weight, bits).to(weight.dtype))
 
     @property

@@ -55,7 +55,7 @@ class TrainConfig:
     lr_quant: float = 0.05  # bit depths and exponents (SCNN used 0.5; runs.DEFAULTS does too)
     eps_quant: float = 1e-3
     schedule: str = "cosine"  # or "constant"
-    init_bits: float = 8.0  # starting bit depth of every channel (self-compression)
+    init_bits: float = 8.0  # starting bit depth of every channel (above 24: starts at 24)
     gamma: float = 0.0  # weight of Q (bits per weight)
     l1_weights: float = 0.0
     l1_dead_bias: float = 1e-2

@@ -21,7 +21,7 @@ from sgsc.export import (
     read_metadata,
     save_compressed,
 )
-from sgsc.models import build_model
+from sgsc.models import CNNConfig, build_model
 
 MODELS = {"mnist_cnn": {}, "char_transformer": {"vocab_size": 27}}
 
@@ -261,3 +261,15 @@ def test_all_dead_producer_round_trip(tmp_path) -> None:
     reference.prune()
     x = _inputs(sc.model, 2)
     assert torch.equal(_logits(load_compressed(info.path), x), _logits(reference.model, x))
+
+
+def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:
+    model = build_model("mnist_cnn", **CNNConfig.for_digits().__dict__)
+    sc = SelfCompression(model, init_bits=32.0)
+    with torch.no_grad():
+        for name in sc.names:
+            sc._quantizer(name).bit_depth.add_(1.5)  # and training pushed them higher
+    save_compressed(sc, tmp_path / "wide.sgsc")
+    loaded = load_compressed(tmp_path / "wide.sgsc")
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(loaded.eval()(x), model.eval()(x))

@@ -8,8 +8,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sgsc.quant import (
+    MAX_BITS,
     ChannelQuantizer,
     RoundSTE,
+    effective_bits,
     init_exponent_maxabs,
     integer_codes,
     quantize,
@@ -171,3 +173,24 @@ def test_channel_quantizer_as_parametrization_and_select_channels():
 def test_channel_quantizer_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         ChannelQuantizer(torch.ones(3), torch.ones(4))
+
+
+def test_bit_depths_beyond_24_act_as_24_and_get_no_gradient():
+    w = torch.randn(3, 5) * 1e8  # large enough for the clamp to bind at 24 bits
+    b = torch.tensor([24.0, 25.5, 32.0], requires_grad=True)
+    e = torch.zeros(3)
+    q = quantize(w, b, e)
+    assert torch.equal(q[1:], quantize(w[1:], torch.tensor([24.0, 24.0]), e[1:]))
+    codes, bits = integer_codes(w, b, e)
+    assert bits.tolist() == [24, 24, 24]
+    assert codes.max() == 2**23 - 1 and codes.min() == -(2**23)  # the 24-bit range, exactly
+    q.sum().backward()
+    assert b.grad[1] == 0 and b.grad[2] == 0
+    assert effective_bits(torch.tensor([-1.0, 7.5, 99.0])).tolist() == [0.0, 7.5, MAX_BITS]
+
+
+def test_a_start_above_24_bits_begins_at_24_with_a_24_bit_exponent():
+    w = torch.randn(4, 6)
+    wide, top = ChannelQuantizer.maxabs(w, 32.0), ChannelQuantizer.maxabs(w, 24.0)
+    assert torch.equal(wide.bit_depth, top.bit_depth) and torch.equal(wide.exponent, top.exponent)
+    assert torch.allclose(wide(w), w, atol=1e-6)  # near-lossless, not clipped
