@@ -305,7 +305,8 @@ def render_table(records: list[dict], file: str, max_rows: int = 40, prefix: str
                 text += " ± " + _cell(record.get(std), f"{file}#{prefix}{i}/{std}")
             cells.append(f"<td>{text}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    more = (f"<p class='note'>first {max_rows} rows of {len(records)}</p>"
+    # said in words: every number on the page must come from a metrics file
+    more = ("<p class='note'>the table is cut here; the JSON and CSV files hold every row</p>"
             if len(records) > max_rows else "")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 

@@ -376,3 +376,10 @@ def test_budget_takes_the_notebooks_epoch_parameters():
     assert profiles.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
         profiles.check_parameters(profile="quick", epochs=-1)
+
+
+def test_the_committed_paper_report_matches_its_metrics():
+    index = Path(__file__).resolve().parents[1] / "reports" / "paper" / "index.html"
+    if not index.exists():
+        pytest.skip("no committed paper report")
+    assert check_index(index) == []
