@@ -166,14 +166,26 @@ def _sweep_groups(rows: Sequence[dict], column: str) -> dict[str, dict[str, dict
     return groups
 
 
-def _sweep_spread(rows: Sequence[dict], column: str) -> list[float]:
-    """Per setting run by both with two seeds or more: sgsc std - sc std of ``column``."""
+def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
+    """Per setting (``axis=value``, rows of :func:`sgsc.studies.sweep_rows`) run by sc and
+    sgsc with two seeds or more each: the standard deviation over seeds of ``column`` for
+    both, side by side, and whether sgsc's is lower."""
     out = []
-    for by_method in _sweep_groups(rows, column).values():
+    for setting, by_method in _sweep_groups(rows, column).items():
         sc, sgsc = by_method.get("sc", {}), by_method.get("sgsc", {})
         if len(sc) > 1 and len(sgsc) > 1:
-            out.append(mean_std(list(sgsc.values()))[1] - mean_std(list(sc.values()))[1])
+            sc_std = mean_std(list(sc.values()))[1]
+            sgsc_std = mean_std(list(sgsc.values()))[1]
+            out.append({"setting": setting, "n": min(len(sc), len(sgsc)),
+                        f"sc_{column}_std": sc_std, f"sgsc_{column}_std": sgsc_std,
+                        "sgsc_lower": sgsc_std < sc_std})
     return out
+
+
+def _sweep_spread(rows: Sequence[dict], column: str) -> list[float]:
+    """Per setting of :func:`paired_spread`: sgsc std - sc std of ``column``."""
+    return [r[f"sgsc_{column}_std"] - r[f"sc_{column}_std"]
+            for r in paired_spread(rows, column)]
 
 
 def _sweep_paired(rows: Sequence[dict], column: str) -> list[float]:

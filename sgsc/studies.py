@@ -12,16 +12,15 @@ the instability the preservation set is meant to damp.
 
 **Search race** (``04_cbtpe_search``).  :func:`best_so_far` turns a CB-TPE search log
 (``search.json`` of a ``cbtpe`` / ``cbtpe-tpe`` run) into best-objective-so-far curves
-against trials and against training time, and :func:`search_objective` scores any other
-compressed model -- a self-compression run -- with the same objective, so it lands on
-the same axes.
+against trials and against training time; :func:`sgsc.baselines.cbtpe.objective` scores
+any other compressed model -- a self-compression run -- the same way, so it lands on the
+same axes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,25 +106,6 @@ def epoch_swing(run_dir: str | os.PathLike | None) -> float | None:
     return sum(abs(b - a) for a, b in zip(accs, accs[1:], strict=False)) / (len(accs) - 1)
 
 
-def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
-    """Per setting (``axis=value``): the standard deviation over seeds of ``column`` for
-    sc and for sgsc side by side, and whether sgsc's is lower."""
-    table: dict[str, dict] = {}
-    for row in rows:
-        if row["method"] in ("sc", "sgsc") and row.get(column) is not None:
-            table.setdefault(row["setting"], {"setting": row["setting"], "sc": [], "sgsc": []})
-            table[row["setting"]][row["method"]].append(float(row[column]))
-    out = []
-    for entry in table.values():
-        if len(entry["sc"]) > 1 and len(entry["sgsc"]) > 1:
-            sc_std, sgsc_std = statistics.stdev(entry["sc"]), statistics.stdev(entry["sgsc"])
-            out.append({"setting": entry["setting"], "n": min(len(entry["sc"]),
-                                                             len(entry["sgsc"])),
-                        f"sc_{column}_std": sc_std, f"sgsc_{column}_std": sgsc_std,
-                        "sgsc_lower": sgsc_std < sc_std})
-    return out
-
-
 # ----------------------------------------------------------------------------- search race
 
 
@@ -152,18 +132,3 @@ def counted_bytes(result: dict) -> int:
     """The storage a search trial would count for a run's model (``ceil(bits / 8)``, as
     :meth:`sgsc.SelfCompression.storage_bytes`), not the packed file's size."""
     return -(-int(result["storage_bits_counted"]) // 8)
-
-
-def search_objective(val_score: float, storage_bytes: float, budget_bytes: float,
-                     penalty: float) -> float:
-    """CB-TPE's objective (see :mod:`sgsc.baselines.cbtpe`): the validation score, less
-    ``penalty`` per unit of relative excess over the storage budget."""
-    if budget_bytes <= 0:
-        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
-    return val_score - penalty * max(0.0, storage_bytes / budget_bytes - 1.0)
-
-
-def training_seconds(run_dir: str | os.PathLike) -> float:
-    """Wall time of a run's own training (its last history row), float model excluded."""
-    rows = json.loads((Path(run_dir) / "history.json").read_text())["history"]
-    return float(rows[-1]["wall_s"]) if rows else 0.0

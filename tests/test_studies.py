@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sgsc import studies, sweep
+from sgsc import claims, studies, sweep
+from sgsc.baselines import cbtpe
 
 
 def _grids(tmp_path, axes, fixed=None):
@@ -43,10 +44,9 @@ def _history(folder, accuracies):
     return folder
 
 
-def test_epoch_swing_and_training_seconds(tmp_path):
+def test_epoch_swing(tmp_path):
     run = _history(tmp_path / "a", [0.5, 0.9, 0.7, 0.8])
     assert studies.epoch_swing(run) == pytest.approx((0.4 + 0.2 + 0.1) / 3)
-    assert studies.training_seconds(run) == 8.0
     assert studies.epoch_swing(_history(tmp_path / "b", [0.5])) is None
     assert studies.epoch_swing(None) is None
 
@@ -74,7 +74,7 @@ def test_sweep_rows_put_the_defaults_on_every_axis_and_pair_the_spread(tmp_path)
     assert {m for m, _ in by_axis["lambda_pres"]} == {"sgsc"}  # sc runs are not on λ's axis
     assert all(r["epoch_swing"] == pytest.approx(0.1) for r in rows)
 
-    spread = {r["setting"]: r for r in studies.paired_spread(rows, "test_acc")}
+    spread = {r["setting"]: r for r in claims.paired_spread(rows, "test_acc")}
     row = spread[f"gamma={gamma_default}"]
     assert row["sc_test_acc_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert row["sgsc_test_acc_std"] == pytest.approx(0.0070711, rel=1e-4)
@@ -91,11 +91,11 @@ def test_best_so_far_counts_time_and_keeps_the_best():
 
 
 def test_search_objective_penalises_only_the_excess():
-    assert studies.search_objective(0.9, 800, 1000, 1.0) == 0.9
-    assert studies.search_objective(0.9, 1500, 1000, 2.0) == pytest.approx(-0.1)
+    assert cbtpe.objective(0.9, 800, 1000, 1.0) == 0.9
+    assert cbtpe.objective(0.9, 1500, 1000, 2.0) == pytest.approx(-0.1)
     assert studies.counted_bytes({"storage_bits_counted": 17}) == 3
     with pytest.raises(ValueError, match="budget_bytes must be positive"):
-        studies.search_objective(0.9, 10, 0, 1.0)
+        cbtpe.objective(0.9, 10, 0, 1.0)
 
 
 def test_load_search_names_the_folder(tmp_path):

@@ -305,6 +305,15 @@ class SearchResult:
                    splits=log["splits"])
 
 
+def objective(val_score: float, storage_bytes: float, budget_bytes: float,
+              penalty: float) -> float:
+    """The search's objective (point 4 of the module docstring): the validation score,
+    less ``penalty`` per unit of relative excess over the storage budget."""
+    if budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+    return val_score - penalty * max(0.0, storage_bytes / budget_bytes - 1.0)
+
+
 def _params_of(trial: optuna.Trial, space: list[LayerSpace]
                ) -> tuple[dict[str, int], dict[str, float]]:
     bits, widths = {}, {}
@@ -343,7 +352,7 @@ def search(ref: Reference, space: list[LayerSpace], config: CBTPEConfig,
         with fixed.tracking():
             fitted = trainer.fit()
         val, nbytes = row_score(fitted.selected), fixed.sc.storage_bytes()
-        value = val - config.penalty * max(0.0, nbytes / result.budget_bytes - 1.0)
+        value = objective(val, nbytes, result.budget_bytes, config.penalty)
         seen[key] = {"trial": trial.number, "value": value, "val_score": val,
                      "storage_bytes": nbytes, "bits": bits, "widths": widths,
                      "repeat": False, "wall_s": round(time.perf_counter() - start, 3)}
