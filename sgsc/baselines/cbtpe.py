@@ -338,7 +338,7 @@ def search(ref: Reference, space: list[LayerSpace], config: CBTPEConfig,
 
     seen: dict[str, dict] = {}
 
-    def objective(trial: optuna.Trial) -> float:
+    def score_trial(trial: optuna.Trial) -> float:
         bits, widths = _params_of(trial, space)
         key = json.dumps([bits, widths], sort_keys=True)
         if key in seen:  # a trial is deterministic: a repeat needs no training
@@ -365,7 +365,7 @@ def search(ref: Reference, space: list[LayerSpace], config: CBTPEConfig,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=chosen)
     start = time.perf_counter()
-    study.optimize(objective, n_trials=config.n_trials)
+    study.optimize(score_trial, n_trials=config.n_trials)
     result.wall_s = time.perf_counter() - start
     result.best = result.trials[study.best_trial.number]
     result.trials_to_target = next(
