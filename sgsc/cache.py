@@ -138,7 +138,8 @@ def find_run_dir(out_dir: str | os.PathLike[str], result: dict) -> Path | None:
 
 
 def load_history(run_dir: str | os.PathLike[str]) -> dict:
-    """A run's ``history.json``: config, per-epoch rows, selected epoch, feedback events."""
+    """A run's ``history.json``: config, per-epoch rows, selected epoch, and (with feedback)
+    ``feedback`` events and ``feedback_checks``."""
     return json.loads((Path(run_dir) / HISTORY).read_text())
 
 

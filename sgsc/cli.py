@@ -45,8 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
-                 "lr_quant": args.lr_quant, "batch_size": args.batch_size,
-                 "init_bits": args.init_bits}
+                 "l1_weights": args.l1_weights, "lr": args.lr, "lr_quant": args.lr_quant,
+                 "batch_size": args.batch_size, "init_bits": args.init_bits}
     try:
         result = runs.run(args.method, args.data, seed=args.seed, out_dir=args.out,
                           device=args.device, progress=not args.no_progress,
@@ -73,7 +73,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_data_parser(commands: argparse._SubParsersAction) -> None:
-    data_cmd = commands.add_parser("data", help="verify or download the data sets",
+    data_cmd = commands.add_parser("data", allow_abbrev=False,
+                                   help="verify or download the data sets",
                                    description="Verify (sha256) or download the data sets.")
     data_cmd.add_argument("action", choices=("verify", "fetch"),
                           help="verify: check local copies, exit 1 on any missing or "
@@ -85,12 +86,14 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run_cmd = commands.add_parser(
-        "run", help="train one method on one data set and print its result as JSON",
+        "run", allow_abbrev=False,
+        help="train one method on one data set and print its result as JSON",
         description="Train METHOD on --data (float reference first for compressed methods), "
                     "select on validation, export the packed model, print one JSON line.")
     run_cmd.add_argument("method", metavar="METHOD",
-                         help="float, sc, sgsc, or a baseline: uniform-ptq-B, uniform-qat-B "
-                              "(B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
+                         help="float, sc, sgsc, its halves sc-pres (preservation loss only) "
+                              "and sc-feedback (feedback only), or a baseline: uniform-ptq-B, "
+                              "uniform-qat-B (B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
     run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
                                                           "tinyshakespeare")
     run_cmd.add_argument("--seed", type=int, default=0)
@@ -101,6 +104,9 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run_cmd.add_argument("--init-bits", type=float,
                          help="starting bit depth of every channel (default 8)")
     run_cmd.add_argument("--lambda-pres", type=float, help="weight of the preservation loss")
+    run_cmd.add_argument("--l1-weights", type=float,
+                         help="weight of the L1 term, mean |w| over every weight matrix")
+    run_cmd.add_argument("--lr", type=float, help="learning rate of the weights")
     run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
     run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")
     run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -113,7 +119,8 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report_cmd = commands.add_parser(
-        "report", help="build reports/<profile>/index.html from the notebooks' metrics",
+        "report", allow_abbrev=False,
+        help="build reports/<profile>/index.html from the notebooks' metrics",
         description="Render reports/<profile>/index.html from the metrics files the "
                     "notebooks wrote (tables, figures, provenance, timings).")
     report_cmd.add_argument("--profile", default="paper", help="quick, paper or full")
@@ -152,7 +159,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser(
-        "sweep", help="run a grid of runs (YAML) on Dask, skipping cached results",
+        "sweep", allow_abbrev=False,
+        help="run a grid of runs (YAML) on Dask, skipping cached results",
         description="Expand GRID.yaml into runs, skip those with a result in "
                     "<out>/sweep/<key>.json, run the rest on a local Dask cluster or an "
                     "existing scheduler. Rerun the command to finish an interrupted sweep.")
@@ -168,7 +176,7 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sgsc",
+        prog="python -m sgsc", allow_abbrev=False,
         description="Safety-Guided Self-Compression: data, training runs and reports.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

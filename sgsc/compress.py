@@ -128,6 +128,10 @@ class SelfCompression:
         """Module name -> the weight exactly as the forward pass uses it."""
         return {n: self._module(n).weight for n in self.names}
 
+    def raw_weights(self) -> dict[str, Tensor]:
+        """Module name -> the stored (unquantized) weight Parameter the quantizer reads."""
+        return {n: _raw_weight(self._module(n)) for n in self.names}
+
     # ---- which rows and columns pruning would remove ------------------------------------
 
     @torch.no_grad()
@@ -357,22 +361,40 @@ class SelfCompression:
     # ---- pruning ------------------------------------------------------------------------
 
     def prune(
-        self, example_input: Any = None, optimizer: torch.optim.Optimizer | None = None
+        self, example_input: Any = None, optimizer: torch.optim.Optimizer | None = None,
+        dead_rows: dict[str, Tensor] | None = None,
     ) -> PruneResult:
         """Remove zero-bit channels in place (``sgsc.prune.prune_channels``).
 
         If ``optimizer`` is given, its parameters are swapped for the pruned ones and their
         per-element state (Adam's ``exp_avg``, ``exp_avg_sq``, ...) is sliced with
-        ``PruneResult.kept`` so training continues where it was.  Returns the PruneResult.
+        ``PruneResult.kept`` so training continues where it was.  ``dead_rows`` (module
+        name -> bool mask, a subset of the zero-bit rows) limits what is removed; by
+        default every zero-bit row goes.  Returns the PruneResult.
         """
         if example_input is None:
             example_input = self.model.example_input()
         before = dict(self.model.named_parameters())
-        dead_rows = {n: self._dead(n) for n in self.names}
-        result = prune_channels(self.model, dead_rows, self.graph, example_input)
+        zero = {n: self._dead(n) for n in self.names}
+        if dead_rows is not None:
+            unknown = sorted(set(dead_rows) - set(zero))
+            if unknown:
+                raise ValueError(f"dead_rows names layers that are not quantized: {unknown}")
+            alive = [n for n, m in dead_rows.items() if (m.to(zero[n].device) & ~zero[n]).any()]
+            if alive:
+                raise ValueError(f"dead_rows marks channels with bits left in {alive}; only "
+                                 "zero-bit channels can be removed exactly")
+            zero = {n: dead_rows.get(n, torch.zeros_like(m)) for n, m in zero.items()}
+        result = prune_channels(self.model, zero, self.graph, example_input)
         if optimizer is not None:
             _remap_optimizer(optimizer, before, self.model, result)
         return result
+
+    def kept_rows(self, result: PruneResult, name: str) -> Tensor | None:
+        """The rows of quantized layer ``name`` that a prune kept (None: all of them), to cut
+        per-channel state held elsewhere (snapshots of bit depths) the same way."""
+        kept = result.kept.get(f"{name}.parametrizations.weight.original", {})
+        return kept.get(0)
 
 
 def _removed(live: int, total: int) -> float:

@@ -1,19 +1,32 @@
-"""Feedback controller: watch the preservation set and restore precision when it suffers.
+"""Feedback controller: watch a held-out monitor and restore precision where it helps.
 
-Every ``every`` steps the controller evaluates the preservation set (accuracy and loss)
-and compares the accuracy with a *reference level*: the best seen so far (default) or the
-value when compression started.  Comparing with the reference rather than with the
-previous evaluation means slow drift triggers too.  While the set is healthy, the bit
-depths and exponents are snapshotted.  On a drop larger than ``threshold``:
+Every ``every`` steps the controller reads the *monitor loss* -- the task loss, in eval
+mode, on critical examples that no loss term ever trains on (see :mod:`sgsc.safety`) --
+and compares it with the float reference's level on the same examples (measured after
+the float model, too, has trained ``calibration_steps`` without them).  While the
+compressed model stays within ``threshold`` nats of that level, its bit depths and
+exponents are snapshotted as *healthy*.  Above it, the controller restores precision:
 
-* ``policy="sensitivity"``: the channels that died since the last healthy snapshot get
-  their bit depth back, and the live channels with the largest preservation-loss
-  sensitivity ``|dL_pres/db|`` gain ``restore_bits`` bits;
-* ``policy="rollback"``: every bit depth and exponent returns to the last healthy snapshot.
+* ``policy="refine"`` (default): a live channel gets ``k = restore_bits`` more bits *and*
+  an exponent lowered by ``k``.  The clamp range ``2^(e+b-1)`` stays where it was and the
+  step ``2^e`` halves per bit, so the channel really is quantized more finely (raising
+  ``b`` alone would only widen the range, leaving unclipped weights unchanged).  A
+  channel that died since the last healthy snapshot comes back at ``k`` bits over its
+  snapshot's range -- not at its old depth.
+* ``policy="rollback"``: a channel returns to its last healthy ``(b, e)``.
 
-Changes happen under ``torch.no_grad()``; the Adam moments of every changed entry are
-zeroed so that stale momentum does not push the restored bits straight back down.  Every
-intervention is logged as a :class:`FeedbackEvent`.
+Channels are chosen by the signed first-order change of the monitor loss,
+``<dL/dq_c, q_c(new) - q_c(now)>`` with ``q_c`` the channel's quantized weights (one
+backward pass prices every candidate exactly as a weight change), cheapest decrease per
+stored bit first, within the bits one event may add (``event_budget``) and the bits a
+whole run may add (``run_budget``), both in bits per weight of the original model (the
+unit of ``Q``).  The chosen change is then *measured*: when the monitor loss did not
+fall, the lower-ranked half is dropped and the rest measured again (``backtracks``
+times) before the controller gives up and restores nothing.  So no event raises the
+monitor loss, and each logs the loss and accuracy just before and after it.
+
+Adam's moments of every changed ``b`` and ``e`` entry are zeroed, so that stale momentum
+does not push the restored bits straight back down.
 """
 
 from __future__ import annotations
@@ -23,164 +36,334 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import Tensor
+from torch.nn.utils import parametrize
 
 from sgsc.compress import SelfCompression
+from sgsc.prune import PruneResult
+from sgsc.quant import MAX_BITS, effective_bits, quantize
 
-POLICIES = ("sensitivity", "rollback")
-REFERENCES = ("best", "start")
+POLICIES = ("refine", "rollback")
 
 
 @dataclass
 class FeedbackConfig:
-    """How often to look, what counts as a drop, and how to respond."""
+    """How often to look, what counts as damage, and how much precision may come back."""
 
-    every: int = 50  # optimizer steps between preservation-set evaluations
-    threshold: float = 0.02  # accuracy drop (absolute, 0..1) that triggers a restore
-    reference: str = "best"  # "best" so far, or the value at the "start" of compression
-    policy: str = "sensitivity"
-    restore_fraction: float = 0.05  # share of live channels that gain bits (sensitivity)
-    restore_bits: float = 1.0
+    every: int = 50  # optimizer steps between monitor checks
+    threshold: float = 0.05  # nats of monitor loss above the float level that trigger
+    policy: str = "refine"  # or "rollback" (see the module docstring)
+    restore_bits: int = 1  # refine: bits added to a channel (its exponent falls as much)
+    event_budget: float = 0.02  # bits per original weight (Q units) one event may add
+    run_budget: float = 0.1  # bits per original weight all events of a run may add
+    backtracks: int = 3  # halvings of a restore that did not lower the monitor loss
+    monitor_fraction: float = 0.3  # share of the preservation set held out as the monitor
+    calibration_steps: int = 200  # float fine-tune without the monitor that sets its level
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"feedback every must be a positive step count, got {self.every}")
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"feedback threshold is an accuracy drop in [0, 1], "
-                             f"got {self.threshold}")
-        if self.reference not in REFERENCES:
-            raise ValueError(f"feedback reference must be one of {REFERENCES}, "
-                             f"got {self.reference!r}")
+        problems = []
+        if not _is_int(self.every) or self.every < 1:
+            problems.append(f"every must be a positive step count, got {self.every!r}")
+        if not _finite(self.threshold) or self.threshold < 0:
+            problems.append(f"threshold is a loss margin in nats >= 0, got {self.threshold!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"feedback policy must be one of {POLICIES}, got {self.policy!r}")
-        if not 0 <= self.restore_fraction <= 1 or self.restore_bits <= 0:
-            raise ValueError("restore_fraction must be in [0, 1] and restore_bits > 0")
+            problems.append(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if not _is_int(self.restore_bits) or not 1 <= self.restore_bits <= MAX_BITS:
+            problems.append(f"restore_bits must be an integer in [1, {MAX_BITS}], "
+                            f"got {self.restore_bits!r}")
+        for name in ("event_budget", "run_budget"):
+            value = getattr(self, name)
+            if not _finite(value) or value < 0:
+                problems.append(f"{name} is a restore budget in bits per weight and must be "
+                                f">= 0, got {value!r}")
+        if not _is_int(self.backtracks) or self.backtracks < 0:
+            problems.append(f"backtracks must be an integer >= 0, got {self.backtracks!r}")
+        if not _is_int(self.calibration_steps) or self.calibration_steps < 0:
+            problems.append("calibration_steps must be an integer >= 0, got "
+                            f"{self.calibration_steps!r}")
+        if not _finite(self.monitor_fraction) or not 0 < self.monitor_fraction < 1:
+            problems.append("monitor_fraction is the share of the preservation set held out "
+                            f"as the monitor and must be in (0, 1), got {self.monitor_fraction!r}")
+        if problems:
+            raise ValueError("invalid feedback settings: " + "; ".join(problems))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 @dataclass
 class FeedbackEvent:
-    """One intervention: when, why, and what it changed."""
+    """One restore: when, why, what it changed, and what that did to the monitor."""
 
     step: int
-    accuracy: float
-    reference: float
-    loss: float
     policy: str
-    channels_restored: int
-    bits_added: float
+    trigger_level: float  # the float level of the monitor loss + threshold
+    monitor_loss_before: float
+    monitor_loss_after: float
+    monitor_accuracy_before: float | None
+    monitor_accuracy_after: float | None
+    predicted_change: float  # first-order estimate of the monitor-loss change
+    channels: int  # channels whose (b, e) changed
+    channels_by_layer: dict[str, int]
+    bits_added: int  # change of the exported file's size, in bits
+    attempts: int  # measurements needed (1 + backtracks used)
+
+
+@dataclass
+class Reading:
+    """The monitor's loss and accuracy (None for a language model) at one moment."""
+
+    loss: float
+    accuracy: float | None = None
+
+
+@dataclass
+class _Move:
+    """A candidate change of one channel: new (b, e), its predicted effect and cost."""
+
+    layer: str
+    index: int
+    bits: float
+    exponent: float
+    predicted: float
+    cost: int  # bits it adds to the file (see FeedbackController._exact_costs)
 
 
 @dataclass
 class FeedbackController:
-    """Preservation-set monitor bound to one :class:`SelfCompression`.
+    """The monitor and restore loop of one :class:`SelfCompression`.
 
-    ``evaluate`` returns (accuracy, loss) on the preservation set without gradients;
-    ``preservation_loss`` returns the loss with gradients (for sensitivities).
+    Args:
+        compression: the wrapped model whose bit depths and exponents are restored.
+        monitor: returns the monitor :class:`Reading` now (eval mode, no gradients).
+        monitor_loss: returns the monitor loss with gradients (eval mode), used to price
+            candidate restores.
+        float_level: the float reference's monitor loss (calibrated, see
+            :mod:`sgsc.safety`); the trigger is this plus ``config.threshold``.
+        config: see :class:`FeedbackConfig`.
     """
 
     compression: SelfCompression
-    evaluate: Callable[[], tuple[float, float]]
-    preservation_loss: Callable[[], torch.Tensor]
+    monitor: Callable[[], Reading]
+    monitor_loss: Callable[[], Tensor]
+    float_level: float
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
     events: list[FeedbackEvent] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
-    reference_accuracy: float | None = None
-    _snapshot: dict[str, torch.Tensor] = field(default_factory=dict)
+    bits_spent: int = 0
+    _snapshot: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.compression.names:
+            raise ValueError("feedback needs a model with quantized layers: the "
+                             "SelfCompression wraps no Conv/Linear layer, so there is no "
+                             "precision to restore (set feedback=None)")
+        if not math.isfinite(self.float_level):
+            raise ValueError(f"the float model's monitor loss is {self.float_level}; "
+                             "check the float reference and the monitor examples")
+
+    @property
+    def trigger_level(self) -> float:
+        """Monitor loss above which precision is restored."""
+        return self.float_level + self.config.threshold
+
+    def budget_bits(self, budget: float) -> int:
+        """A budget in bits per original weight, as bits of the file."""
+        return int(budget * self.compression.total_weights)
 
     def maybe_check(self, step: int, optimizer: torch.optim.Optimizer | None = None
                     ) -> FeedbackEvent | None:
-        """Evaluate when ``step`` is a multiple of ``config.every``; restore if needed."""
+        """Check when ``step`` is a multiple of ``config.every``; restore if needed."""
         if step % self.config.every:
             return None
         return self.check(step, optimizer)
 
     def check(self, step: int, optimizer: torch.optim.Optimizer | None = None
               ) -> FeedbackEvent | None:
-        """Evaluate the preservation set now and intervene on a drop."""
-        accuracy, loss = self.evaluate()
-        self.checks.append({"step": step, "accuracy": accuracy, "loss": loss})
-        if self.reference_accuracy is None:
-            self.reference_accuracy = accuracy
-        drop = self.reference_accuracy - accuracy
-        if drop <= self.config.threshold:
+        """Read the monitor now and restore precision when it is above the trigger."""
+        reading = self.monitor()
+        row = {"step": step, "monitor_loss": reading.loss,
+               "monitor_accuracy": reading.accuracy, "trigger_level": self.trigger_level}
+        self.checks.append(row)
+        if reading.loss <= self.trigger_level:
             self._snapshot = self._bit_state()
-            if self.config.reference == "best":
-                self.reference_accuracy = max(self.reference_accuracy, accuracy)
+            row["action"] = "healthy"
             return None
-        channels, bits = self._restore(optimizer)
-        event = FeedbackEvent(step, accuracy, self.reference_accuracy, loss,
-                              self.config.policy, channels, bits)
-        self.events.append(event)
+        if not self._snapshot:  # damaged before any healthy check: the present is all we have
+            self._snapshot = self._bit_state()
+        allowance = min(self.budget_bits(self.config.event_budget),
+                        self.budget_bits(self.config.run_budget) - self.bits_spent)
+        if allowance <= 0:
+            row["action"] = "budget spent"
+            return None
+        event = self._restore(step, reading, allowance, optimizer)
+        row["action"] = "restored" if event else "no restore lowered the monitor loss"
+        if event is not None:
+            self.events.append(event)
+            self.bits_spent += max(event.bits_added, 0)
         return event
 
     # ------------------------------------------------------------------ restoring
 
-    def _bit_state(self) -> dict[str, torch.Tensor]:
+    def _bit_state(self) -> dict[str, Tensor]:
         state = {}
-        for name in self.compression.quantizers:
-            state[f"{name}.b"] = self.compression.bit_depths()[name].detach().clone()
-            state[f"{name}.e"] = self.compression.exponents()[name].detach().clone()
+        for name, quantizer in self.compression.quantizers.items():
+            state[f"{name}.b"] = quantizer.bit_depth.detach().clone()
+            state[f"{name}.e"] = quantizer.exponent.detach().clone()
         return state
 
-    def _restore(self, optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
-        if not self._snapshot:  # nothing healthy seen yet: start from the present
-            self._snapshot = self._bit_state()
+    def _targets(self, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(new b, new e, which channels have a candidate move) for layer ``name``."""
+        quantizer = self.compression.quantizers[name]
+        b, e = quantizer.bit_depth.detach(), quantizer.exponent.detach()
+        saved_b, saved_e = self._snapshot[f"{name}.b"], self._snapshot[f"{name}.e"]
         if self.config.policy == "rollback":
-            return self._rollback(optimizer)
-        return self._raise_sensitive(optimizer)
+            return saved_b.clone(), saved_e.clone(), (saved_b != b) | (saved_e != e)
+        k = self.config.restore_bits
+        live = b > 0
+        # Revival at k bits over the snapshot's range: e + b stays what it was.
+        revived = ~live & (saved_b > 0)
+        snap_bits = effective_bits(saved_b)
+        new_b = torch.where(live, b + k, torch.full_like(b, float(k)))
+        new_e = torch.where(live, e - k, saved_e + snap_bits - k)
+        movable = (live & (b + k <= MAX_BITS)) | revived
+        return new_b, new_e, movable
 
-    def _rollback(self, optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
-        channels, bits = 0, 0.0
+    def _candidates(self) -> list[_Move]:
+        """Every candidate move, priced by the first-order change of the monitor loss."""
+        model = self.compression.model
+        names = self.compression.names
+        was_training = model.training
+        model.eval()
+        with torch.enable_grad(), parametrize.cached():
+            weights = [self.compression.model.get_submodule(n).weight for n in names]
+            grads = torch.autograd.grad(self.monitor_loss(), weights, allow_unused=True)
+        model.train(was_training)
+        moves = []
         with torch.no_grad():
-            for name in self.compression.quantizers:
-                for kind, param in (("b", self.compression.bit_depths()[name]),
-                                    ("e", self.compression.exponents()[name])):
-                    saved = self._snapshot[f"{name}.{kind}"]
-                    changed = param != saved
-                    if kind == "b":
-                        channels += int(changed.sum())
-                        bits += float((saved.clamp(min=0) - param.clamp(min=0)).sum())
-                    param.copy_(saved)
-                    _zero_moments(optimizer, param, changed)
-        return channels, bits
+            for name, weight, grad in zip(names, weights, grads, strict=True):
+                if grad is None:
+                    continue
+                new_b, new_e, movable = self._targets(name)
+                raw = self.compression.raw_weights()[name]
+                change = quantize(raw, new_b, new_e) - weight.detach()
+                predicted = (grad * change).flatten(1).sum(1)
+                for i in movable.nonzero().flatten().tolist():
+                    moves.append(_Move(name, i, float(new_b[i]), float(new_e[i]),
+                                       float(predicted[i]), 0))
+        return moves
 
-    def _raise_sensitive(self, optimizer: torch.optim.Optimizer | None) -> tuple[int, float]:
-        depths = self.compression.bit_depths()
-        grads = self._bit_gradients()
-        restore = self.config.restore_bits
-        channels, bits = 0, 0.0
-        live_scores = []
-        with torch.no_grad():
-            # Channels zeroed since the last healthy snapshot come back first.
-            for name, b in depths.items():
-                saved = self._snapshot[f"{name}.b"]
-                revived = (b <= 0) & (saved > 0)
-                if revived.any():
-                    new = torch.maximum(saved[revived], torch.full_like(saved[revived], restore))
-                    bits += float(new.sum())
-                    b[revived] = new
-                    channels += int(revived.sum())
-                    _zero_moments(optimizer, b, revived)
-                live = b > 0
-                live_scores.extend((float(s), name, int(i))
-                                   for i, s in zip(live.nonzero().flatten().tolist(),
-                                                   grads[name][live].abs().tolist(),
-                                                   strict=True))
-            n_raise = math.ceil(self.config.restore_fraction * len(live_scores))
-            for _, name, index in sorted(live_scores, reverse=True)[:n_raise]:
-                depths[name][index] += restore
-                mask = torch.zeros_like(depths[name], dtype=torch.bool)
-                mask[index] = True
-                _zero_moments(optimizer, depths[name], mask)
-            channels += n_raise
-            bits += n_raise * restore
-        return channels, bits
+    @torch.no_grad()
+    def _exact_costs(self, moves: list[_Move]) -> None:
+        """Set each move's cost to what it adds to the file on its own (a revived producer
+        channel also stores its consumers' inputs again, which the row count misses)."""
+        base = self.compression.storage_bits()
+        quantizers = self.compression.quantizers
+        for m in moves:
+            q = quantizers[m.layer]
+            b, e = float(q.bit_depth[m.index]), float(q.exponent[m.index])
+            self._apply([m])
+            m.cost = self.compression.storage_bits() - base
+            q.bit_depth[m.index], q.exponent[m.index] = b, e
 
-    def _bit_gradients(self) -> dict[str, torch.Tensor]:
-        depths = self.compression.bit_depths()
-        loss = self.preservation_loss()
-        grads = torch.autograd.grad(loss, list(depths.values()), allow_unused=True)
-        return {name: (torch.zeros_like(b) if g is None else g)
-                for (name, b), g in zip(depths.items(), grads, strict=True)}
+    def _choose(self, moves: list[_Move], allowance: int) -> list[_Move]:
+        """Predicted decreases, most decrease per added bit first, within ``allowance``."""
+        helpful = [m for m in moves if m.predicted < 0]
+        self._exact_costs(helpful)
+        helpful.sort(key=lambda m: m.predicted / max(m.cost, 1))
+        chosen, spent = [], 0
+        for move in helpful:
+            if spent + max(move.cost, 0) > allowance:
+                continue
+            chosen.append(move)
+            spent += max(move.cost, 0)
+        return chosen
+
+    @torch.no_grad()
+    def _apply(self, moves: list[_Move]) -> None:
+        quantizers = self.compression.quantizers
+        for m in moves:
+            quantizers[m.layer].bit_depth[m.index] = m.bits
+            quantizers[m.layer].exponent[m.index] = m.exponent
+
+    @torch.no_grad()
+    def _put_back(self, state: dict[str, Tensor]) -> None:
+        for name, quantizer in self.compression.quantizers.items():
+            quantizer.bit_depth.copy_(state[f"{name}.b"])
+            quantizer.exponent.copy_(state[f"{name}.e"])
+
+    def _restore(self, step: int, before: Reading, allowance: int,
+                 optimizer: torch.optim.Optimizer | None) -> FeedbackEvent | None:
+        now = self._bit_state()
+        bits_now = self.compression.storage_bits()
+        chosen = self._choose(self._candidates(), allowance)
+        for attempt in range(1, self.config.backtracks + 2):
+            if not chosen:
+                break
+            self._apply(chosen)
+            added = self.compression.storage_bits() - bits_now
+            while added > allowance and len(chosen) > 1:  # revivals also store consumers' inputs
+                chosen = chosen[:-1]
+                self._put_back(now)
+                self._apply(chosen)
+                added = self.compression.storage_bits() - bits_now
+            after = self.monitor()
+            if added <= allowance and after.loss < before.loss:
+                changed = self._zero_changed_moments(now, optimizer)
+                return FeedbackEvent(
+                    step=step, policy=self.config.policy, trigger_level=self.trigger_level,
+                    monitor_loss_before=before.loss, monitor_loss_after=after.loss,
+                    monitor_accuracy_before=before.accuracy,
+                    monitor_accuracy_after=after.accuracy,
+                    predicted_change=sum(m.predicted for m in chosen),
+                    channels=sum(changed.values()), channels_by_layer=changed,
+                    bits_added=added, attempts=attempt)
+            self._put_back(now)
+            chosen = chosen[: len(chosen) // 2]
+        return None
+
+    def _zero_changed_moments(self, before: dict[str, Tensor],
+                              optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
+        """Forget Adam's moments of every changed entry; count changed channels per layer."""
+        changed = {}
+        for name, quantizer in self.compression.quantizers.items():
+            mask = ((quantizer.bit_depth != before[f"{name}.b"])
+                    | (quantizer.exponent != before[f"{name}.e"]))
+            if mask.any():
+                changed[name] = int(mask.sum())
+                for param in (quantizer.bit_depth, quantizer.exponent):
+                    _zero_moments(optimizer, param, mask)
+        return changed
+
+    # ------------------------------------------------------------------ shrinking
+
+    def revivable(self) -> dict[str, Tensor]:
+        """Module name -> channels a restore could still bring back: those alive in the last
+        healthy snapshot, none once the run budget is spent.  Training may remove every
+        other zero-bit channel for good (see :class:`sgsc.train.Trainer`)."""
+        if self.bits_spent >= self.budget_bits(self.config.run_budget):
+            return {}
+        if not self._snapshot:
+            return {n: torch.ones_like(q.bit_depth, dtype=torch.bool)
+                    for n, q in self.compression.quantizers.items()}
+        return {n: self._snapshot[f"{n}.b"] > 0 for n in self.compression.names}
+
+    def pruned(self, result: PruneResult) -> None:
+        """Cut the snapshot like the channels a prune removed."""
+        for name in self.compression.names:
+            index = self.compression.kept_rows(result, name)
+            if index is None:
+                continue
+            for kind in ("b", "e"):
+                key = f"{name}.{kind}"
+                if key in self._snapshot:
+                    self._snapshot[key] = self._snapshot[key][index.to(self._snapshot[key].device)]
 
     # ------------------------------------------------------------------ persistence
 
@@ -188,19 +371,21 @@ class FeedbackController:
         return {
             "events": [asdict(e) for e in self.events],
             "checks": list(self.checks),
-            "reference_accuracy": self.reference_accuracy,
+            "bits_spent": self.bits_spent,
+            "float_level": self.float_level,
             "snapshot": dict(self._snapshot),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.events = [FeedbackEvent(**e) for e in state["events"]]
         self.checks = list(state["checks"])
-        self.reference_accuracy = state["reference_accuracy"]
+        self.bits_spent = int(state["bits_spent"])
+        self.float_level = float(state["float_level"])
         self._snapshot = dict(state["snapshot"])
 
 
-def _zero_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor,
-                  mask: torch.Tensor) -> None:
+def _zero_moments(optimizer: torch.optim.Optimizer | None, param: Tensor,
+                  mask: Tensor) -> None:
     """Forget Adam's running moments for the changed entries of ``param``."""
     if optimizer is None or not mask.any():
         return

@@ -102,7 +102,7 @@ def _epoch_of_step(history: Sequence[dict], step: float) -> float:
 CURVES = (("val_accuracy", "validation accuracy", "linear"),
           ("Q", "Q (bits per weight)", "linear"),
           ("storage_bytes", "storage (bytes)", "log"),
-          ("pres_accuracy", "preservation-set accuracy", "linear"))
+          ("monitor_loss", "monitor loss (held-out critical examples)", "linear"))
 
 
 def training_curves(runs: Mapping[str, dict], *, curves: Sequence[tuple[str, str, str]]
@@ -128,7 +128,7 @@ def training_curves(runs: Mapping[str, dict], *, curves: Sequence[tuple[str, str
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", ms=3,
                         color=color, label=label)
-            for event in run.get("feedback_events", []):
+            for event in run.get("feedback", []):
                 ax.axvline(_epoch_of_step(history, event["step"]), color=color, ls=":",
                            lw=1)
             selected = run.get("selected_epoch")

@@ -118,6 +118,38 @@ class PreservationSet:
         """How many rows each rule chose."""
         return {c: int(np.sum(self.criterion == c)) for c in CRITERIA}
 
+    def split(self, fraction: float, seed: int = 0) -> tuple[PreservationSet, PreservationSet]:
+        """``(kept, held_out)``: a seeded share ``fraction`` of every rule's rows held out.
+
+        The held-out part keeps each rule's share of the set (rounded per rule, at least
+        one row when ``fraction * size >= 1``), so a monitor built from it sees salient,
+        uncertain and diverse examples alike.  The two parts are disjoint and together
+        hold every row.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        if len(self) < 2:
+            raise ValueError(f"a preservation set of {len(self)} row(s) cannot be split in two; "
+                             "choose a larger size")
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self), dtype=bool)
+        for c in CRITERIA:
+            rows = np.flatnonzero(self.criterion == c)
+            held[rng.permutation(rows)[:round(fraction * len(rows))]] = True
+        target = min(max(round(fraction * len(self)), 1), len(self) - 1)
+        # Per-rule rounding can miss the total by a row or two: fix it at random.
+        if held.sum() < target:
+            held[rng.choice(np.flatnonzero(~held), target - held.sum(), replace=False)] = True
+        elif held.sum() > target:
+            held[rng.choice(np.flatnonzero(held), held.sum() - target, replace=False)] = False
+        return self._part(~held, "kept"), self._part(held, "held_out")
+
+    def _part(self, mask: np.ndarray, role: str) -> PreservationSet:
+        return PreservationSet(self.indices[mask], self.criterion[mask],
+                               None if self.scores is None else self.scores[mask],
+                               self.meta | {"part": role})
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (for logs and checkpoints); inverse of :meth:`from_dict`."""
         return {

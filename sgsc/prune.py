@@ -136,6 +136,27 @@ def replace_tensor(model: nn.Module, qualified_name: str, tensor: Tensor) -> Non
     _sync_shape_attrs(owner)
 
 
+def load_state_resizing(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    """``model.load_state_dict(state)`` for a ``state`` of a pruned (or less pruned) model.
+
+    Every tensor whose shape differs -- and every parameter ``state`` has and ``model``
+    lacks, such as a bias that pruning created -- is replaced first (:func:`replace_tensor`,
+    which also updates the layers' shape attributes), so a checkpoint taken after some
+    channels were removed loads into a fresh model, and a larger selected state back into a
+    model that shrank since.  Returns whether any shape changed: the parameters are then
+    new objects, and an optimizer built on the old ones must be built again.
+    """
+    current = model.state_dict()
+    resized = False
+    for key, value in state.items():
+        if key not in current or current[key].shape != value.shape:
+            replace_tensor(model, key, value.to(current[key].device if key in current
+                                                else value.device))
+            resized = True
+    model.load_state_dict(state)
+    return resized
+
+
 # ----------------------------------------------------------------------------- probing
 
 

@@ -37,10 +37,15 @@ from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
 from sgsc.feedback import FeedbackConfig
 from sgsc.models import CNNConfig, build_model
 from sgsc.preservation import build_preservation_set
-from sgsc.train import TrainConfig, Trainer, count_weights, evaluate, float_storage_bytes
+from sgsc.safety import SafetyGuidance
+from sgsc.tasks import evaluate
+from sgsc.train import TrainConfig, Trainer, count_weights, float_storage_bytes
 
+# Safety-guided self-compression and its two halves, for the ablation: the preservation
+# loss alone (no monitor, no feedback) and the feedback alone (lambda_pres = 0).
+SAFETY_METHODS = ("sgsc", "sc-pres", "sc-feedback")
 # Baselines (uniform-ptq-B, uniform-qat-B, diffq, cbtpe, cbtpe-tpe): see sgsc.baselines.
-METHODS = ("float", "sc", "sgsc", *BASELINE_METHODS)
+METHODS = ("float", "sc", *SAFETY_METHODS, *BASELINE_METHODS)
 
 # Defaults per data set: model, float budget, compression budget and coefficients;
 # "sgsc" overrides SGSC_EXTRA for that data set.
@@ -81,7 +86,9 @@ DEFAULTS: dict[str, dict] = {
         "preservation_size": 500,
     },
 }
-SGSC_EXTRA = {"lambda_pres": 1.0, "feedback": dataclasses.asdict(FeedbackConfig())}
+# L1: chosen on validation (notebook 01's "choices on validation"); see README.
+SGSC_EXTRA = {"lambda_pres": 1.0, "l1_weights": 0.3,
+              "feedback": dataclasses.asdict(FeedbackConfig())}
 
 
 def _check(method: str, data_name: str) -> None:
@@ -97,8 +104,12 @@ def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
     _check(method, data_name)
     stage = "float" if method == "float" else "compress"
     values = dict(DEFAULTS[data_name][stage])
-    if method == "sgsc":  # the safety terms, and a data set's own choices for them
+    if method in SAFETY_METHODS:  # the safety terms, and a data set's own choices for them
         values |= SGSC_EXTRA | DEFAULTS[data_name].get("sgsc", {})
+        if method == "sc-pres":
+            values["feedback"] = None
+        elif method == "sc-feedback":
+            values["lambda_pres"] = 0.0
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -160,7 +171,16 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     root = Path(out_dir) / data_name
     if method == "float":  # the method's own settings are the float model's
         float_overrides = (float_overrides or {}) | overrides
+    else:  # every setting checked before any training
+        config = train_config(method, data_name, seed=seed, device=device, progress=progress,
+                              **overrides)
+    if preservation_size is not None and method not in SAFETY_METHODS:
+        raise ValueError(f"{method} uses no preservation set; drop preservation_size")
     splits = load_splits(data_name)
+    size = (DEFAULTS[data_name]["preservation_size"] if preservation_size is None
+            else preservation_size)
+    if method in SAFETY_METHODS:
+        _check_preservation_size(size, len(splits.train), config.feedback)
     float_model, float_info = train_float(data_name, splits, seed, root, device, progress,
                                           **(float_overrides or {}))
     dev = next(float_model.parameters()).device
@@ -173,24 +193,28 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   **_metrics("test", evaluate(float_model, splits.test, dev))}
         return _finish(method, data_name, seed, result, start, float_info["run_dir"])
 
-    config = train_config(method, data_name, seed=seed, device=device, progress=progress,
-                          **overrides)
-    preservation, pres_info = None, {}
-    if method == "sgsc":
-        size = preservation_size or DEFAULTS[data_name]["preservation_size"]
+    chosen, pres_info = None, {}
+    if method in SAFETY_METHODS:
         chosen = build_preservation_set(float_model, splits.train, size, seed=seed,
                                         device=str(dev), progress=progress)
-        preservation = chosen.subset(splits.train)
         pres_info = {"preservation_size": len(chosen.indices),
                      "preservation_counts": chosen.counts()}
     model = _model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model, init_bits=config.init_bits)
+    safety = None
+    if chosen is not None:
+        safety = SafetyGuidance(float_model, compression, splits.train, preservation=chosen,
+                                feedback=config.feedback, batch_size=config.pres_batch_size,
+                                augment=config.pres_augment, bn=config.pres_bn, seed=seed,
+                                lr=config.lr, task_batch_size=config.batch_size)
+        pres_info["monitor_size"] = len(safety.monitor_indices)
     out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
-    if method == "sgsc":  # which examples guided the run, for figures and audits
-        atomic.write_json(chosen.to_dict(), out / "preservation.json")
+    if chosen is not None:  # which examples guided the run, for figures and audits
+        atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist()},
+                          out / "preservation.json")
     trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
-                      preservation=preservation, out_dir=out)
+                      safety=safety, out_dir=out)
     trained = trainer.fit()
 
     model.eval()
@@ -205,6 +229,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
         "feedback_events": len(trained.feedback_events),
+        **feedback_effect(trained.feedback_events),
         "params": dataclasses.asdict(config),
         "float_val": _metrics("val", evaluate(float_model, splits.val, dev)),
         **pres_info,
@@ -213,6 +238,28 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         **_metrics("test", evaluate(loaded, splits.test, dev)),
     }
     return _finish(method, data_name, seed, result, start, out)
+
+
+def _check_preservation_size(size: object, train_rows: int,
+                             feedback: FeedbackConfig | None) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= train_rows:
+        raise ValueError(f"preservation_size must be an integer between 1 and the {train_rows} "
+                         f"rows of the training split, got {size!r}")
+    if feedback is not None and min(size * feedback.monitor_fraction,
+                                    size * (1 - feedback.monitor_fraction)) < 1:
+        raise ValueError(f"preservation_size={size} with monitor_fraction="
+                         f"{feedback.monitor_fraction} leaves no monitor or no loss part; "
+                         "use a larger preservation set")
+
+
+def feedback_effect(events: list[dict]) -> dict:
+    """What the feedback did, summed over a run's events: bits it gave back and the mean
+    change of the monitor loss per event (negative: each restore lowered it)."""
+    if not events:
+        return {"feedback_bits": 0, "feedback_monitor_change": None}
+    changes = [e["monitor_loss_after"] - e["monitor_loss_before"] for e in events]
+    return {"feedback_bits": sum(e["bits_added"] for e in events),
+            "feedback_monitor_change": sum(changes) / len(changes)}
 
 
 def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,

@@ -2,12 +2,14 @@
 
 One loop serves all three.  The loss is
 
-    task + l1_weights·L1(weights) + l1_dead_bias·L1(dead biases) + gamma·Q
+    task + l1_weights·mean|w| + l1_dead_bias·L1(dead biases) + gamma·Q
          + lambda_pres·task(preservation batch)
 
 with the size term and the dead-bias term only when a :class:`SelfCompression` is
-given, and the preservation term (and the feedback controller) only when a preservation
-set is given.  Epochs visit every training example once (shuffled without replacement,
+given, and the preservation term (and the feedback controller) only when a
+:class:`~sgsc.safety.SafetyGuidance` is given -- the same object a user's own loop calls.
+With feedback, the task loss trains on ``safety.task_dataset``: the training split
+without the monitor's rows.  Epochs visit every training example once (shuffled without replacement,
 seeded).  After each epoch the model is evaluated on the validation split, a metrics
 row is appended to the history, the run is checkpointed (so a killed run resumes where
 the last epoch ended), and the selected state is updated:
@@ -31,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from sgsc import atomic
 from sgsc.compress import SelfCompression
-from sgsc.feedback import FeedbackConfig, FeedbackController
+from sgsc.feedback import FeedbackConfig
+from sgsc.safety import BN_MODES, SafetyGuidance
+from sgsc.tasks import evaluate, score, task_loss
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -57,11 +60,12 @@ class TrainConfig:
     schedule: str = "cosine"  # or "constant"
     init_bits: float = 8.0  # starting bit depth of every channel (above 24: starts at 24)
     gamma: float = 0.0  # weight of Q (bits per weight)
-    l1_weights: float = 0.0
+    l1_weights: float = 0.0  # weight of mean |w| over every weight matrix (the L1 term)
     l1_dead_bias: float = 1e-2
     lambda_pres: float = 0.0
     pres_batch_size: int = 64
     pres_augment: bool = False  # small random shifts of preservation images
+    pres_bn: str = "eval"  # BatchNorm in the preservation forward (sgsc.safety.BN_MODES)
     select_tolerance: float = 0.005  # val accuracy (or nats) a smaller epoch may give up
     feedback: FeedbackConfig | None = None
     seed: int = 0
@@ -87,6 +91,8 @@ class TrainConfig:
                              "negative)")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.pres_bn not in BN_MODES:
+            raise ValueError(f"pres_bn must be one of {BN_MODES}, got {self.pres_bn!r}")
         resolve_device(self.device)
 
 
@@ -108,62 +114,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------- tasks
-
-
-def is_language_model(model: nn.Module) -> bool:
-    """Language models take token ids and return (logits, loss), nanoGPT style."""
-    return hasattr(model, "config") and hasattr(model.config, "vocab_size")
-
-
-def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for either kind of model (targets of -1 are padding)."""
-    if is_language_model(model):
-        logits = model(x)[0]
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
-    return F.cross_entropy(model(x), y)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device,
-             batch_size: int = 1000) -> dict[str, float]:
-    """Mean loss (and accuracy for classifiers) over a whole split, in eval mode."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    language = is_language_model(model)
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        if language:
-            logits = model(x)[0]
-            mask = y != -1
-            total_loss += float(F.cross_entropy(logits[mask], y[mask], reduction="sum"))
-            count += int(mask.sum())
-        else:
-            logits = model(x)
-            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            count += len(y)
-    model.train(was_training)
-    metrics = {"loss": total_loss / max(count, 1)}
-    if not language:
-        metrics["accuracy"] = correct / max(count, 1)
-    return metrics
-
-
-def score(metrics: dict[str, float]) -> float:
-    """Higher is better: accuracy for classifiers, negative loss (nats) for text."""
-    return metrics["accuracy"] if "accuracy" in metrics else -metrics["loss"]
-
-
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to one pixel (keeps the preservation set from being memorised)."""
-    if x.dim() != 4:
-        return x
-    dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-
-
 # ---------------------------------------------------------------------------- state
 
 
@@ -181,26 +131,28 @@ class TrainResult:
 class Trainer:
     """Trains ``model`` (optionally wrapped by ``compression``) on ``train``; see module doc.
 
-    ``preservation`` is a TensorDataset of critical training examples (already selected);
-    it adds the preservation loss and, when ``config.feedback`` is set, the controller.
+    ``safety`` (a :class:`~sgsc.safety.SafetyGuidance` of ``compression``) adds the
+    preservation loss (weighted by ``config.lambda_pres``) and runs its monitor and
+    feedback after every step; ``config.feedback`` must then be its feedback settings.
     """
 
     def __init__(self, model: nn.Module, train: TensorDataset, val: TensorDataset,
                  config: TrainConfig, *, compression: SelfCompression | None = None,
-                 preservation: TensorDataset | None = None,
+                 safety: SafetyGuidance | None = None,
                  out_dir: str | os.PathLike[str] | None = None) -> None:
+        _check_safety(config, compression, safety)
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.compression = compression
         # Compressed models keep the smallest good epoch, float models the best one.
         self.select_smallest = compression is not None
-        self.train_set, self.val_set = train, val
-        self.preservation = preservation
+        self.safety = safety
+        self.train_set = safety.task_dataset if safety is not None else train
+        self.val_set = val
         self.out_dir = Path(out_dir) if out_dir is not None else None
         seed_everything(config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
-        self.pres_generator = torch.Generator().manual_seed(config.seed + 1)
         groups = (compression.param_groups(lr_quant=config.lr_quant, eps_quant=config.eps_quant,
                                            lr_weights=config.lr,
                                            weight_decay=config.weight_decay)
@@ -208,7 +160,7 @@ class Trainer:
                   [{"params": list(model.parameters()), "lr": config.lr,
                     "weight_decay": config.weight_decay}])
         self.optimizer = torch.optim.AdamW(groups)
-        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         total = self.steps_per_epoch * config.epochs
         if config.schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -216,7 +168,6 @@ class Trainer:
                                                                  / total)))
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        self.feedback = self._make_feedback()
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
@@ -227,51 +178,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
 
-    def _make_feedback(self) -> FeedbackController | None:
-        if self.config.feedback is None or self.preservation is None:
-            return None
-        if self.compression is None:
-            raise ValueError("the feedback controller needs a SelfCompression to act on")
-        return FeedbackController(
-            self.compression,
-            evaluate=lambda: self._preservation_metrics(),
-            preservation_loss=lambda: self._preservation_loss_full(),
-            config=self.config.feedback,
-        )
-
-    def _preservation_metrics(self) -> tuple[float, float]:
-        metrics = evaluate(self.model, self.preservation, self.device)
-        return metrics.get("accuracy", -metrics["loss"]), metrics["loss"]
-
-    def _preservation_loss_full(self) -> torch.Tensor:
-        x, y = (t.to(self.device) for t in self.preservation.tensors)
-        was_training = self.model.training
-        self.model.eval()  # sensitivities of the model as it is evaluated
-        loss = task_loss(self.model, x, y)
-        self.model.train(was_training)
-        return loss
-
-    def _preservation_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.preservation)
-        idx = torch.randint(n, (min(self.config.pres_batch_size, n),),
-                            generator=self.pres_generator)
-        x, y = self.preservation.tensors[0][idx], self.preservation.tensors[1][idx]
-        if self.config.pres_augment:
-            x = _augment(x, self.pres_generator)
-        return x.to(self.device), y.to(self.device)
-
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term of the loss for one batch, before weighting (for logging)."""
         cfg = self.config
         terms = {"task": task_loss(self.model, x, y)}
         if cfg.l1_weights:
-            terms["l1"] = sum(p.abs().sum() for p in self.model.parameters() if p.dim() >= 2)
+            terms["l1"] = weights_l1(self.model)
         if self.compression is not None:
             terms["size"] = self.compression.size_loss()
             if cfg.l1_dead_bias:
                 terms["dead_bias"] = self.compression.dead_bias_l1()
-        if self.preservation is not None and cfg.lambda_pres:
-            terms["preservation"] = task_loss(self.model, *self._preservation_batch())
+        if self.safety is not None and cfg.lambda_pres:
+            terms["preservation"] = self.safety.preservation_loss()
         return terms
 
     def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -304,8 +222,8 @@ class Trainer:
             self.step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            if self.feedback is not None:
-                self.feedback.maybe_check(self.step, self.optimizer)
+            if self.safety is not None:
+                self.safety.step(self.optimizer)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
 
@@ -313,9 +231,12 @@ class Trainer:
         val = evaluate(self.model, self.val_set, self.device)
         row = {"epoch": self.epoch, "step": self.step, **train_metrics,
                **{f"val_{k}": v for k, v in val.items()}}
-        if self.preservation is not None:
-            pres = evaluate(self.model, self.preservation, self.device)
+        if self.safety is not None:
+            pres = evaluate(self.model, self.safety.loss_set, self.device)
             row.update({f"pres_{k}": v for k, v in pres.items()})
+            if self.safety.monitor_set is not None:
+                monitor = evaluate(self.model, self.safety.monitor_set, self.device)
+                row.update({f"monitor_{k}": v for k, v in monitor.items()})
         if self.compression is not None:
             report = self.compression.size_report()
             row.update({"Q": float(report["Q"]), "storage_bytes": int(report["storage_bytes"]),
@@ -323,8 +244,9 @@ class Trainer:
         else:
             row.update({"storage_bytes": float_storage_bytes(self.model),
                         "live_weights": count_weights(self.model)})
-        if self.feedback is not None:
-            row["feedback_events"] = len(self.feedback.events)
+        if self.safety is not None and self.safety.controller is not None:
+            row["feedback_events"] = len(self.safety.events)
+            row["feedback_bits"] = self.safety.controller.bits_spent
         return row
 
     def _select(self, row: dict) -> None:
@@ -347,8 +269,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train for the configured epochs, resuming from a checkpoint in ``out_dir``."""
         self._resume()
-        if self.feedback is not None and self.step == 0:
-            self.feedback.check(0, self.optimizer)  # the reference level: start of compression
+        if self.safety is not None and self.step == 0:
+            self.safety.start(self.optimizer)  # the first healthy snapshot
         start = time.perf_counter() - self.wall_s
         epochs = range(self.epoch, self.config.epochs)
         for _ in tqdm(epochs, desc="epochs", disable=not self.config.progress,
@@ -363,18 +285,21 @@ class Trainer:
             self._checkpoint()
         if self.selected_state is not None:
             self.model.load_state_dict(self.selected_state)
+        events = [asdict(e) for e in self.safety.events] if self.safety else []
         result = TrainResult(
             history=self.history, selected_epoch=self.selected_epoch,
             selected=self.history[self.selected_epoch - 1] if self.history else {},
-            feedback_events=([asdict(e) for e in self.feedback.events]
-                             if self.feedback else []),
-            wall_s=self.wall_s)
+            feedback_events=events, wall_s=self.wall_s)
         if self.out_dir is not None:
+            safety = {}
+            if self.safety is not None and self.safety.controller is not None:
+                safety = {"feedback": events, "feedback_checks": self.safety.checks,
+                          "monitor_float_loss": self.safety.float_monitor_loss,
+                          "monitor_reference_loss": self.safety.float_level,
+                          "monitor_indices": self.safety.monitor_indices.tolist()}
             atomic.write_json({"config": _config_dict(self.config), "history": self.history,
-                          "selected_epoch": self.selected_epoch,
-                          "feedback_events": result.feedback_events,
-                          "feedback_checks": self.feedback.checks if self.feedback else []},
-                         self.out_dir / HISTORY)
+                               "selected_epoch": self.selected_epoch, **safety},
+                              self.out_dir / HISTORY)
         return result
 
     # ------------------------------------------------------------------ checkpoints
@@ -392,9 +317,8 @@ class Trainer:
             "history": json.dumps(self.history),
             "best_score": self.best_score, "selected_epoch": self.selected_epoch,
             "selected_state": self.selected_state,
-            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(),
-                    "pres": self.pres_generator.get_state()},
-            "feedback": self.feedback.state_dict() if self.feedback else None,
+            "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state()},
+            "safety": self.safety.state_dict() if self.safety else None,
         }
         atomic.torch_save(state, self.out_dir / CHECKPOINT)
 
@@ -420,9 +344,8 @@ class Trainer:
         self.selected_state = state["selected_state"]
         torch.set_rng_state(state["rng"]["torch"])
         self.loader_generator.set_state(state["rng"]["loader"])
-        self.pres_generator.set_state(state["rng"]["pres"])
-        if self.feedback is not None and state["feedback"] is not None:
-            self.feedback.load_state_dict(state["feedback"])
+        if self.safety is not None and state["safety"] is not None:
+            self.safety.load_state_dict(state["safety"])
 
 
 def row_score(row: dict) -> float:
@@ -436,6 +359,35 @@ def _config_dict(config: TrainConfig) -> dict:
     values.pop("progress")
     values.pop("device")
     return values
+
+
+def _check_safety(config: TrainConfig, compression: SelfCompression | None,
+                  safety: SafetyGuidance | None) -> None:
+    """The safety settings of ``config`` and the ``safety`` object must agree."""
+    if safety is None:
+        if config.lambda_pres or config.feedback is not None:
+            raise ValueError("lambda_pres > 0 or feedback needs a SafetyGuidance "
+                             "(Trainer(..., safety=SafetyGuidance(...)))")
+        return
+    if compression is None or safety.compression is not compression:
+        raise ValueError("safety must guard the Trainer's own SelfCompression")
+    has_feedback = safety.controller is not None
+    if has_feedback != (config.feedback is not None) or (
+            has_feedback and safety.controller.config != config.feedback):
+        raise ValueError("config.feedback and the SafetyGuidance's feedback settings differ; "
+                         "build both from the same FeedbackConfig")
+    ours = (config.pres_batch_size, config.pres_augment, config.pres_bn)
+    theirs = (safety.batch_size, safety.augment, safety.bn)
+    if ours != theirs:
+        raise ValueError(f"config's (pres_batch_size, pres_augment, pres_bn) = {ours} but the "
+                         f"SafetyGuidance has {theirs}; build it from the same settings")
+
+
+def weights_l1(model: nn.Module) -> torch.Tensor:
+    """The L1 term: mean ``|w|`` over every weight matrix and kernel (2+ dims), so that a
+    coefficient means the same on a small and on a large model."""
+    weights = [p for p in model.parameters() if p.dim() >= 2]
+    return sum(p.abs().sum() for p in weights) / sum(p.numel() for p in weights)
 
 
 def count_weights(model: nn.Module) -> int:

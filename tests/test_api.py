@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import sgsc
 from sgsc.models import build_model
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_public_names():
-    for name in ("SelfCompression", "save_compressed", "load_compressed",
-                 "build_preservation_set"):
+    for name in ("SelfCompression", "SafetyGuidance", "FeedbackConfig", "save_compressed",
+                 "load_compressed", "build_preservation_set"):
         assert callable(getattr(sgsc, name)), name
     for method in ("size_loss", "storage_bits", "live_weights", "bit_depths", "exponents",
                    "quantized_weights", "param_groups", "prune"):
@@ -29,3 +33,49 @@ def test_readme_example_round_trip(tmp_path):
     assert torch.allclose(loaded(x), model(x), atol=1e-5)
     assert loaded.conv2.out_channels == 24
     assert abs(path.stat().st_size - sc.storage_bits() / 8) <= 0.01 * sc.storage_bits() / 8 + 1024
+
+
+def _readme_block(marker: str) -> str:
+    """The README's python code block that contains ``marker``."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [block] = [b for b in blocks if marker in b]
+    return block
+
+
+def test_readme_safety_loop_runs_and_every_restore_helps(digits):
+    """The README's own-loop example, executed as written on digits (two epochs)."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from sgsc.models import CNNConfig
+
+    code = _readme_block("SafetyGuidance").replace("range(6)", "range(2)")
+    model = build_model("mnist_cnn", **CNNConfig.for_digits().__dict__)
+    float_model = copy.deepcopy(model).eval()
+    namespace = {"sgsc": sgsc, "torch": torch, "F": F, "DataLoader": DataLoader,
+                 "model": model, "float_model": float_model, "train_set": digits.train}
+    code = code.replace("size=1000", "size=100").replace("batch_size=128", "batch_size=32")
+    exec(compile(code, "README.md", "exec"), namespace)
+    guard = namespace["guard"]
+    assert guard.steps == 2 * (len(guard.task_dataset) // 32 + 1)
+    assert [c["step"] for c in guard.checks] == [0, 50]
+    for event in guard.events:
+        assert event.monitor_loss_after < event.monitor_loss_before
+
+
+def test_readme_states_the_safety_defaults_that_run():
+    from sgsc import runs
+    from sgsc.feedback import FeedbackConfig
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    cfg = FeedbackConfig()
+    for phrase in (f"A seeded {round(cfg.monitor_fraction * 100)} %",
+                   f"Every {cfg.every} steps", f"trained {cfg.calibration_steps} steps",
+                   f"level + {cfg.threshold} nats", f"within {cfg.event_budget} bits",
+                   f"and {cfg.run_budget} per run",
+                   f"`l1_weights`, {runs.SGSC_EXTRA['l1_weights']} for sgsc",
+                   f"`λp` = {runs.SGSC_EXTRA['lambda_pres']:g}"):
+        assert phrase in text, phrase

@@ -1,16 +1,19 @@
-"""Feedback controller: drift detection, interventions, logging, optimizer consistency."""
+"""Feedback controller: restores that lower the monitor loss, within budget, finer not wider."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from sgsc.compress import SelfCompression
-from sgsc.feedback import FeedbackConfig, FeedbackController
+from sgsc.feedback import FeedbackConfig, FeedbackController, Reading
 from sgsc.models import CNNConfig, build_model
-from sgsc.train import TrainConfig, Trainer, evaluate, task_loss
+from sgsc.quant import quantize
+from sgsc.tasks import evaluate, task_loss
+from sgsc.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,134 +26,217 @@ def trained(digits):
     return model.state_dict()
 
 
-def _controller(digits, state, **config):
+def _controller(digits, state, rows=slice(0, 300), **config):
+    """A controller whose monitor is 300 training rows, the float level measured on them."""
     model = build_model("mnist_cnn", **dataclasses.asdict(CNNConfig.for_digits()))
     model.load_state_dict(state)
     model.eval()
+    x, y = (t[rows] for t in digits.train.tensors)
+    monitor_set = torch.utils.data.TensorDataset(x, y)
+    float_level = evaluate(model, monitor_set, torch.device("cpu"))["loss"]
     sc = SelfCompression(model)
-    pres = digits.train  # stands in for a preservation set: only its quality matters here
 
-    def metrics():
-        m = evaluate(model, pres, torch.device("cpu"))
-        return m["accuracy"], m["loss"]
+    def reading():
+        m = evaluate(model, monitor_set, torch.device("cpu"))
+        return Reading(m["loss"], m["accuracy"])
 
     def loss():
-        x, y = pres.tensors
         return task_loss(model, x, y)
 
-    return sc, FeedbackController(sc, metrics, loss, FeedbackConfig(**config))
+    return sc, FeedbackController(sc, reading, loss, float_level, FeedbackConfig(**config))
 
 
-def _damage(sc: SelfCompression) -> None:
-    """Starve most channels of bits: a constructed drop in preservation accuracy."""
+def _damage(sc: SelfCompression, seed: int) -> None:
+    """Coarsen every channel to 2-3 bits at its range, and kill a seeded third of the rows."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, b in sc.bit_depths().items():
-            if name != "fc":
-                b.fill_(1.0)
-                b[::3] = 0.0
+        for name, q in sc.quantizers.items():
+            if name == "fc":
+                continue
+            bits = 2.0 + torch.randint(0, 2, q.bit_depth.shape, generator=generator).float()
+            q.exponent += q.bit_depth - bits  # the same range, fewer levels
+            q.bit_depth.copy_(bits)
+            dead = torch.rand(q.bit_depth.shape, generator=generator) < 1 / 3
+            q.bit_depth[dead] = 0.0
 
 
-def test_no_intervention_without_a_drop(digits, trained):
-    sc, fb = _controller(digits, trained)
-    assert fb.check(0) is None and fb.check(1) is None
-    assert fb.events == [] and len(fb.checks) == 2
+def _bits(sc):
+    return {n: q.bit_depth.detach().clone() for n, q in sc.quantizers.items()}
 
 
-def test_rollback_fires_logs_and_recovers(digits, trained):
-    sc, fb = _controller(digits, trained, policy="rollback", threshold=0.02)
-    assert fb.check(0) is None
-    healthy = fb.reference_accuracy
-    before = {n: b.detach().clone() for n, b in sc.bit_depths().items()}
-    _damage(sc)
-    damaged, _ = fb.evaluate()
-    assert damaged < healthy - 0.02  # the damage really is a drop
+def _exps(sc):
+    return {n: q.exponent.detach().clone() for n, q in sc.quantizers.items()}
+
+
+@pytest.mark.parametrize("policy", ["refine", "rollback"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_restore_lowers_the_monitor_loss_within_its_budget(digits, trained, policy, seed):
+    sc, fb = _controller(digits, trained, policy=policy, threshold=0.02, event_budget=0.05)
+    assert fb.check(0) is None  # undamaged: at the float level, a healthy snapshot
+    _damage(sc, seed)
+    damaged = fb.monitor().loss
+    assert damaged > fb.trigger_level
+    bits_before = sc.storage_bits()
     event = fb.check(50)
     assert event is not None and fb.events == [event]
-    assert event.step == 50 and event.accuracy == pytest.approx(damaged)
-    assert event.reference == pytest.approx(healthy)
-    assert event.channels_restored > 0 and event.bits_added > 0
-    for name, b in sc.bit_depths().items():
-        assert torch.equal(b, before[name])
-    recovered, _ = fb.evaluate()
-    assert recovered == pytest.approx(healthy)
+    assert event.monitor_loss_before == pytest.approx(damaged)
+    assert event.monitor_loss_after < event.monitor_loss_before
+    assert fb.monitor().loss == pytest.approx(event.monitor_loss_after)  # what is logged is so
+    assert event.predicted_change < 0
+    assert sc.storage_bits() - bits_before == event.bits_added
+    assert 0 < event.bits_added <= fb.budget_bits(0.05)
+    assert event.channels == sum(event.channels_by_layer.values()) > 0
 
 
-def test_sensitivity_policy_revives_dead_channels_and_adds_bits(digits, trained):
-    sc, fb = _controller(digits, trained, policy="sensitivity", restore_fraction=0.1)
+def test_refine_halves_the_step_and_keeps_the_range(digits, trained):
+    sc, fb = _controller(digits, trained, policy="refine", threshold=0.02, event_budget=1.0)
     fb.check(0)
-    _damage(sc)
-    damaged, _ = fb.evaluate()
-    dead_before = sum(int((b <= 0).sum()) for b in sc.bit_depths().values())
-    bits_before = sum(float(b.detach().clamp(min=0).sum()) for b in sc.bit_depths().values())
-    event = fb.check(10)
-    assert event is not None and event.policy == "sensitivity"
-    dead_after = sum(int((b <= 0).sum()) for b in sc.bit_depths().values())
-    bits_after = sum(float(b.detach().clamp(min=0).sum()) for b in sc.bit_depths().values())
-    assert dead_after == 0 < dead_before  # every channel zeroed since the snapshot is back
-    assert bits_after - bits_before == pytest.approx(event.bits_added, rel=1e-5)
-    recovered, _ = fb.evaluate()
-    assert recovered > damaged
+    _damage(sc, 0)
+    bits, exps = _bits(sc), _exps(sc)
+    raw = {n: w.detach() for n, w in sc.raw_weights().items()}
+    assert fb.check(1) is not None
+    refined = 0
+    for name, q in sc.quantizers.items():
+        changed = (q.bit_depth != bits[name]).nonzero().flatten()
+        for i in changed.tolist():
+            if bits[name][i] <= 0:
+                continue  # revived channels: see the next test
+            refined += 1
+            assert q.bit_depth[i] == bits[name][i] + 1 and q.exponent[i] == exps[name][i] - 1
+            old = quantize(raw[name][i:i + 1], bits[name][i:i + 1], exps[name][i:i + 1])
+            new = quantize(raw[name][i:i + 1], q.bit_depth[i:i + 1].detach(),
+                           q.exponent[i:i + 1].detach())
+            # twice the levels over the same range: the error can only shrink
+            assert (new - raw[name][i]).abs().max() <= (old - raw[name][i]).abs().max() + 1e-7
+            assert len(new.unique()) >= len(old.unique())
+    assert refined > 0
 
 
-def test_slow_drift_triggers_against_best_not_previous():
-    values = iter([0.90, 0.89, 0.88, 0.87, 0.86])
+def test_refine_revives_a_dead_channel_at_k_bits_not_its_old_depth(digits, trained):
+    sc, fb = _controller(digits, trained, policy="refine", threshold=0.02, event_budget=1.0,
+                         restore_bits=2)
+    fb.check(0)
+    healthy_bits, healthy_exps = _bits(sc), _exps(sc)
+    _damage(sc, 1)
+    dead = {n: b <= 0 for n, b in _bits(sc).items()}
+    assert fb.check(1) is not None
+    revived = 0
+    for name, q in sc.quantizers.items():
+        b, e = q.bit_depth.detach(), q.exponent.detach()
+        back = dead[name] & (b > 0)
+        revived += int(back.sum())
+        # 8-bit channels of the healthy model come back at 2 bits over their old range
+        assert torch.all(b[back] == 2)
+        old_top = healthy_exps[name][back] + healthy_bits[name][back]
+        assert torch.allclose(e[back] + b[back], old_top)
+    assert revived > 0
+
+
+def test_no_restore_when_none_lowers_the_monitor(digits, trained):
+    sc, fb = _controller(digits, trained, policy="refine", threshold=0.02, backtracks=2)
+    fb.check(0)
+    _damage(sc, 2)
+    bits, exps = _bits(sc), _exps(sc)
+    real = fb.monitor
+    level = real().loss
+    # A monitor that reads worse after any change: every attempt must be undone.
+    fb.monitor = lambda: Reading(level + (0.0 if _same(sc, bits) else 1.0), None)
+    assert fb.check(1) is None and fb.events == []
+    assert fb.checks[-1]["action"] == "no restore lowered the monitor loss"
+    assert _same(sc, bits) and all(torch.equal(q.exponent, exps[n])
+                                   for n, q in sc.quantizers.items())
+    fb.monitor = real
+
+
+def _same(sc, bits):
+    return all(torch.equal(q.bit_depth, bits[n]) for n, q in sc.quantizers.items())
+
+
+def test_the_run_budget_caps_all_events(digits, trained):
+    sc, fb = _controller(digits, trained, threshold=0.0, event_budget=0.01, run_budget=0.02)
+    fb.check(0)
+    _damage(sc, 3)
+    events = [fb.check(step) for step in range(1, 8)]
+    spent = sum(e.bits_added for e in events if e is not None)
+    assert 0 < spent <= fb.budget_bits(0.02) and fb.bits_spent == spent
+    assert all(e.bits_added <= fb.budget_bits(0.01) for e in events if e is not None)
+    assert fb.checks[-1]["action"] in ("budget spent", "no restore lowered the monitor loss")
+
+
+def test_zero_budget_restores_nothing(digits, trained):
+    sc, fb = _controller(digits, trained, threshold=0.0, run_budget=0.0)
+    fb.check(0)
+    _damage(sc, 0)
+    bits = _bits(sc)
+    assert fb.check(1) is None and _same(sc, bits)
+    assert fb.checks[-1]["action"] == "budget spent"
+
+
+def test_trigger_is_the_float_level_plus_threshold():
+    values = iter([0.50, 0.59, 0.61])
     sc = SelfCompression(torch.nn.Sequential(torch.nn.Linear(4, 3)))
-    fb = FeedbackController(sc, lambda: (next(values), 0.0), lambda: sc.size_loss(),
-                            FeedbackConfig(threshold=0.025, policy="rollback"))
-    fired = [fb.check(step) is not None for step in range(5)]
-    # each step drops 0.01 from the previous one; only the distance to the best counts
-    assert fired == [False, False, False, True, True]
-
-
-def test_start_reference_ignores_later_improvements():
-    values = iter([0.80, 0.95, 0.79, 0.77])
-    sc = SelfCompression(torch.nn.Sequential(torch.nn.Linear(4, 3)))
-    fb = FeedbackController(sc, lambda: (next(values), 0.0), lambda: sc.size_loss(),
-                            FeedbackConfig(threshold=0.02, reference="start", policy="rollback"))
-    assert [fb.check(s) is not None for s in range(4)] == [False, False, False, True]
+    fb = FeedbackController(sc, lambda: Reading(next(values)), lambda: sc.size_loss(),
+                            float_level=0.5, config=FeedbackConfig(threshold=0.1))
+    assert fb.trigger_level == pytest.approx(0.6)
+    fb.check(0), fb.check(1), fb.check(2)
+    assert [c["action"] for c in fb.checks[:2]] == ["healthy", "healthy"]
+    assert fb.checks[2]["action"] != "healthy"  # above 0.6: the controller acted
 
 
 def test_restored_entries_lose_their_adam_moments(digits, trained):
-    sc, fb = _controller(digits, trained, policy="rollback")
+    sc, fb = _controller(digits, trained, policy="rollback", threshold=0.02, event_budget=1.0)
     optimizer = torch.optim.Adam(sc.param_groups())
     x, y = digits.train.tensors
     (task_loss(sc.model, x[:64], y[:64]) + 0.1 * sc.size_loss()).backward()
     optimizer.step()
     fb.check(0)
-    fc_moments = optimizer.state[sc.bit_depths()["fc"]]["exp_avg"].clone()
-    assert torch.count_nonzero(fc_moments) > 0
-    _damage(sc)  # every channel outside fc changes
-    fb.check(1, optimizer)
-    for name, b in sc.bit_depths().items():
-        moments = optimizer.state[b]["exp_avg"]
-        if name == "fc":  # untouched by the rollback: its momentum is kept
-            assert torch.equal(moments, fc_moments)
-        else:
-            assert torch.count_nonzero(moments) == 0
+    moments = {n: optimizer.state[q.bit_depth]["exp_avg"].clone()
+               for n, q in sc.quantizers.items()}
+    _damage(sc, 0)
+    bits = _bits(sc)
+    assert fb.check(1, optimizer) is not None
+    for name, q in sc.quantizers.items():
+        changed = q.bit_depth != bits[name]
+        state = optimizer.state[q.bit_depth]["exp_avg"]
+        assert torch.count_nonzero(state[changed]) == 0
+        assert torch.equal(state[~changed], moments[name][~changed])
 
 
 def test_maybe_check_only_every_k_steps():
     calls = []
     sc = SelfCompression(torch.nn.Sequential(torch.nn.Linear(4, 3)))
-    fb = FeedbackController(sc, lambda: (calls.append(1) or 1.0, 0.0), lambda: sc.size_loss(),
-                            FeedbackConfig(every=5))
+    fb = FeedbackController(sc, lambda: calls.append(1) or Reading(0.0), lambda: sc.size_loss(),
+                            float_level=0.0, config=FeedbackConfig(every=5))
     for step in range(1, 21):
         fb.maybe_check(step)
     assert len(calls) == 4
 
 
 def test_state_round_trip(digits, trained):
-    sc, fb = _controller(digits, trained, policy="rollback")
+    sc, fb = _controller(digits, trained, threshold=0.02)
     fb.check(0)
-    _damage(sc)
+    _damage(sc, 0)
     fb.check(1)
-    sc2, fb2 = _controller(digits, trained, policy="rollback")
+    _, fb2 = _controller(digits, trained, threshold=0.02)
     fb2.load_state_dict(fb.state_dict())
-    assert fb2.events == fb.events and fb2.reference_accuracy == fb.reference_accuracy
+    assert fb2.events == fb.events and fb2.bits_spent == fb.bits_spent > 0
+    assert fb2.float_level == fb.float_level
 
 
-@pytest.mark.parametrize("bad", [{"every": 0}, {"threshold": 1.5}, {"policy": "magic"},
-                                 {"reference": "yesterday"}, {"restore_bits": 0}])
-def test_bad_config_is_rejected(bad):
-    with pytest.raises(ValueError):
+def test_a_model_without_quantizers_is_refused():
+    sc = SelfCompression(torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.raises(ValueError, match="quantized layers"):
+        FeedbackController(sc, lambda: Reading(0.0), lambda: torch.zeros(()), 0.0)
+
+
+@pytest.mark.parametrize("bad, name", [
+    ({"every": 0}, "every"), ({"threshold": -0.1}, "threshold"),
+    ({"threshold": math.nan}, "threshold"), ({"policy": "sensitivity"}, "policy"),
+    ({"restore_bits": 0}, "restore_bits"), ({"restore_bits": 1.5}, "restore_bits"),
+    ({"event_budget": -1}, "event_budget"), ({"run_budget": -0.5}, "run_budget"),
+    ({"monitor_fraction": 0}, "monitor_fraction"), ({"monitor_fraction": 1.0},
+                                                    "monitor_fraction"),
+    ({"backtracks": -1}, "backtracks")])
+def test_bad_config_is_rejected_naming_the_setting(bad, name):
+    with pytest.raises(ValueError, match=name):
         FeedbackConfig(**bad)

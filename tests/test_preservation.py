@@ -372,3 +372,27 @@ def test_mnist_set_comes_from_training_rows_only(mnist, monkeypatch):
     official = mnist.train_index[rows[got.indices]]
     assert set(official).isdisjoint(mnist.val_index)
     assert torch.equal(got.labels(part), y[rows[got.indices]])
+
+
+def test_split_holds_out_a_seeded_share_of_every_rule():
+    criterion = ["saliency"] * 40 + ["uncertainty"] * 40 + ["diversity"] * 20
+    pres = PreservationSet(np.arange(100) * 3, np.array(criterion), np.linspace(0, 1, 100))
+    kept, held = pres.split(0.3, seed=0)
+    assert len(held) == 30 and len(kept) == 70
+    assert not set(kept.indices) & set(held.indices)
+    assert set(kept.indices) | set(held.indices) == set(pres.indices)
+    assert held.counts() == {"saliency": 12, "uncertainty": 12, "diversity": 6}
+    # scores and criteria travel with their rows
+    by_row = dict(zip(pres.indices.tolist(), pres.scores.tolist(), strict=True))
+    assert all(by_row[i] == s for i, s in zip(held.indices, held.scores, strict=True))
+    again, _ = pres.split(0.3, seed=0)[::-1]
+    assert np.array_equal(again.indices, held.indices)
+    other = pres.split(0.3, seed=1)[1]
+    assert not np.array_equal(np.sort(other.indices), np.sort(held.indices))
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True])
+def test_split_refuses_a_fraction_outside_0_1(fraction):
+    pres = PreservationSet(np.arange(10), np.array(["saliency"] * 10))
+    with pytest.raises(ValueError, match="fraction"):
+        pres.split(fraction)

@@ -61,11 +61,14 @@ def test_history_logs_every_loss_term(sgsc_digits):
     [history_file] = out.glob("digits/sgsc-*/history.json")
     history = json.loads(history_file.read_text())
     row = history["history"][-1]
-    for key in ("train_task", "train_size", "train_dead_bias", "train_preservation", "val_loss",
-                "val_accuracy", "pres_accuracy", "Q", "storage_bytes", "live_weights"):
+    for key in ("train_task", "train_l1", "train_size", "train_dead_bias", "train_preservation",
+                "val_loss", "val_accuracy", "pres_accuracy", "monitor_loss", "Q", "storage_bytes",
+                "live_weights"):
         assert key in row, key
-    assert history["config"]["gamma"] > 0 and history["config"]["lambda_pres"] > 0
-    assert history["feedback_checks"], "the controller evaluated the preservation set"
+    config = history["config"]
+    assert config["gamma"] > 0 and config["lambda_pres"] > 0 and config["l1_weights"] > 0
+    assert row["train_l1"] > 0
+    assert history["feedback_checks"], "the controller read the monitor"
     # storage falls during training: compression comes from the loss
     assert history["history"][-1]["storage_bytes"] < history["history"][0]["storage_bytes"]
 
@@ -176,6 +179,60 @@ def test_cli_run_prints_one_json_line(tmp_path, capsys):
     row = json.loads(lines[0])
     assert row["method"] == "float" and row["data"] == "digits" and row["seed"] == 0
     assert 0 <= row["test_acc"] <= 1 and row["storage_bytes"] > 0
+
+
+def test_cli_sgsc_run_logs_each_feedback_event_and_its_effect(tmp_path, capsys):
+    code = main(["run", "sgsc", "--data", "digits", "--lr-quant", "0.5", "--epochs", "4",
+                 "--float-epochs", "4", "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["params"]["l1_weights"] > 0 and row["params"]["lr_quant"] == 0.5
+    history = json.loads((tmp_path / "digits" / row["run_dir"].rsplit("/", 1)[-1]
+                          / "history.json").read_text())
+    events = history["feedback"]
+    assert events and len(events) == row["feedback_events"]
+    for event in events:
+        assert event["monitor_loss_after"] < event["monitor_loss_before"]
+        assert event["bits_added"] > 0 and event["channels"] > 0
+    assert row["feedback_monitor_change"] < 0
+    assert row["feedback_bits"] == sum(e["bits_added"] for e in events)
+    pres = json.loads((tmp_path / "digits" / row["run_dir"].rsplit("/", 1)[-1]
+                       / "preservation.json").read_text())
+    assert set(pres["monitor_indices"]) == set(history["monitor_indices"])
+    assert len(pres["monitor_indices"]) == row["monitor_size"] == 30
+
+
+def test_ablation_methods_switch_one_safety_half_off():
+    full = runs.train_config("sgsc", "mnist")
+    assert full.lambda_pres > 0 and full.feedback is not None
+    pres_only = runs.train_config("sc-pres", "mnist")
+    assert pres_only.lambda_pres == full.lambda_pres and pres_only.feedback is None
+    feedback_only = runs.train_config("sc-feedback", "mnist")
+    assert feedback_only.lambda_pres == 0 and feedback_only.feedback == full.feedback
+    assert runs.train_config("sc", "mnist").feedback is None
+
+
+def test_bad_preservation_settings_fail_before_any_training(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the settings were checked")
+
+    monkeypatch.setattr(runs, "train_float", no_training)
+    with pytest.raises(ValueError, match="preservation_size must be an integer between 1"):
+        runs.run("sgsc", "digits", out_dir=tmp_path, preservation_size=10**6, progress=False)
+    with pytest.raises(ValueError, match="monitor_fraction"):
+        runs.run("sgsc", "digits", out_dir=tmp_path, progress=False,
+                 feedback={"monitor_fraction": 1.5})
+    with pytest.raises(ValueError, match="event_budget"):
+        runs.run("sgsc", "digits", out_dir=tmp_path, progress=False,
+                 feedback={"event_budget": -1.0})
+    with pytest.raises(ValueError, match="sc uses no preservation set"):
+        runs.run("sc", "digits", out_dir=tmp_path, preservation_size=10, progress=False)
+
+
+def test_the_trainer_refuses_safety_settings_without_a_safety_object(digits):
+    config = TrainConfig(epochs=1, lambda_pres=1.0, progress=False)
+    with pytest.raises(ValueError, match="needs a SafetyGuidance"):
+        Trainer(_cnn(), digits.train, digits.val, config)
 
 
 def test_cli_run_rejects_unknown_method(tmp_path, capsys):

@@ -74,7 +74,8 @@ from sgsc.baselines.common import (
 from sgsc.baselines.fixed import FixedBits
 from sgsc.compress import QUANTIZABLE
 from sgsc.hessian import hutchinson
-from sgsc.train import TrainConfig, Trainer, evaluate, row_score, score, task_loss
+from sgsc.tasks import evaluate, score, task_loss
+from sgsc.train import TrainConfig, Trainer, row_score
 
 
 @dataclass

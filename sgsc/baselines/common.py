@@ -20,7 +20,8 @@ from torch import nn
 from sgsc import runs
 from sgsc.compress import SelfCompression
 from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
-from sgsc.train import TrainConfig, evaluate
+from sgsc.tasks import evaluate
+from sgsc.train import TrainConfig
 
 
 @dataclass

@@ -52,7 +52,8 @@ from sgsc.baselines.common import (
 )
 from sgsc.baselines.fixed import FixedBits
 from sgsc.compress import QUANTIZABLE
-from sgsc.train import Trainer, evaluate
+from sgsc.tasks import evaluate
+from sgsc.train import Trainer
 
 INSTALL_HINT = ("the diffq baseline needs the optional 'diffq' package: "
                 "pip install 'sgsc[baselines]' (or pip install diffq==0.2.4)")
