@@ -151,13 +151,6 @@ def flat(results: Sequence[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- models
 
 
-def _architecture(data_name: str, splits: Any) -> nn.Module:
-    name, config = runs.DEFAULTS[data_name]["model"]
-    if name == "char_transformer":
-        config = config | {"vocab_size": splits.vocab_size, "block_size": splits.block_size}
-    return models.build_model(name, **config)
-
-
 def has_model(result: dict) -> bool:
     """Whether the run left a model to reload (a packed file, or a float checkpoint)."""
     if not result.get("run_dir"):
@@ -176,7 +169,7 @@ def load_model(result: dict, splits: Any) -> nn.Module:
     if result["method"] != "float":
         return export.load_compressed(folder / PACKED)
     state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
-    model = _architecture(result["data"], splits)
+    model = runs.build_data_model(result["data"], splits)
     model.load_state_dict(state["selected_state"] or state["model"])
     return model.eval()
 
@@ -252,6 +245,7 @@ def per_class_rows(results: Sequence[dict], splits: Any, num_classes: int = 10) 
         model = load_model(result, splits)
         accuracy = per_class_accuracy(model, splits.test, num_classes)
         rows.append({"method": result["method"], "seed": result["seed"],
+                     "run_dir": result["run_dir"],
                      **{f"class_{c}": a for c, a in enumerate(accuracy)}})
     return rows
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from sgsc import data
+from sgsc import data, provenance
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -36,14 +36,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sgsc import runs  # imported here: `data verify` should not pay for torch models
 
-    if args.threads < 0:
-        print("error: --threads must be 0 (torch's default) or a positive count",
-              file=sys.stderr)
+    if args.threads < 1:
+        print("error: --threads must be a positive count", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
                  "l1_weights": args.l1_weights, "lr": args.lr, "lr_quant": args.lr_quant,
                  "batch_size": args.batch_size, "init_bits": args.init_bits}
@@ -110,9 +108,10 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run_cmd.add_argument("--lr-quant", type=float, help="learning rate of bit depths and exponents")
     run_cmd.add_argument("--out", default="runs", help="run folder (checkpoints, results)")
     run_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run_cmd.add_argument("--threads", type=int, default=0,
-                         help="torch CPU threads (0: torch's default; 1 is best on a busy "
-                              "machine)")
+    run_cmd.add_argument("--threads", type=int, default=provenance.DEFAULT_THREADS,
+                         help=f"torch CPU threads (default {provenance.DEFAULT_THREADS}, as in "
+                              "the notebooks and sweeps; results and run folders are keyed by "
+                              "it, since on a CPU it changes the numbers)")
     run_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
     run_cmd.set_defaults(handler=_cmd_run)
 

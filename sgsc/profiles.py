@@ -38,6 +38,13 @@ class Profile:
     text_epochs: int | None
     text_methods: tuple[str, ...]
     text_model: dict[str, Any] | None = None  # overrides of the text model's config
+    # 01_mnist_cnn's study of safety guidance (sgsc.studies.image_study): the ablation
+    # halves at the default gamma; sc and sgsc at more gammas (a frontier each, for the
+    # comparison at matched size); settings tried on one seed, judged on validation.
+    ablation_methods: tuple[str, ...] = ("sc-pres", "sc-feedback")
+    frontier_methods: tuple[str, ...] = ("sc", "sgsc")
+    frontier_gammas: tuple[float, ...] = ()
+    tuning: dict[str, tuple] = field(default_factory=dict)
     # 03_sweeps: one setting at a time around the defaults (sgsc.studies.axis_grids)
     sweep_data: str = "digits"
     sweep_seeds: tuple[int, ...] = (0,)
@@ -62,12 +69,18 @@ CORE_METHODS = ("float", "sc", "sgsc")
 PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.2),
               "lambda_pres": (0.25, 1.0, 4.0), "batch_size": (16, 32, 64),
               "lr": (3e-4, 1e-3, 3e-3)}
+# sc and sgsc at these gammas as well as the default (0.05 on MNIST): sizes from about
+# 2 KB to 50 KB.  Tried with every seed and judged on validation: the L1 weight and
+# BatchNorm's mode in the preservation forward (defaults: l1_weights 0.3, pres_bn "eval").
+PAPER_GAMMAS = (0.005, 0.015, 0.15, 0.4)
+PAPER_TUNING = {"l1_weights": (0.0, 1.0), "pres_bn": ("frozen",)}
 PROFILES: dict[str, Profile] = {
     # CI: the 8x8 digits, two seeds, a few epochs and the cheap baselines, so the image
     # notebooks run in seconds; one epoch of names with a one-layer transformer.
     "quick": Profile(
         name="quick", image_data="digits", seeds=(0, 1), float_epochs=3, epochs=4,
         methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
+        frontier_gammas=(0.3,), tuning={"l1_weights": (0.0,)},
         tutorial_float_epochs=4, tutorial_epochs=6,
         text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
         text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
@@ -81,6 +94,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8"),
+        frontier_gammas=PAPER_GAMMAS, tuning=PAPER_TUNING,
         tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2), text_float_epochs=None, text_epochs=None,
         text_methods=CORE_METHODS,
@@ -89,7 +103,8 @@ PROFILES: dict[str, Profile] = {
     # Five seeds, for tighter error bars; the sweep and the search race on MNIST.
     "full": Profile(
         name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
-        epochs=None, methods=None, tutorial_float_epochs=20, tutorial_epochs=20,
+        epochs=None, methods=None, frontier_gammas=PAPER_GAMMAS, tuning=PAPER_TUNING,
+        tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
         text_epochs=None, text_methods=CORE_METHODS,
         sweep_data="mnist", sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES,

@@ -23,11 +23,12 @@ import json
 import math
 import os
 import platform
-import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from sgsc.provenance import git_state
 
 METRICS = "metrics"
 FIGURES = "figures"
@@ -150,23 +151,6 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 # ----------------------------------------------------------------------------- provenance
-
-
-def git_state(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The commit (``sha``) and whether the working tree has uncommitted changes."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=20, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha or "unknown", "dirty": None if status is None else bool(status)}
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:

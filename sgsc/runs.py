@@ -6,7 +6,9 @@ real packed file, and returns one flat result dict:
 
     method, data, seed, val_acc/test_acc (classifiers) or val_loss/test_loss (text),
     storage_bytes (size of the packed file), entropy_coded_bytes, live_weights, Q,
-    selected_epoch, feedback_events, preservation_size, train_s, wall_s, params
+    selected_epoch, feedback_events (and feedback_bits, feedback_monitor_change: the
+    bits restored and the mean monitor-loss change per event), preservation_size,
+    monitor_size, train_s, wall_s, params, threads, code (version, git_sha, sgsc_dirty)
 
 ``train_s`` is the method's own training time, summed over resumes (the float
 reference's for ``float``; never the shared float reference's for the others), so it
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 import sgsc
-from sgsc import atomic
+from sgsc import atomic, provenance
 from sgsc import data as datasets
 from sgsc.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
 from sgsc.compress import SelfCompression
@@ -41,8 +43,8 @@ from sgsc.safety import SafetyGuidance
 from sgsc.tasks import evaluate
 from sgsc.train import TrainConfig, Trainer, count_weights, float_storage_bytes
 
-# Safety-guided self-compression and its two halves, for the ablation: the preservation
-# loss alone (no monitor, no feedback) and the feedback alone (lambda_pres = 0).
+# Safety-guided self-compression and its two halves, for the ablation: sc plus the
+# preservation loss alone (no monitor, no feedback), and sc plus the feedback alone.
 SAFETY_METHODS = ("sgsc", "sc-pres", "sc-feedback")
 # Baselines (uniform-ptq-B, uniform-qat-B, diffq, cbtpe, cbtpe-tpe): see sgsc.baselines.
 METHODS = ("float", "sc", *SAFETY_METHODS, *BASELINE_METHODS)
@@ -86,6 +88,8 @@ DEFAULTS: dict[str, dict] = {
         "preservation_size": 500,
     },
 }
+# Self-compression removes its dead channels as it trains (see Trainer._maybe_shrink).
+SC_EXTRA = {"shrink_every": 50}
 # L1: chosen on validation (notebook 01's "choices on validation"); see README.
 SGSC_EXTRA = {"lambda_pres": 1.0, "l1_weights": 0.3,
               "feedback": dataclasses.asdict(FeedbackConfig())}
@@ -104,12 +108,15 @@ def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
     _check(method, data_name)
     stage = "float" if method == "float" else "compress"
     values = dict(DEFAULTS[data_name][stage])
+    if method in ("sc", *SAFETY_METHODS):
+        values |= SC_EXTRA
     if method in SAFETY_METHODS:  # the safety terms, and a data set's own choices for them
         values |= SGSC_EXTRA | DEFAULTS[data_name].get("sgsc", {})
+        # The halves add one mechanism each to sc; the L1 term belongs to the full method.
         if method == "sc-pres":
-            values["feedback"] = None
+            values |= {"feedback": None, "l1_weights": 0.0}
         elif method == "sc-feedback":
-            values["lambda_pres"] = 0.0
+            values |= {"lambda_pres": 0.0, "l1_weights": 0.0}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -118,7 +125,8 @@ def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
     return TrainConfig(**(values | {k: v for k, v in overrides.items() if v is not None}))
 
 
-def _model(data_name: str, splits) -> nn.Module:
+def build_data_model(data_name: str, splits) -> nn.Module:
+    """A fresh model of the architecture ``data_name`` uses (vocabulary from ``splits``)."""
     name, config = DEFAULTS[data_name]["model"]
     if name == "char_transformer":
         config = config | {"vocab_size": splits.vocab_size, "block_size": splits.block_size}
@@ -145,7 +153,7 @@ def train_float(data_name: str, splits, seed: int, root: Path, device: str,
                           **overrides)
     folder = run_folder(root, "float", seed, config)
     torch.manual_seed(seed)
-    model = _model(data_name, splits)
+    model = build_data_model(data_name, splits)
     trainer = Trainer(model, splits.train, splits.val, config, out_dir=folder)
     result = trainer.fit()
     return trainer.model, {"selected_epoch": result.selected_epoch, "wall_s": result.wall_s,
@@ -199,7 +207,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                                         device=str(dev), progress=progress)
         pres_info = {"preservation_size": len(chosen.indices),
                      "preservation_counts": chosen.counts()}
-    model = _model(data_name, splits).to(dev)
+    model = build_data_model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model, init_bits=config.init_bits)
     safety = None
@@ -267,8 +275,9 @@ def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,
     """``<root>/<method>-s<seed>-<key>``: the folder of one run.
 
     The key hashes the run's settings, ``extra`` (method settings, the float reference's
-    folder), the model architecture of the data set and the code version
-    (``sgsc.__version__``, raised whenever a change alters results).  A rerun therefore
+    folder), the model architecture of the data set, the code version
+    (``sgsc.__version__``, raised whenever a change alters results) and torch's thread
+    count (on a CPU it changes the numbers).  A rerun therefore
     resumes or reuses a run only when code and settings are the same; anything else gets
     a fresh folder.  Device and progress bars are not part of the key.
     """
@@ -276,13 +285,15 @@ def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,
         settings = dataclasses.asdict(settings) | {"device": None, "progress": None}
     data_name = root.name
     model = DEFAULTS[data_name]["model"] if data_name in DEFAULTS else None
-    text = json.dumps([settings, extra, model, sgsc.__version__], sort_keys=True, default=str)
+    text = json.dumps([settings, extra, model, sgsc.__version__, provenance.threads()],
+                      sort_keys=True, default=str)
     return root / f"{method}-s{seed}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def _finish(method: str, data_name: str, seed: int, result: dict, start: float,
             folder: Path) -> dict:
     row = {"method": method, "data": data_name, "seed": seed, **result,
+           "threads": provenance.threads(), "code": provenance.code_state(),
            "wall_s": round(time.perf_counter() - start, 2), "run_dir": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_json(row, folder / "result.json")

@@ -1,4 +1,14 @@
-"""The two studies behind notebooks 03 and 04: a one-at-a-time sweep and a search race.
+"""The studies behind notebooks 01, 03 and 04: safety guidance against plain
+self-compression, a one-at-a-time sweep, and a search race.
+
+**Safety guidance** (``01_mnist_cnn``).  :func:`image_study` lists the runs the notebook
+adds to its main grid: the ablation halves ``sc-pres`` and ``sc-feedback`` at the default
+gamma, sc and sgsc at more gammas (a frontier each), and a few settings tried on one seed
+and judged on validation (:func:`tuning_rows`).  :func:`study_rows` gives every run one
+row with its gamma and worst-class accuracy; :func:`ablation_summary` compares the four
+variants at the same gamma and :func:`matched_size` at the same size, against sc's
+frontier of the same seed (:func:`sgsc.compare.matched_differences`), with a 95 %
+confidence interval over seeds.
 
 **Sweep** (``03_sweeps``).  The SGSC paper varies the initial bit depth, gamma, lambda,
 batch size and learning rate.  A full product of those axes is thousands of runs, so
@@ -25,10 +35,163 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sgsc import sweep
+from sgsc import compare, sweep
 from sgsc.runs import train_config
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
+
+
+# ----------------------------------------------------------------------------- safety study
+
+
+def image_study(profile: Any) -> dict[str, list[dict]]:
+    """The runs ``01_mnist_cnn`` adds to its main grid, by part; each request is
+    ``{"methods", "seeds", "overrides"}`` for :func:`sgsc.cache.run_grid`.  The tuning
+    runs change one setting of sgsc at a time, with every seed."""
+    seeds = list(profile.seeds)
+    return {
+        "ablation": [{"methods": list(profile.ablation_methods), "seeds": seeds,
+                      "overrides": {}}],
+        "frontier": [{"methods": list(profile.frontier_methods), "seeds": seeds,
+                      "overrides": {"gamma": gamma}} for gamma in profile.frontier_gammas],
+        "tuning": [{"methods": ["sgsc"], "seeds": seeds, "overrides": {setting: value}}
+                   for setting, values in profile.tuning.items() for value in values],
+    }
+
+
+def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.PathLike,
+                budget: dict[str, int | None], device: str = "auto") -> list[sweep.Grid]:
+    """The same runs as :class:`sgsc.sweep.Grid` objects, to train them on Dask workers
+    first (the notebook then finds every run in its folder)."""
+    fixed = {k: v for k, v in {"epochs": budget.get("epochs"),
+                               "float_epochs": budget.get("float_epochs")}.items()
+             if v is not None}
+    grids = []
+    for requests in parts.values():
+        for request in requests:
+            grid = {k: [v] for k, v in request["overrides"].items()}
+            grids.append(sweep.parse_grid({"data": data_name, "methods": request["methods"],
+                                           "seeds": request["seeds"], "grid": grid,
+                                           "fixed": fixed, "out": str(out),
+                                           "device": device}))
+    return grids
+
+
+def study_rows(results: Sequence[dict], per_class: Sequence[dict]) -> list[dict]:
+    """One row per run: method, seed, gamma, the tried setting (if any), test and
+    validation accuracy, worst-class test accuracy, size, and the feedback's effect."""
+    worst = {row["run_dir"]: min(v for k, v in row.items() if k.startswith("class_"))
+             for row in per_class}
+    rows = []
+    for r in results:
+        params = r.get("params", {})
+        rows.append({"method": r["method"], "seed": r["seed"], "gamma": params.get("gamma"),
+                     "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
+                     "val_acc": r.get("val_acc"), "test_acc": r.get("test_acc"),
+                     "worst_class_acc": worst.get(r.get("run_dir")),
+                     "storage_bytes": r.get("storage_bytes"),
+                     "feedback_events": r.get("feedback_events"),
+                     "feedback_bits": r.get("feedback_bits"),
+                     "feedback_monitor_change": r.get("feedback_monitor_change"),
+                     "train_s": r.get("train_s"), "run_dir": r.get("run_dir")})
+    return rows
+
+
+def _untuned(rows: Sequence[dict], data_name: str) -> list[dict]:
+    """Rows run with the default l1_weights and pres_bn (the tuning runs left out)."""
+    defaults = {s: default_value(data_name, s) for s in ("l1_weights", "pres_bn")}
+    return [r for r in rows if r["method"] not in ("sgsc", "sc-pres", "sc-feedback")
+            or all(r[s] == v for s, v in defaults.items())]
+
+
+ABLATION_COLUMNS = ("test_acc", "worst_class_acc", "storage_bytes", "feedback_events",
+                    "feedback_bits", "feedback_monitor_change")
+
+
+def ablation_summary(rows: Sequence[dict], data_name: str,
+                     methods: Sequence[str] = ("sc", "sc-pres", "sc-feedback", "sgsc")
+                     ) -> list[dict]:
+    """Mean and std over seeds of :data:`ABLATION_COLUMNS`, per method, at the default
+    gamma (``<column>_std`` beside each ``<column>``)."""
+    gamma = default_value(data_name, "gamma")
+    chosen = [r for r in _untuned(rows, data_name) if r["gamma"] == gamma]
+    out = []
+    for method in methods:
+        mine = [r for r in chosen if r["method"] == method]
+        if not mine:
+            continue
+        row = {"method": method, "gamma": gamma, "seeds": len(mine)}
+        for column in ABLATION_COLUMNS:
+            stats_ = compare.t_interval([r[column] for r in mine if r[column] is not None])
+            row[column], row[f"{column}_std"] = stats_["mean"], stats_["std"]
+        out.append(row)
+    return out
+
+
+def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
+                 reference: str = "sc", metrics: Sequence[str] = ("test_acc",
+                                                                  "worst_class_acc"),
+                 all_gammas: Sequence[str] = ("sgsc",)) -> list[dict]:
+    """Each method's metric minus ``reference``'s at the same size and seed, with a 95 %
+    t interval over seeds: one row per (method, gamma, metric).  Methods in
+    ``all_gammas`` are compared at every gamma they ran; the others at the default."""
+    usable = _untuned(rows, data_name)
+    gamma0 = default_value(data_name, "gamma")
+    out = []
+    for method in methods:
+        gammas = sorted({r["gamma"] for r in usable if r["method"] == method}
+                        if method in all_gammas else {gamma0})
+        for gamma in gammas:
+            subset = [r for r in usable if r["method"] == reference
+                      or (r["method"] == method and r["gamma"] == gamma)]
+            for metric in metrics:
+                pairs = compare.matched_differences(subset, method, reference,
+                                                    metric=metric)
+                diffs = [p["difference"] for p in pairs if p["difference"] is not None]
+                interval = compare.t_interval(diffs)
+                out.append({"method": method, "gamma": gamma, "metric": metric,
+                            "size_mean": _mean([p["size"] for p in pairs]),
+                            "runs": len(pairs), "matched": len(diffs),
+                            "difference": interval["mean"], "std": interval["std"],
+                            "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
+                            "verdict": compare.verdict(interval, 0.0, "above"),
+                            "seeds_to_resolve": compare.seeds_to_resolve(interval)})
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def tuning_rows(rows: Sequence[dict], data_name: str, tuning: dict[str, Sequence]
+                ) -> list[dict]:
+    """sgsc at the default gamma: the default settings and each tried one (the others at
+    their defaults), with validation accuracy -- the basis of the choice -- and size as
+    mean and std over seeds; ``best`` marks each setting's highest validation accuracy.
+    Test accuracy is deliberately absent."""
+    gamma = default_value(data_name, "gamma")
+    defaults = {s: default_value(data_name, s) for s in tuning}
+    mine = [r for r in rows if r["method"] == "sgsc" and r["gamma"] == gamma]
+    out = []
+    for setting, values in tuning.items():
+        others = {s: v for s, v in defaults.items() if s != setting}
+        for value in dict.fromkeys([defaults[setting], *values]):
+            runs = [r for r in mine if r[setting] == value
+                    and all(r[s] == v for s, v in others.items())]
+            if not runs:
+                continue
+            val = compare.t_interval([r["val_acc"] for r in runs])
+            size = compare.t_interval([r["storage_bytes"] for r in runs])
+            out.append({"setting": setting, "value": value, "default": value == defaults[setting],
+                        "seeds": len(runs), "val_acc": val["mean"], "val_acc_std": val["std"],
+                        "storage_bytes": size["mean"], "storage_bytes_std": size["std"]})
+    for setting in tuning:
+        candidates = [r for r in out if r["setting"] == setting]
+        best = max(candidates, key=lambda r: r["val_acc"], default=None)
+        for r in candidates:
+            r["best"] = r is best
+    return out
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -12,9 +12,10 @@ every combination) and those fixed for every run (``fixed``)::
 
 Settings are :class:`sgsc.train.TrainConfig` fields, plus ``float_epochs`` (the float
 reference's budget, ``fixed`` only: a seed's float folder is shared) and
-``preservation_size`` (sgsc only).  Every run has a key, the sha256 of its parameters and
-the sgsc version; its result is written atomically to ``<out>/sweep/<key>.json`` (a
-failure, with its traceback, to ``<key>.failed.json``), so a rerun skips what is done.
+``preservation_size`` (sgsc and its ablation halves only).  Every run has a key, the
+sha256 of its parameters and the sgsc version; its result is written atomically to
+``<out>/sweep/<key>.json`` (a failure, with its traceback, to ``<key>.failed.json``),
+so a rerun skips what is done.
 
 Float references are shared by the runs of a seed, so each seed's float run is one task
 and the seed's other runs are submitted when it is done: no two workers ever train the
@@ -121,8 +122,10 @@ class Grid:
         settings.pop("float_epochs", None)
         size = settings.pop("preservation_size", None)
         overrides = training_overrides(method, **settings)
+        from sgsc.runs import SAFETY_METHODS
+
         return RunSpec(method, self.data, seed, tuple(sorted(overrides.items())),
-                       float_epochs, size if method == "sgsc" else None)
+                       float_epochs, size if method in SAFETY_METHODS else None)
 
 
 def _settings() -> set[str]:

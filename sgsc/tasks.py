@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 IGNORE_INDEX = -1  # padding target of the text data sets (see sgsc.data)
 
@@ -46,8 +46,10 @@ def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device,
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     language = is_language_model(model)
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
+    x_all, y_all = dataset.tensors[:2]
+    for start in range(0, len(dataset), batch_size):  # in order, sliced, not collated
+        x = x_all[start:start + batch_size].to(device)
+        y = y_all[start:start + batch_size].to(device)
         logits = logits_of(model, x)
         if language:
             mask = y != IGNORE_INDEX

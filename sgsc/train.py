@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from sgsc import atomic
 from sgsc.compress import SelfCompression
 from sgsc.feedback import FeedbackConfig
+from sgsc.prune import load_state_resizing
 from sgsc.safety import BN_MODES, SafetyGuidance
 from sgsc.tasks import evaluate, score, task_loss
 
@@ -67,6 +68,7 @@ class TrainConfig:
     pres_augment: bool = False  # small random shifts of preservation images
     pres_bn: str = "eval"  # BatchNorm in the preservation forward (sgsc.safety.BN_MODES)
     select_tolerance: float = 0.005  # val accuracy (or nats) a smaller epoch may give up
+    shrink_every: int = 0  # steps between physical removals of dead channels (0: at export)
     feedback: FeedbackConfig | None = None
     seed: int = 0
     device: str = "auto"
@@ -81,7 +83,7 @@ class TrainConfig:
             "init_bits": 0 < self.init_bits <= 32,
             "l1_weights": self.l1_weights >= 0, "l1_dead_bias": self.l1_dead_bias >= 0,
             "lambda_pres": self.lambda_pres >= 0, "pres_batch_size": self.pres_batch_size >= 1,
-            "select_tolerance": self.select_tolerance >= 0,
+            "select_tolerance": self.select_tolerance >= 0, "shrink_every": self.shrink_every >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -153,30 +155,36 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         seed_everything(config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
-        groups = (compression.param_groups(lr_quant=config.lr_quant, eps_quant=config.eps_quant,
-                                           lr_weights=config.lr,
-                                           weight_decay=config.weight_decay)
-                  if compression is not None else
-                  [{"params": list(model.parameters()), "lr": config.lr,
-                    "weight_decay": config.weight_decay}])
-        self.optimizer = torch.optim.AdamW(groups)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
-        total = self.steps_per_epoch * config.epochs
-        if config.schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total)
-                                                                 / total)))
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.optimizer, self.scheduler = self._make_optimizer()
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
         self.best_score = -math.inf
         self.selected_epoch = 0
         self.selected_state: dict | None = None
+        self.shrinks: list[dict] = []  # one row per removal of dead channels
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ pieces
+
+    def _make_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW on the model's current parameters, and the learning-rate schedule."""
+        config = self.config
+        groups = (self.compression.param_groups(lr_quant=config.lr_quant,
+                                                eps_quant=config.eps_quant, lr_weights=config.lr,
+                                                weight_decay=config.weight_decay)
+                  if self.compression is not None else
+                  [{"params": list(self.model.parameters()), "lr": config.lr,
+                    "weight_decay": config.weight_decay}])
+        optimizer = torch.optim.AdamW(groups)
+        total = self.steps_per_epoch * config.epochs
+        if config.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return optimizer, scheduler
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term of the loss for one batch, before weighting (for logging)."""
@@ -199,10 +207,21 @@ class Trainer:
         return sum(weights[k] * v for k, v in terms.items())
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True,
-                            generator=self.loader_generator, drop_last=False)
-        for x, y in loader:
-            yield x.to(self.device), y.to(self.device)
+        """Shuffled batches sliced from the in-memory tensors.
+
+        The very batches ``DataLoader(train_set, shuffle=True, generator=g)`` gives -- it
+        draws a worker seed, then a permutation, and one more permutation when the epoch
+        ends, all from ``g`` -- without its per-example indexing and collating.
+        """
+        generator = self.loader_generator
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's seed
+        n = len(self.train_set)
+        order = torch.randperm(n, generator=generator)
+        x_all, y_all = self.train_set.tensors[:2]
+        for start in range(0, n, self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
+            yield x_all[rows].to(self.device), y_all[rows].to(self.device)
+        torch.randperm(n, generator=generator)  # RandomSampler's draw at the epoch's end
 
     # ------------------------------------------------------------------ epochs
 
@@ -224,8 +243,40 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.item()
             if self.safety is not None:
                 self.safety.step(self.optimizer)
+            self._maybe_shrink(x)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+
+    def _maybe_shrink(self, x: torch.Tensor) -> None:
+        """Every ``shrink_every`` steps, remove the zero-bit channels nothing can revive.
+
+        A bit depth at or below 0 gets no gradient (the quantizer clamps it through a
+        ReLU), so only the feedback controller could bring a channel back, and it revives
+        only channels of its last healthy snapshot (``SafetyGuidance.removable``).  Every
+        other zero-bit channel is cut from the live model -- optimizer state and the
+        controller's snapshot with it -- and each later step costs what the smaller
+        network costs.  The cut is exact in eval mode (``sgsc.prune``); in train mode
+        BatchNorm would have normalised the dead channels' constants differently, so the
+        numbers move slightly against a run that removes them only at export.
+        """
+        every = self.config.shrink_every
+        if not every or self.compression is None or self.step % every:
+            return
+        removable = (self.safety.removable() if self.safety is not None else
+                     {n: b.detach() <= 0 for n, b in self.compression.bit_depths().items()})
+        if not any(mask.any() for mask in removable.values()):
+            return
+        was_training = self.model.training
+        result = self.compression.prune(x[:1], self.optimizer, dead_rows=removable)
+        self.model.train(was_training)
+        if result.params_after == result.params_before:
+            return
+        if self.safety is not None:
+            self.safety.pruned(result)
+        self.shrinks.append({"step": self.step, "params_before": result.params_before,
+                             "params_after": result.params_after,
+                             "flops_before": result.flops_before,
+                             "flops_after": result.flops_after})
 
     def epoch_metrics(self, train_metrics: dict[str, float]) -> dict:
         val = evaluate(self.model, self.val_set, self.device)
@@ -283,8 +334,8 @@ class Trainer:
             self.history.append(row)
             self._select(row)
             self._checkpoint()
-        if self.selected_state is not None:
-            self.model.load_state_dict(self.selected_state)
+        if self.selected_state is not None:  # it may predate a shrink: other shapes
+            load_state_resizing(self.model, self.selected_state)
         events = [asdict(e) for e in self.safety.events] if self.safety else []
         result = TrainResult(
             history=self.history, selected_epoch=self.selected_epoch,
@@ -298,7 +349,8 @@ class Trainer:
                           "monitor_reference_loss": self.safety.float_level,
                           "monitor_indices": self.safety.monitor_indices.tolist()}
             atomic.write_json({"config": _config_dict(self.config), "history": self.history,
-                               "selected_epoch": self.selected_epoch, **safety},
+                                    "selected_epoch": self.selected_epoch,
+                               "shrinks": self.shrinks, **safety},
                               self.out_dir / HISTORY)
         return result
 
@@ -316,7 +368,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "wall_s": self.wall_s,
             "history": json.dumps(self.history),
             "best_score": self.best_score, "selected_epoch": self.selected_epoch,
-            "selected_state": self.selected_state,
+            "selected_state": self.selected_state, "shrinks": json.dumps(self.shrinks),
             "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state()},
             "safety": self.safety.state_dict() if self.safety else None,
         }
@@ -335,13 +387,15 @@ class Trainer:
         if state["config"] != _config_dict(self.config):
             raise ValueError(f"checkpoint {path} was written with other settings; use another "
                              "--out directory or delete it to start again")
-        self.model.load_state_dict(state["model"])
+        if load_state_resizing(self.model, state["model"]):  # shrunk since: new parameters
+            self.optimizer, self.scheduler = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.wall_s = state["epoch"], state["step"], state["wall_s"]
         self.history = json.loads(state["history"])
         self.best_score, self.selected_epoch = state["best_score"], state["selected_epoch"]
         self.selected_state = state["selected_state"]
+        self.shrinks = json.loads(state.get("shrinks", "[]"))
         torch.set_rng_state(state["rng"]["torch"])
         self.loader_generator.set_state(state["rng"]["loader"])
         if self.safety is not None and state["safety"] is not None:

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from sgsc.compress import SelfCompression
 from sgsc.graph import ChannelDependency, ChannelGraph, HeadDependency
+from sgsc.models import build_model
 from sgsc.quant import quantize
 
 
@@ -383,3 +384,17 @@ def test_prune_dead_heads_of_a_transformer():
     assert model.blocks[0].attn.n_head == 1
     assert torch.allclose(model(x)[0], out, atol=1e-5)
     assert sc.size_report() == before
+
+
+def test_prune_removes_only_the_dead_rows_asked_for():
+    model = build_model("mnist_cnn").eval()
+    sc = SelfCompression(model)
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:8] = 0.0
+    only_four = {"conv2": torch.arange(32) < 4}
+    sc.prune(dead_rows=only_four)
+    assert model.conv2.out_channels == 28  # four of the eight zero-bit channels went
+    with pytest.raises(ValueError, match="bits left"):
+        sc.prune(dead_rows={"conv2": torch.arange(28) >= 20})
+    with pytest.raises(ValueError, match="not quantized"):
+        sc.prune(dead_rows={"bn1": torch.zeros(28, dtype=torch.bool)})

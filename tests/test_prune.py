@@ -366,3 +366,34 @@ def test_replace_tensor_on_parametrized_and_missing():
         replace_tensor(model, "conv1.nothing", torch.ones(1))
     with pytest.raises(KeyError):
         replace_tensor(model, "conv9.weight", torch.ones(1))
+
+
+def test_a_pruned_state_loads_into_a_fresh_model_and_back():
+    from sgsc.compress import SelfCompression
+    from sgsc.prune import load_state_resizing
+
+    torch.manual_seed(0)
+    pruned = MnistCNN()
+    sc = SelfCompression(pruned)
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:8] = 0.0
+        sc.bit_depths()["conv3"][::3] = 0.0
+    pruned.eval()
+    x = torch.randn(3, 1, 28, 28)
+    whole_state = {k: v.clone() for k, v in pruned.state_dict().items()}
+    with torch.no_grad():
+        expected = pruned(x)
+    sc.prune()
+    # a fresh, whole model takes the smaller state: shapes, attributes and outputs follow
+    fresh = MnistCNN()
+    SelfCompression(fresh)
+    assert load_state_resizing(fresh, pruned.state_dict())
+    assert fresh.conv2.out_channels == 24 and fresh.conv3.in_channels == 24
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), expected, atol=ATOL, rtol=0)
+    # and the pruned model takes the larger state back
+    assert load_state_resizing(pruned, whole_state)
+    assert pruned.conv2.out_channels == 32
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), expected, atol=ATOL, rtol=0)
+    assert not load_state_resizing(pruned, whole_state)  # same shapes: nothing to resize

@@ -251,3 +251,31 @@ def test_bad_inputs_fail_before_any_scoring(digits, float_state, monkeypatch):
         reference, sc = _pair(float_state)
         SafetyGuidance(reference, sc, TensorDataset(torch.zeros(0, 1, 8, 8),
                                                     torch.zeros(0, dtype=torch.long)), size=1)
+
+
+def test_removable_spares_what_the_controller_could_revive(digits, float_state):
+    guard = _guard(digits, float_state, feedback=FeedbackConfig(threshold=0.0, run_budget=0.05))
+    sc = guard.compression
+    guard.start()  # healthy snapshot: every channel alive
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:4] = 0.0
+    assert not guard.removable()["conv2"].any()  # alive in the snapshot: may come back
+    without = _guard(digits, float_state, feedback=None)
+    with torch.no_grad():
+        without.compression.bit_depths()["conv2"][:4] = 0.0
+    assert without.removable()["conv2"][:4].all()  # nothing can revive them
+    guard.controller.bits_spent = guard.controller.budget_bits(0.05)  # budget spent
+    assert guard.removable()["conv2"][:4].all() and not guard.removable()["conv2"][4:].any()
+
+
+def test_a_prune_cuts_the_controllers_snapshot_alike(digits, float_state):
+    guard = _guard(digits, float_state, feedback=FeedbackConfig(threshold=0.0, run_budget=0.0))
+    sc = guard.compression
+    guard.start()
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:4] = 0.0
+    result = sc.prune(digits.train.tensors[0][:1], dead_rows=guard.removable())
+    guard.pruned(result)
+    snapshot = guard.controller.state_dict()["snapshot"]
+    assert snapshot["conv2.b"].shape == sc.bit_depths()["conv2"].shape == (12,)
+    assert snapshot["conv2.e"].shape == (12,)

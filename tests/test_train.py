@@ -182,8 +182,8 @@ def test_cli_run_prints_one_json_line(tmp_path, capsys):
 
 
 def test_cli_sgsc_run_logs_each_feedback_event_and_its_effect(tmp_path, capsys):
-    code = main(["run", "sgsc", "--data", "digits", "--lr-quant", "0.5", "--epochs", "4",
-                 "--float-epochs", "4", "--out", str(tmp_path), "--no-progress"])
+    code = main(["run", "sgsc", "--data", "digits", "--lr-quant", "0.5", "--out", str(tmp_path),
+                 "--no-progress"])
     assert code == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["params"]["l1_weights"] > 0 and row["params"]["lr_quant"] == 0.5
@@ -256,3 +256,98 @@ def test_a_data_set_can_override_the_safety_defaults():
     assert runs.train_config("sgsc", "mnist").lambda_pres == runs.SGSC_EXTRA["lambda_pres"]
     assert runs.train_config("sc", "names").lambda_pres == 0.0  # sc has no safety terms
     assert runs.train_config("sgsc", "names", lambda_pres=2.0).lambda_pres == 2.0
+
+
+# ----------------------------------------------------------------------------- shrinking
+
+
+def _shrinking_fit(digits, out_dir, epochs=4, **kwargs):
+    """sc on digits with a fast size term, removing dead channels every 10 steps."""
+    model = _cnn()
+    sc = SelfCompression(model)
+    config = TrainConfig(epochs=epochs, batch_size=64, gamma=0.3, lr_quant=0.5,
+                         shrink_every=10, progress=False, **kwargs)
+    trainer = Trainer(model, digits.train, digits.val, config, compression=sc, out_dir=out_dir)
+    return trainer, trainer.fit()
+
+
+def test_each_shrink_keeps_the_eval_outputs_and_makes_the_model_smaller(digits, monkeypatch):
+    x = digits.val.tensors[0][:64]
+    checks = []
+    original = SelfCompression.prune
+
+    def checked_prune(self, *args, **kwargs):
+        self.model.eval()
+        with torch.no_grad():
+            before = self.model(x)
+        result = original(self, *args, **kwargs)
+        self.model.eval()
+        with torch.no_grad():
+            checks.append((before, self.model(x), result))
+        self.model.train()
+        return result
+
+    monkeypatch.setattr(SelfCompression, "prune", checked_prune)
+    trainer, result = _shrinking_fit(digits, None, epochs=3)
+    assert len(trainer.shrinks) >= 2
+    for before, after, _ in checks:
+        assert torch.allclose(before, after, atol=1e-5)
+    removed = [(p.params_before, p.params_after, p.flops_before, p.flops_after)
+               for _, _, p in checks if p.params_after < p.params_before]
+    assert removed and all(pa < pb and fa < fb for pb, pa, fb, fa in removed)
+    first, last = trainer.shrinks[0], trainer.shrinks[-1]
+    assert last["flops_after"] < first["flops_before"]
+    # the trained model is the selected epoch's, whatever shape that epoch had
+    assert result.selected == result.history[result.selected_epoch - 1]
+
+
+def test_a_killed_run_resumes_after_a_shrink_to_the_same_numbers(digits, tmp_path, monkeypatch):
+    _, uninterrupted = _shrinking_fit(digits, tmp_path / "a")
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def dies_in_third_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _shrinking_fit(digits, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert json.loads(state["shrinks"]), "the checkpoint was taken after a shrink"
+    fresh = _cnn()
+    assert state["model"]["conv2.parametrizations.weight.original"].shape[0] < \
+        fresh.conv2.out_channels  # a checkpoint of a smaller network
+    trainer, resumed = _shrinking_fit(digits, tmp_path / "b")
+    assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+    assert trainer.shrinks == json.loads(
+        (tmp_path / "a" / "history.json").read_text())["shrinks"]
+
+
+def test_shrinking_moves_results_only_slightly_and_keeps_the_size_accounting(digits):
+    """Removal is exact in eval mode; train-mode BatchNorm lets the runs drift a little."""
+    trainer, shrunk = _shrinking_fit(digits, None, epochs=3)
+    model = _cnn()
+    sc = SelfCompression(model)
+    config = dataclasses.replace(trainer.config, shrink_every=0)
+    whole = Trainer(model, digits.train, digits.val, config, compression=sc).fit()
+    assert trainer.compression.storage_bytes() == shrunk.selected["storage_bytes"]
+    assert abs(shrunk.selected["val_accuracy"] - whole.selected["val_accuracy"]) < 0.03
+    ratio = shrunk.selected["storage_bytes"] / whole.selected["storage_bytes"]
+    assert 0.85 < ratio < 1.15
+
+
+def test_batches_are_the_data_loaders_without_its_overhead(digits):
+    trainer = Trainer(_cnn(), digits.train, digits.val,
+                      TrainConfig(epochs=1, batch_size=37, progress=False))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two epochs: the generator advances alike
+        ours = list(trainer._batches())
+        theirs = list(torch.utils.data.DataLoader(digits.train, batch_size=37, shuffle=True,
+                                                  generator=generator))
+        assert len(ours) == len(theirs)
+        for (x, y), (x2, y2) in zip(ours, theirs, strict=True):
+            assert torch.equal(x, x2) and torch.equal(y, y2)

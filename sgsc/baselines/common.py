@@ -39,7 +39,7 @@ class Reference:
 
     def copy(self) -> nn.Module:
         """A fresh model of the data set's architecture holding the float weights."""
-        model = runs._model(self.data_name, self.splits).to(self.device)
+        model = runs.build_data_model(self.data_name, self.splits).to(self.device)
         model.load_state_dict(self.model.state_dict())
         return model
 
