@@ -33,6 +33,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Faults of the input or the machine, each told in one ``error:`` line (exit 2)."""
+    from sgsc.atomic import WriteError
+    from sgsc.train import CheckpointError
+
+    return (ValueError, data.DataError, WriteError, CheckpointError)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from sgsc import runs  # imported here: `data verify` should not pay for torch models
 
@@ -42,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    expected = _expected_errors()
     overrides = {"epochs": args.epochs, "gamma": args.gamma, "lambda_pres": args.lambda_pres,
                  "l1_weights": args.l1_weights, "lr": args.lr, "lr_quant": args.lr_quant,
                  "batch_size": args.batch_size, "init_bits": args.init_bits}
@@ -50,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           device=args.device, progress=not args.no_progress,
                           float_overrides={"epochs": args.float_epochs},
                           **overrides)
-    except (ValueError, data.DataError) as err:
+    except expected as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
@@ -129,7 +138,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sgsc import sweep
+    from sgsc import atomic, sweep
 
     try:
         grid = sweep.load_grid(args.grid)
@@ -146,6 +155,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if not todo:
         return 0
+    try:
+        atomic.ensure_writable(grid.out)
+    except atomic.WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     client = sweep.make_client(args.workers, args.scheduler)
     try:
         report = sweep.run_sweep(grid, client, progress=not args.no_progress)

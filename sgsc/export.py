@@ -258,14 +258,16 @@ def _registry_name(model: nn.Module) -> str:
 
 
 def _changed_attributes(model: nn.Module, name: str) -> dict[str, dict[str, int]]:
-    """Integer module attributes that differ from a freshly built model (e.g. head counts)."""
+    """Shape attributes that differ from a freshly built model (pruning changed them); the
+    loader checks them against the stored tensors."""
     fresh = dict(_build(name, dataclasses.asdict(model.config)).named_modules())
     changed: dict[str, dict[str, int]] = {}
     for module_name, module in model.named_modules():
         reference = fresh.get(module_name)
         if reference is None:
             continue
-        for attr, value in vars(module).items():
+        for attr in SHAPE_ATTRIBUTES:
+            value = vars(module).get(attr)
             if type(value) is int and vars(reference).get(attr) != value:
                 changed.setdefault(module_name, {})[attr] = value
     return changed
@@ -293,7 +295,7 @@ def load_compressed(path: str | os.PathLike[str]) -> nn.Module:
         tensors = _parse_payload(meta, payload)
         model = _build(meta["model"], meta["config"])
         _fill(model, tensors)
-        _set_attributes(model, meta.get("attributes", {}))
+        _check_attributes(model, meta.get("attributes", {}))
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CorruptFileError(f"{path}: inconsistent contents ({err})") from err
     return model.eval()
@@ -400,14 +402,30 @@ class _Sections:
             raise ValueError(f"payload has {len(self._data) - self._pos} unexpected extra bytes")
 
 
-def _set_attributes(model: nn.Module, attributes: dict[str, dict[str, int]]) -> None:
-    """Restore integer module attributes that pruning changed (e.g. a head count)."""
+# The only attributes a file may carry: the shape attributes pruning changes.  Each is
+# already implied by the stored tensors' shapes, so a file's value must agree with them.
+SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "in_features", "out_features",
+                    "num_features", "num_embeddings", "embedding_dim")
+
+
+def _check_attributes(model: nn.Module, attributes: object) -> None:
+    """Check the file's attributes against the rebuilt model: shape attributes only, each
+    equal to what the loaded tensors set (nothing else of a module can be set by a file)."""
+    if not isinstance(attributes, dict):
+        raise ValueError(f"attributes must be a mapping, got {type(attributes).__name__}")
+    modules = dict(model.named_modules())
     for module_name, values in attributes.items():
-        module = model.get_submodule(module_name)
+        if module_name not in modules or not isinstance(values, dict):
+            raise ValueError(f"attributes name {module_name!r}, which is not a module of "
+                             f"{type(model).__name__}")
+        module = modules[module_name]
         for attr, value in values.items():
-            if type(value) is not int or not hasattr(module, attr):
-                raise ValueError(f"bad attribute {module_name}.{attr}={value!r}")
-            setattr(module, attr, value)
+            if attr not in SHAPE_ATTRIBUTES or not hasattr(module, attr):
+                raise ValueError(f"attribute {module_name}.{attr} may not be set by a file "
+                                 f"(only {', '.join(SHAPE_ATTRIBUTES)})")
+            if type(value) is not int or getattr(module, attr) != value:
+                raise ValueError(f"attribute {module_name}.{attr}={value!r} disagrees with the "
+                                 f"stored tensors ({getattr(module, attr)!r})")
 
 
 def _fill(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from sgsc.quant import init_exponent_maxabs, quantize
 from sgsc.report import FIGURES, mean_std
@@ -171,6 +171,58 @@ def pareto(rows: Sequence[dict], *, x: str = "storage_bytes", y: str = "test_acc
             ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", ms=7, capsize=3,
                         color=color, label=f"{method} (n={len(members)})")
     ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def frontier(rows: Sequence[dict], *, lines: Sequence[str] = ("sc", "sgsc"),
+             x: str = "storage_bytes", y: str = "test_acc", by: str = "gamma",
+             xlabel: str = "file size (bytes, log scale)", ylabel: str = "test accuracy",
+             floor: float | None = None) -> Figure:
+    """Accuracy against size: every run a small dot, each (method, ``by``) point the mean
+    with ±1 std over seeds in both directions, one line per method of ``lines`` through
+    its points by size; other methods as points only.  ``floor`` zooms the y axis to
+    where the methods differ: points below it are drawn at the edge as open triangles
+    (with their value written beside them), so they cannot squash the axis."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(r["method"] for r in rows if r.get(y) is not None))
+    for method in methods:
+        color = method_color(method)
+        mine = [r for r in rows if r["method"] == method and r.get(y) is not None]
+        groups: dict[Any, list[dict]] = {}
+        for r in mine:
+            groups.setdefault(r.get(by), []).append(r)
+        points = []
+        for members in groups.values():
+            (mx, sx), (my, sy) = (mean_std([float(r[x]) for r in members]),
+                                  mean_std([float(r[y]) for r in members]))
+            points.append((mx, my, sx or 0.0, sy or 0.0))
+        points.sort()
+        shown = [p for p in points if floor is None or p[1] >= floor]
+        low = [p for p in points if floor is not None and p[1] < floor]
+        dots = [(float(r[x]), float(r[y])) for r in mine if floor is None or r[y] >= floor]
+        if dots:
+            ax.scatter(*zip(*dots, strict=True), s=10, alpha=0.35, color=color)
+        if shown:
+            ax.errorbar([p[0] for p in shown], [p[1] for p in shown],
+                        xerr=[p[2] for p in shown], yerr=[p[3] for p in shown],
+                        fmt="o-" if method in lines else "s", ms=5, capsize=2, lw=1.2,
+                        color=color, label=f"{method} ({len(mine)} runs)")
+        for px, py, _, _ in low:
+            ax.plot([px], [floor], "v", mfc="none", ms=8, color=color)
+            ax.annotate(f"{method} {py:.3f}", (px, floor), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=color)
+    if floor is not None:
+        ax.set_ylim(bottom=floor - 0.002)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")

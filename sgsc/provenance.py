@@ -36,17 +36,14 @@ def git_state(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _commit() -> str:
-    return _git(ROOT, "rev-parse", "HEAD") or "unknown"
-
-
 def code_state() -> dict[str, Any]:
     """``version``, ``git_sha`` and ``sgsc_dirty`` (uncommitted changes under ``sgsc/``,
-    None outside a git checkout) of the code running now."""
+    None outside a git checkout) of the code this process runs: read once, at the first
+    call, so that later edits of the checkout are not blamed on code loaded before them."""
     import sgsc
 
     status = _git(ROOT, "status", "--porcelain", "--", "sgsc")
-    return {"version": sgsc.__version__, "git_sha": _commit(),
+    return {"version": sgsc.__version__, "git_sha": _git(ROOT, "rev-parse", "HEAD") or "unknown",
             "sgsc_dirty": None if status is None else bool(status)}
 
 

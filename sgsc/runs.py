@@ -22,6 +22,7 @@ shared by the compressed methods of that seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -141,8 +142,18 @@ def _metrics(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 def load_splits(data_name: str):
     """The data set's fixed splits (downloads on first use)."""
     if data_name in datasets.TEXT_DATASETS:
-        return datasets.load(data_name, block_size=DEFAULTS[data_name]["model"][1]["block_size"])
+        return datasets.load(data_name, block_size=_block_size(data_name))
     return datasets.load(data_name)
+
+
+def _block_size(data_name: str) -> int | None:
+    return DEFAULTS[data_name]["model"][1].get("block_size")
+
+
+@functools.cache
+def _train_rows(data_name: str, block_size: int | None) -> int:
+    """Rows of the training split (loaded once per process, then only counted)."""
+    return len(load_splits(data_name).train)
 
 
 def train_float(data_name: str, splits, seed: int, root: Path, device: str,
@@ -176,19 +187,15 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                              progress=progress, float_overrides=float_overrides, **overrides)
     # --- end baselines ----------------------------------------------------------------
     start = time.perf_counter()
+    provenance.code_state()  # read before training: the code as it is loaded now
     root = Path(out_dir) / data_name
     if method == "float":  # the method's own settings are the float model's
         float_overrides = (float_overrides or {}) | overrides
-    else:  # every setting checked before any training
-        config = train_config(method, data_name, seed=seed, device=device, progress=progress,
-                              **overrides)
-    if preservation_size is not None and method not in SAFETY_METHODS:
-        raise ValueError(f"{method} uses no preservation set; drop preservation_size")
+    config, size = check_run(method, data_name, seed=seed, device=device, progress=progress,
+                             float_overrides=float_overrides,
+                             preservation_size=preservation_size, **overrides)
+    atomic.ensure_writable(root)  # an unwritable output fails now, not after training
     splits = load_splits(data_name)
-    size = (DEFAULTS[data_name]["preservation_size"] if preservation_size is None
-            else preservation_size)
-    if method in SAFETY_METHODS:
-        _check_preservation_size(size, len(splits.train), config.feedback)
     float_model, float_info = train_float(data_name, splits, seed, root, device, progress,
                                           **(float_overrides or {}))
     dev = next(float_model.parameters()).device
@@ -246,6 +253,38 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         **_metrics("test", evaluate(loaded, splits.test, dev)),
     }
     return _finish(method, data_name, seed, result, start, out)
+
+
+def check_run(method: str, data_name: str, *, seed: int = 0, device: str = "auto",
+              progress: bool = False, float_overrides: dict | None = None,
+              preservation_size: int | None = None, **overrides) -> tuple[TrainConfig, int]:
+    """Every check :func:`run` makes before it trains anything: the method's TrainConfig
+    (or the float model's), the float budget and the preservation set's size against the
+    training split.  Returns ``(config, preservation size)``; raises ``ValueError``."""
+    _check(method, data_name)
+    if method in BASELINE_METHODS:
+        raise ValueError(f"{method} is a baseline: sgsc.baselines checks its own settings")
+    try:
+        float_config = train_config("float", data_name, seed=seed, device=device,
+                                    progress=progress, **(float_overrides or {}))
+    except ValueError as err:
+        if method == "float":
+            raise
+        raise ValueError(f"the float reference's settings (float_epochs, ...): {err}") from err
+    if method == "float":
+        if preservation_size is not None:
+            raise ValueError("float uses no preservation set; drop preservation_size")
+        return float_config, 0
+    config = train_config(method, data_name, seed=seed, device=device, progress=progress,
+                          **overrides)
+    if preservation_size is not None and method not in SAFETY_METHODS:
+        raise ValueError(f"{method} uses no preservation set; drop preservation_size")
+    size = (DEFAULTS[data_name]["preservation_size"] if preservation_size is None
+            else preservation_size)
+    if method in SAFETY_METHODS:
+        _check_preservation_size(size, _train_rows(data_name, _block_size(data_name)),
+                                 config.feedback)
+    return config, size
 
 
 def _check_preservation_size(size: object, train_rows: int,

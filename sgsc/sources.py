@@ -14,6 +14,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +121,19 @@ def check_dataset(name: str) -> None:
 # ---------------------------------------------------------------------------- files
 
 
+# What a damaged or truncated gzip stream raises: a bad header, a bad CRC, a stream cut
+# short, or (a flipped byte inside the deflate data) zlib's own error.
+GZIP_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path} cannot be read ({err}); delete it and run "
-                        "`python -m sgsc data fetch` or put a good copy there") from err
+    except GZIP_ERRORS as err:
+        what = "is not a readable gzip file" if path.suffix == ".gz" else "cannot be read"
+        raise DataError(f"{path} {what} ({type(err).__name__}: {err}); it was left "
+                        "untouched: delete it and run `python -m sgsc data fetch`, or put a "
+                        "good copy there") from err
 
 
 def _verified(file: DataFile, path: Path) -> bytes:
@@ -157,7 +165,8 @@ def _missing_message(file: DataFile, root: Path, reason: str) -> str:
 
 
 def _download(file: DataFile, root: Path) -> Path:
-    """Fetch ``file`` into the data directory; verify before it lands, never overwrite."""
+    """Fetch ``file`` into the data directory, trying each source in turn; a source is kept
+    only once its bytes decompress and match the checksum; never overwrites."""
     target_dir = root / file.local_dirs[-1]
     errors = []
     for url in file.urls:
@@ -167,9 +176,13 @@ def _download(file: DataFile, root: Path) -> Path:
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             errors.append(f"{url}: {getattr(err, 'reason', err)}")
             continue
-        payload = gzip.decompress(raw) if url.endswith(".gz") else raw
+        try:  # an HTML error page or a cut-off transfer is not a gzip stream
+            payload = gzip.decompress(raw) if url.endswith(".gz") else raw
+        except GZIP_ERRORS as err:
+            errors.append(f"{url}: not a complete gzip file ({type(err).__name__})")
+            continue
         if hashlib.sha256(payload).hexdigest() != file.sha256:
-            errors.append(f"{url}: checksum mismatch")
+            errors.append(f"{url}: checksum mismatch (got {len(raw)} bytes)")
             continue
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / file.name

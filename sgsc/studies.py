@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sgsc import compare, sweep
-from sgsc.runs import train_config
+from sgsc.runs import SAFETY_METHODS, train_config
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
 
@@ -97,11 +97,19 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict]) -> list[dict]
     return rows
 
 
-def _untuned(rows: Sequence[dict], data_name: str) -> list[dict]:
-    """Rows run with the default l1_weights and pres_bn (the tuning runs left out)."""
-    defaults = {s: default_value(data_name, s) for s in ("l1_weights", "pres_bn")}
-    return [r for r in rows if r["method"] not in ("sgsc", "sc-pres", "sc-feedback")
-            or all(r[s] == v for s, v in defaults.items())]
+def at_defaults(rows: Sequence[dict], data_name: str, *, gamma: bool = False) -> list[dict]:
+    """Rows of :func:`study_rows` run with their method's default ``l1_weights`` and
+    ``pres_bn`` (the tuning runs left out); with ``gamma``, only those at the default gamma
+    too (and the methods without one, such as float)."""
+    defaults = {m: train_config(m, data_name) for m in SAFETY_METHODS}
+    gamma0 = default_value(data_name, "gamma")
+    return [r for r in rows
+            if (r["method"] not in SAFETY_METHODS
+                or all(r[s] == getattr(defaults[r["method"]], s) for s in TUNED))
+            and (not gamma or r["method"] not in ("sc", *SAFETY_METHODS) or r["gamma"] == gamma0)]
+
+
+TUNED = ("l1_weights", "pres_bn")  # what the tuning runs vary
 
 
 ABLATION_COLUMNS = ("test_acc", "worst_class_acc", "storage_bytes", "feedback_events",
@@ -114,7 +122,7 @@ def ablation_summary(rows: Sequence[dict], data_name: str,
     """Mean and std over seeds of :data:`ABLATION_COLUMNS`, per method, at the default
     gamma (``<column>_std`` beside each ``<column>``)."""
     gamma = default_value(data_name, "gamma")
-    chosen = [r for r in _untuned(rows, data_name) if r["gamma"] == gamma]
+    chosen = [r for r in at_defaults(rows, data_name) if r["gamma"] == gamma]
     out = []
     for method in methods:
         mine = [r for r in chosen if r["method"] == method]
@@ -135,7 +143,7 @@ def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
     """Each method's metric minus ``reference``'s at the same size and seed, with a 95 %
     t interval over seeds: one row per (method, gamma, metric).  Methods in
     ``all_gammas`` are compared at every gamma they ran; the others at the default."""
-    usable = _untuned(rows, data_name)
+    usable = at_defaults(rows, data_name)
     gamma0 = default_value(data_name, "gamma")
     out = []
     for method in methods:

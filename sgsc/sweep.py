@@ -161,17 +161,22 @@ def parse_grid(raw: Any) -> Grid:
     _need(not unknown, f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(GRID_KEYS)}")
     missing = [k for k in ("data", "methods") if k not in raw]
     _need(not missing, f"missing key(s): {', '.join(missing)}")
-    _need(raw["data"] in DEFAULTS,
-          f"unknown data set {raw['data']!r}; choose one of {', '.join(DEFAULTS)}")
+    _need(isinstance(raw["data"], str) and raw["data"] in DEFAULTS,
+          f"unknown data set {raw['data']!r}: data must be one data set name, one of "
+          f"{', '.join(DEFAULTS)}")
     methods, seeds = raw["methods"], raw.get("seeds", [0])
-    _need(isinstance(methods, list) and methods, "'methods' must be a non-empty list")
+    _need(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods),
+          "'methods' must be a non-empty list of method names")
     bad = [m for m in methods if m not in METHODS]
     _need(not bad, f"unknown method(s) {', '.join(map(str, bad))}; choose from "
                    f"{', '.join(METHODS)}")
     _need(raw.get("device", "auto") in ("auto", "cpu", "cuda"),
           f"device must be auto, cpu or cuda, not {raw.get('device')!r}")
-    _need(isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds),
-          "'seeds' must be a non-empty list of integers")
+    _need(isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds),
+          f"'seeds' must be a non-empty list of integers >= 0, got {seeds!r}")
+    out = raw.get("out", "runs")
+    _need(isinstance(out, str) and out.strip() != "",
+          f"'out' must be a folder path, got {out!r}")
     grid, fixed = raw.get("grid") or {}, raw.get("fixed") or {}
     _check_settings("grid", grid, as_lists=True)
     _check_settings("fixed", fixed, as_lists=False)
@@ -180,19 +185,21 @@ def parse_grid(raw: Any) -> Grid:
     both = sorted(set(grid) & set(fixed))
     _need(not both, f"setting(s) {', '.join(both)} in both 'grid' and 'fixed'; keep one")
     parsed = Grid(raw["data"], list(methods), list(seeds), dict(grid), dict(fixed),
-                  str(raw.get("out", "runs")), str(raw.get("device", "auto")))
+                  out, str(raw.get("device", "auto")))
     _check_values(parsed)
     return parsed
 
 
 def _check_values(grid: Grid) -> None:
-    """Build every run's TrainConfig now, so a bad value fails before any training (on the
-    CPU: the workers, not this machine, check the device)."""
-    from sgsc.runs import train_config
+    """Check every run as :func:`sgsc.runs.run` would before training, so a bad value
+    fails now (on the CPU: the workers, not this machine, check the device)."""
+    from sgsc.runs import check_run
 
     for spec in grid.specs():
         try:
-            train_config(spec.method, spec.data, device="cpu", **dict(spec.overrides))
+            check_run(spec.method, spec.data, device="cpu",
+                      float_overrides={"epochs": spec.float_epochs},
+                      preservation_size=spec.preservation_size, **dict(spec.overrides))
         except (TypeError, ValueError) as err:
             raise GridError(f"{spec.label}: {err}") from err
 

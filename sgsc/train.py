@@ -48,6 +48,11 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (damaged, or of other settings); the
+    message names it and what to do.  The file is left as it is."""
+
+
 @dataclass
 class TrainConfig:
     """Every knob of one training run; all of it is logged with the results."""
@@ -77,25 +82,48 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.feedback, dict):
             self.feedback = FeedbackConfig(**self.feedback)
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0, "lr_quant": self.lr_quant >= 0, "gamma": self.gamma >= 0,
-            "init_bits": 0 < self.init_bits <= 32,
-            "l1_weights": self.l1_weights >= 0, "l1_dead_bias": self.l1_dead_bias >= 0,
-            "lambda_pres": self.lambda_pres >= 0, "pres_batch_size": self.pres_batch_size >= 1,
-            "select_tolerance": self.select_tolerance >= 0, "shrink_every": self.shrink_every >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(f"invalid training settings: {values} (epochs, batch sizes and lr "
-                             "must be positive, init_bits in (0, 32]; coefficients must not be "
-                             "negative)")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.pres_bn not in BN_MODES:
-            raise ValueError(f"pres_bn must be one of {BN_MODES}, got {self.pres_bn!r}")
+        elif self.feedback is not None and not isinstance(self.feedback, FeedbackConfig):
+            raise ValueError(f"feedback must be a FeedbackConfig, a dict of its fields or None, "
+                             f"got {self.feedback!r}")
+        problems = [f"{name}={getattr(self, name)!r} ({rule})" for name, (check, rule)
+                    in _RULES.items() if not check(getattr(self, name))]
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
         resolve_device(self.device)
+
+
+def _integer(low: int) -> tuple:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+            f"an integer >= {low}")
+
+
+def _number(low: float, *, strict: bool = False, high: float = math.inf) -> tuple:
+    def check(v: object) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > low if strict else v >= low) and v <= high
+
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+    return check, (f"a finite number {bound}" + (f" and <= {high:g}" if high < math.inf
+                                                 else ""))
+
+
+def _choice(*options: object) -> tuple:
+    return (lambda v: v in options and type(v) is type(options[0]),
+            "one of " + ", ".join(map(repr, options)))
+
+
+# What every setting must be; TrainConfig names each one that is not, before any training.
+_RULES = {
+    "epochs": _integer(1), "batch_size": _integer(1), "lr": _number(0, strict=True),
+    "weight_decay": _number(0), "lr_quant": _number(0), "eps_quant": _number(0, strict=True),
+    "schedule": _choice("cosine", "constant"), "init_bits": _number(0, strict=True, high=32),
+    "gamma": _number(0), "l1_weights": _number(0), "l1_dead_bias": _number(0),
+    "lambda_pres": _number(0), "pres_batch_size": _integer(1),
+    "pres_augment": _choice(False, True), "pres_bn": _choice(*BN_MODES),
+    "select_tolerance": _number(0), "shrink_every": _integer(0), "seed": _integer(0),
+    "device": _choice("auto", "cpu", "cuda"), "progress": _choice(True, False),
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -378,15 +406,24 @@ class Trainer:
         path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
         if path is None or not path.exists():
             return
+        advice = "delete it to start this run again from scratch"
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:  # a damaged checkpoint must not be silently ignored
-            raise RuntimeError(f"checkpoint {path} cannot be read: it is damaged or not an sgsc "
-                               f"checkpoint ({type(err).__name__}); delete it to start this "
-                               "run again from scratch") from err
+            raise CheckpointError(f"checkpoint {path} cannot be read: it is damaged or not an "
+                                  f"sgsc checkpoint ({type(err).__name__}); {advice}") from err
+        if not isinstance(state, dict) or "config" not in state:
+            raise CheckpointError(f"{path} is not an sgsc checkpoint; {advice}")
         if state["config"] != _config_dict(self.config):
             raise ValueError(f"checkpoint {path} was written with other settings; use another "
                              "--out directory or delete it to start again")
+        try:
+            self._load_checkpoint(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"checkpoint {path} is incomplete or does not fit this run "
+                                  f"({type(err).__name__}: {err}); {advice}") from err
+
+    def _load_checkpoint(self, state: dict) -> None:
         if load_state_resizing(self.model, state["model"]):  # shrunk since: new parameters
             self.optimizer, self.scheduler = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])

@@ -273,3 +273,50 @@ def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:
     loaded = load_compressed(tmp_path / "wide.sgsc")
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+
+# ----------------------------------------------------------------------------- crafted files
+
+
+def _reframed(blob: bytes, edit) -> bytes:
+    """The file with its metadata JSON edited by ``edit`` and a valid checksum again
+    (the layout of the module docstring): a crafted file, not a damaged one."""
+    import json
+    import zlib
+
+    header = struct.Struct("<4sHHIQ")
+    magic, version, flags, meta_len, payload_len = header.unpack_from(blob)
+    meta = json.loads(zlib.decompress(blob[header.size:header.size + meta_len]))
+    edit(meta)
+    meta_block = zlib.compress(json.dumps(meta).encode())
+    payload = blob[header.size + meta_len:header.size + meta_len + payload_len]
+    body = header.pack(magic, version, flags, len(meta_block), len(payload)) + meta_block + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("attributes, message", [
+    ({"conv1": {"stride": 0}}, "conv1.stride may not be set"),
+    ({"conv1": {"training": 1}}, "conv1.training may not be set"),
+    ({"conv2": {"out_channels": 7}}, "conv2.out_channels=7 disagrees"),
+    ({"conv2": {"out_channels": "24"}}, "disagrees"),
+    ({"nowhere": {"out_channels": 3}}, "'nowhere', which is not a module"),
+    (["conv1"], "attributes must be a mapping")])
+def test_a_crafted_file_cannot_set_other_attributes(cnn_file, tmp_path, attributes, message):
+    def edit(meta):
+        meta["attributes"] = attributes
+
+    path = _write(tmp_path, _reframed(cnn_file, edit))
+    with pytest.raises(CorruptFileError, match=message):
+        load_compressed(path)
+
+
+def test_the_attributes_a_file_carries_are_the_shapes_pruning_changed(cnn_file, tmp_path):
+    path = _write(tmp_path, cnn_file)
+    from sgsc.export import SHAPE_ATTRIBUTES, read_metadata
+
+    attributes = read_metadata(path)["attributes"]
+    assert attributes and all(a in SHAPE_ATTRIBUTES for v in attributes.values() for a in v)
+    model = load_compressed(path)
+    for module, values in attributes.items():
+        for attr, value in values.items():
+            assert getattr(model.get_submodule(module), attr) == value

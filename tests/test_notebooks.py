@@ -25,9 +25,10 @@ REQUIRED_PARAMETERS = ("profile", "device", "force", "out_dir", "report_dir")
 EXPECTED = {
     "00_tutorial": {"figures": ("quantizer", "layer", "training", "preservation"),
                     "metrics": ("results", "run")},
-    "01_mnist_cnn": {"figures": ("pareto", "training", "bit_depths", "preservation",
-                                 "per_class"),
-                     "metrics": ("runs", "summary", "bit_depths", "per_class", "run")},
+    "01_mnist_cnn": {"figures": ("pareto", "frontier", "training", "bit_depths",
+                                 "preservation", "per_class"),
+                     "metrics": ("runs", "summary", "study_runs", "ablation", "matched_size",
+                                 "tuning", "bit_depths", "per_class", "run")},
     "02_char_transformer": {"figures": ("pareto", "training"),
                             "metrics": ("runs", "summary", "samples", "run")},
     "03_sweeps": {"figures": ("accuracy", "storage"),
@@ -232,6 +233,8 @@ def test_figures_are_saved_as_png_and_svg(tmp_path):
         "quantizer": plots.quantizer_curves([(8, -7), (2, -1), (0, 0)]),
         "curves": plots.training_curves({"sc s0": history}),
         "pareto": plots.pareto(rows),
+        "frontier": plots.frontier(rows + [{"method": "uniform-ptq-2", "storage_bytes": 500,
+                                            "test_acc": 0.5}], floor=0.85),
         "per_class": plots.per_class([{"method": "sc", "class_0": 0.9, "class_1": 1.0}]),
     }
     for name, fig in figures.items():
@@ -240,3 +243,6 @@ def test_figures_are_saved_as_png_and_svg(tmp_path):
         assert png.read_bytes()[:4] == b"\x89PNG" and b"<svg" in svg.read_bytes()[:400]
     # panels only for what was logged (no preservation accuracy here)
     assert len(figures["curves"].axes) == 3
+    # a point far below the zoomed axis is drawn at its edge, not where it squashes the rest
+    (ax,) = figures["frontier"].axes
+    assert ax.get_ylim()[0] >= 0.84 and any("0.500" in t.get_text() for t in ax.texts)

@@ -101,3 +101,83 @@ def test_search_objective_penalises_only_the_excess():
 def test_load_search_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="cbtpe run folder"):
         studies.load_search(tmp_path)
+
+
+# ----------------------------------------------------------------------------- safety study
+
+
+def _row(method, seed, gamma, acc, size, **kw):
+    from sgsc import runs
+
+    config = runs.train_config(method, "digits") if method != "float" else None
+    return {"method": method, "seed": seed, "gamma": gamma, "val_acc": acc, "test_acc": acc,
+            "worst_class_acc": acc - 0.1, "storage_bytes": size,
+            "l1_weights": kw.get("l1_weights", getattr(config, "l1_weights", None)),
+            "pres_bn": kw.get("pres_bn", getattr(config, "pres_bn", None)),
+            "feedback_events": kw.get("events", 0), "feedback_bits": 0,
+            "feedback_monitor_change": kw.get("change"), "run_dir": f"{method}-{seed}-{gamma}"}
+
+
+def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
+    from sgsc import profiles
+
+    paper = profiles.PROFILES["paper"]
+    parts = studies.image_study(paper)
+    assert parts["ablation"] == [{"methods": ["sc-pres", "sc-feedback"], "seeds": [0, 1, 2],
+                                  "overrides": {}}]
+    assert [r["overrides"]["gamma"] for r in parts["frontier"]] == list(paper.frontier_gammas)
+    assert {next(iter(r["overrides"].items())) for r in parts["tuning"]} == {
+        ("l1_weights", 0.0), ("l1_weights", 1.0), ("pres_bn", "frozen")}
+    assert len(paper.frontier_gammas) + 1 >= 5  # with the default: five gammas or more
+
+
+def test_study_grids_hold_the_same_runs_as_the_notebook(tmp_path):
+    from sgsc import profiles
+
+    quick = profiles.PROFILES["quick"]
+    parts = studies.image_study(quick)
+    grids = studies.study_grids(parts, "digits", tmp_path, profiles.budget(quick), "cpu")
+    specs = {(s.method, s.seed, s.overrides) for g in grids for s in g.specs()
+             if s.method != "float"}
+    expected = {(m, seed, tuple(sorted(({"epochs": quick.epochs} | r["overrides"]).items())))
+                for part in parts.values() for r in part for m in r["methods"]
+                for seed in r["seeds"]}
+    assert specs == expected
+
+
+def test_ablation_summary_averages_each_variant_at_the_default_gamma():
+    g0 = studies.default_value("digits", "gamma")
+    rows = [_row("sc", s, g0, 0.90 + 0.01 * s, 1000) for s in range(3)]
+    rows += [_row("sgsc", s, g0, 0.92, 1200, events=2, change=-0.1) for s in range(3)]
+    rows += [_row("sgsc", 0, g0, 0.5, 900, l1_weights=0.0)]  # a tuning run: left out
+    rows += [_row("sc", 0, 0.5, 0.7, 500)]  # another gamma: left out
+    summary = {r["method"]: r for r in studies.ablation_summary(rows, "digits")}
+    assert set(summary) == {"sc", "sgsc"}
+    assert summary["sc"]["test_acc"] == pytest.approx(0.91)
+    assert summary["sc"]["test_acc_std"] == pytest.approx(0.01)
+    assert summary["sgsc"]["seeds"] == 3 and summary["sgsc"]["storage_bytes"] == 1200
+    assert summary["sgsc"]["feedback_monitor_change"] == pytest.approx(-0.1)
+
+
+def test_matched_size_compares_with_sc_at_the_same_size_and_seed():
+    g0 = studies.default_value("digits", "gamma")
+    rows = []
+    for seed in range(3):
+        rows += [_row("sc", seed, 0.5, 0.90, 1000), _row("sc", seed, g0, 0.98, 4000)]
+        rows += [_row("sgsc", seed, g0, 0.95 + 0.001 * seed, 2000)]  # sc there: 0.94
+    [acc, worst] = studies.matched_size(rows, "digits", ["sgsc"])
+    assert acc["metric"] == "test_acc" and worst["metric"] == "worst_class_acc"
+    assert acc["matched"] == 3 and acc["difference"] == pytest.approx(0.011)
+    assert acc["ci_low"] > 0 and acc["verdict"] == "supported"
+
+
+def test_tuning_rows_choose_on_validation_only():
+    g0 = studies.default_value("digits", "gamma")
+    rows = [_row("sgsc", s, g0, 0.90, 1000) for s in range(2)]
+    rows += [_row("sgsc", s, g0, 0.95, 1100, l1_weights=0.0) for s in range(2)]
+    for r in rows:
+        r["test_acc"] = 1.0 - r["val_acc"]  # a test set that disagrees must not matter
+    table = studies.tuning_rows(rows, "digits", {"l1_weights": (0.0,)})
+    assert [(r["value"], r["default"], r["best"]) for r in table] == [
+        (studies.default_value("digits", "l1_weights"), True, False), (0.0, False, True)]
+    assert all("test_acc" not in r for r in table)

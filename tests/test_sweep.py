@@ -141,6 +141,18 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("data: cifar\nmethods: [sc]\n", "unknown data set 'cifar'"),
     ("data: digits\nmethods: [sc]\ngrid: {float_epochs: [1, 2]}\n", "only be in 'fixed'"),
     ("data: digits\nmethods: [sc]\ngrid: {gamma: [0.1, -1]}\n", "gamma=-1"),
+    # what a dry-run used to accept: each now fails as the run itself would
+    ("data: digits\nmethods: [sc]\nfixed: {float_epochs: -1}\n",
+     "float digits s0: invalid training settings: epochs=-1"),
+    ("data: digits\nmethods: [sc]\nfixed: {float_epochs: two}\n", "epochs='two'"),
+    ("data: digits\nmethods: [sgsc]\nfixed: {preservation_size: -5}\n",
+     "preservation_size must be an integer between 1 and the 1257 rows"),
+    ("data: digits\nmethods: [sgsc]\ngrid: {preservation_size: [2000]}\n", "got 2000"),
+    ("data: digits\nmethods: [sc]\nseeds: [-1]\n", "integers >= 0, got [-1]"),
+    ("data: digits\nmethods: [sc]\nfixed: {epochs: 1.5}\n", "epochs=1.5 (an integer >= 1)"),
+    ("data: [digits]\nmethods: [sc]\n", "unknown data set ['digits']"),
+    ("data: digits\nmethods: [sc]\nout: null\n", "'out' must be a folder path, got None"),
+    ("data: digits\nmethods: [sc]\nfixed: {lr_quant: .inf}\n", "lr_quant=inf"),
 ])
 def test_bad_grid_files_say_what_to_fix(tmp_path, text, message):
     with pytest.raises(sweep.GridError, match="grid.yaml") as err:

@@ -1,0 +1,114 @@
+"""The command line: exact option names, settings checked before training, and one
+``error:`` line (exit 2) for every expected fault of the input or the machine."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from sgsc import atomic, runs
+from sgsc.cli import build_parser, main
+from sgsc.train import CHECKPOINT
+
+
+def _no_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("training started before the settings were checked")
+
+    monkeypatch.setattr(runs, "train_float", fail)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_abbreviated_options_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["run", "sgsc", "--lr-q", "0.5"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --lr-q" in capsys.readouterr().err
+    args = build_parser().parse_args(["run", "sgsc", "--lr", "0.1", "--lr-quant", "0.5"])
+    assert args.lr == 0.1 and args.lr_quant == 0.5  # --lr is the weights' own option
+
+
+def test_lr_sets_the_weights_learning_rate(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(method, data, **kwargs):
+        seen.update(kwargs)
+        return {"method": method}
+
+    monkeypatch.setattr(runs, "run", fake_run)
+    assert main(["run", "sc", "--lr", "0.1", "--out", str(tmp_path)]) == 0
+    assert seen["lr"] == 0.1 and seen["lr_quant"] is None
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--gamma", "-1", "gamma=-1.0 (a finite number >= 0)"),
+    ("--lr-quant", "inf", "lr_quant=inf (a finite number >= 0)"),
+    ("--lr", "nan", "lr=nan"), ("--epochs", "0", "epochs=0 (an integer >= 1)"),
+    ("--float-epochs", "0", "float_epochs"), ("--l1-weights", "-0.1", "l1_weights=-0.1")])
+def test_bad_settings_fail_before_any_training(tmp_path, monkeypatch, capsys, option, value,
+                                               message):
+    _no_training(monkeypatch)
+    assert main(["run", "sgsc", option, value, "--out", str(tmp_path), "--no-progress"]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_a_read_only_output_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _no_training(monkeypatch)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    assert main(["run", "sc", "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    assert "read-only file system" in line and "--out" in line and str(tmp_path) in line
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                      capsys):
+    out = tmp_path / "out"
+    common = ["--epochs", "2", "--float-epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(["run", "sc", "--epochs", "1", *common[2:]]) == 0  # a float reference first
+    capsys.readouterr()
+    [float_dir] = out.glob("digits/float-*")
+    before = (float_dir / CHECKPOINT).read_bytes()
+    real = atomic.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith(CHECKPOINT):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    assert main(["run", "sc", "--gamma", "0.2", *common]) == 2
+    line = _one_error_line(capsys)
+    assert "no space left on the device" in line and "resumes" in line
+    assert (float_dir / CHECKPOINT).read_bytes() == before
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_damaged_checkpoint_is_one_error_line_and_is_kept(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "float", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    [checkpoint] = out.glob("digits/float-*/" + CHECKPOINT)
+    damaged = checkpoint.read_bytes()[:200]
+    checkpoint.write_bytes(damaged)
+    assert main(["run", "float", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    assert str(checkpoint) in line and "delete it" in line
+    assert checkpoint.read_bytes() == damaged
+
+
+def test_threads_default_to_one_and_are_recorded(tmp_path, capsys):
+    assert build_parser().parse_args(["run", "float"]).threads == 1
+    assert main(["run", "float", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["threads"] == 1 and row["code"]["version"]
+    assert main(["run", "float", "--threads", "0", "--out", str(tmp_path)]) == 2
