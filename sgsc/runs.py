@@ -8,7 +8,9 @@ real packed file, and returns one flat result dict:
     storage_bytes (size of the packed file), entropy_coded_bytes, live_weights, Q,
     selected_epoch, feedback_events (and feedback_bits, feedback_monitor_change: the
     bits restored and the mean monitor-loss change per event), preservation_size,
-    monitor_size, train_s, wall_s, params, threads, code (version, git_sha, sgsc_dirty)
+    monitor_size, train_s, wall_s, params, threads, trained_by (the code states that
+    trained its epochs) and code (version, git_sha, sgsc_dirty of the code that exported and
+    evaluated it)
 
 ``train_s`` is the method's own training time, summed over resumes (the float
 reference's for ``float``; never the shared float reference's for the others), so it
@@ -169,7 +171,7 @@ def train_float(data_name: str, splits, seed: int, root: Path, device: str,
     result = trainer.fit()
     return trainer.model, {"selected_epoch": result.selected_epoch, "wall_s": result.wall_s,
                            "history": result.history, "config": dataclasses.asdict(config),
-                           "run_dir": folder}
+                           "run_dir": folder, "trained_by": result.trained_by}
 
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
@@ -204,6 +206,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   "live_weights": count_weights(float_model),
                   "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
                   "train_s": round(float_info["wall_s"], 2),
+                  "trained_by": float_info["trained_by"],
                   **_metrics("val", evaluate(float_model, splits.val, dev)),
                   **_metrics("test", evaluate(float_model, splits.test, dev))}
         return _finish(method, data_name, seed, result, start, float_info["run_dir"])
@@ -243,6 +246,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
+        "trained_by": trained.trained_by,
         "feedback_events": len(trained.feedback_events),
         **feedback_effect(trained.feedback_events),
         "params": dataclasses.asdict(config),

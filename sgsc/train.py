@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from sgsc import atomic
+from sgsc import atomic, provenance
 from sgsc.compress import SelfCompression
 from sgsc.feedback import FeedbackConfig
 from sgsc.prune import load_state_resizing
@@ -156,6 +156,7 @@ class TrainResult:
     selected: dict = field(default_factory=dict)  # metrics of the selected epoch
     feedback_events: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    trained_by: list[dict] = field(default_factory=list)  # code states that trained epochs
 
 
 class Trainer:
@@ -192,6 +193,7 @@ class Trainer:
         self.selected_epoch = 0
         self.selected_state: dict | None = None
         self.shrinks: list[dict] = []  # one row per removal of dead channels
+        self.trained_by: list[dict] = []  # sgsc.provenance.code_state of each code that trained
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ pieces
@@ -352,6 +354,8 @@ class Trainer:
             self.safety.start(self.optimizer)  # the first healthy snapshot
         start = time.perf_counter() - self.wall_s
         epochs = range(self.epoch, self.config.epochs)
+        if len(epochs) and provenance.code_state() not in self.trained_by:
+            self.trained_by.append(provenance.code_state())  # this code trains epochs now
         for _ in tqdm(epochs, desc="epochs", disable=not self.config.progress,
                       initial=self.epoch, total=self.config.epochs):
             train_metrics = self.train_epoch()
@@ -368,7 +372,7 @@ class Trainer:
         result = TrainResult(
             history=self.history, selected_epoch=self.selected_epoch,
             selected=self.history[self.selected_epoch - 1] if self.history else {},
-            feedback_events=events, wall_s=self.wall_s)
+            feedback_events=events, wall_s=self.wall_s, trained_by=list(self.trained_by))
         if self.out_dir is not None:
             safety = {}
             if self.safety is not None and self.safety.controller is not None:
@@ -378,7 +382,8 @@ class Trainer:
                           "monitor_indices": self.safety.monitor_indices.tolist()}
             atomic.write_json({"config": _config_dict(self.config), "history": self.history,
                                     "selected_epoch": self.selected_epoch,
-                               "shrinks": self.shrinks, **safety},
+                               "shrinks": self.shrinks, "trained_by": self.trained_by,
+                               **safety},
                               self.out_dir / HISTORY)
         return result
 
@@ -397,6 +402,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "best_score": self.best_score, "selected_epoch": self.selected_epoch,
             "selected_state": self.selected_state, "shrinks": json.dumps(self.shrinks),
+            "trained_by": json.dumps(self.trained_by),
             "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state()},
             "safety": self.safety.state_dict() if self.safety else None,
         }
@@ -433,6 +439,10 @@ class Trainer:
         self.best_score, self.selected_epoch = state["best_score"], state["selected_epoch"]
         self.selected_state = state["selected_state"]
         self.shrinks = json.loads(state.get("shrinks", "[]"))
+        # a checkpoint of code that did not record itself: say so rather than guess
+        self.trained_by = json.loads(state.get("trained_by", json.dumps(
+            [{"version": None, "git_sha": "not recorded (checkpoint of earlier code)",
+              "sgsc_dirty": None}])))
         torch.set_rng_state(state["rng"]["torch"])
         self.loader_generator.set_state(state["rng"]["loader"])
         if self.safety is not None and state["safety"] is not None:

@@ -351,3 +351,29 @@ def test_batches_are_the_data_loaders_without_its_overhead(digits):
         assert len(ours) == len(theirs)
         for (x, y), (x2, y2) in zip(ours, theirs, strict=True):
             assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_every_code_that_trained_a_run_is_recorded(digits, tmp_path, monkeypatch):
+    from sgsc import provenance
+
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def dies_in_second_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(digits, tmp_path)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    first = provenance.code_state()
+    later = first | {"git_sha": "f" * 40}
+    monkeypatch.setattr(provenance, "code_state", lambda: later)
+    _, result = _fit(digits, tmp_path)  # resumed by other code
+    assert result.trained_by == [first, later]
+    assert json.loads((tmp_path / "history.json").read_text())["trained_by"] == [first, later]
+    _, again = _fit(digits, tmp_path)  # nothing left to train: nobody new trained it
+    assert again.trained_by == [first, later]
