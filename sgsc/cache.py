@@ -181,7 +181,8 @@ def stored_bit_depths(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
     Read from the file's first payload section (one uint8 per stored row; see
     :mod:`sgsc.export`); pruned channels are not stored and count as 0 bits.
     """
-    meta, payload = export.read_container(Path(path))
+    container = export.read_container(Path(path))
+    meta, payload = container.meta, container.payload
     original = models.build_model(meta["model"], **meta["config"]).state_dict()
     layers, offset = {}, 0
     for key, kind, _dtype, shape in meta["tensors"]:

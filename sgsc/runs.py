@@ -266,8 +266,6 @@ def check_run(method: str, data_name: str, *, seed: int = 0, device: str = "auto
     (or the float model's), the float budget and the preservation set's size against the
     training split.  Returns ``(config, preservation size)``; raises ``ValueError``."""
     _check(method, data_name)
-    if method in BASELINE_METHODS:
-        raise ValueError(f"{method} is a baseline: sgsc.baselines checks its own settings")
     try:
         float_config = train_config("float", data_name, seed=seed, device=device,
                                     progress=progress, **(float_overrides or {}))

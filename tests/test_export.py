@@ -14,6 +14,7 @@ from torch import nn
 
 from sgsc.compress import SelfCompression
 from sgsc.export import (
+    FLAG_ENTROPY,
     FLAG_LZMA,
     CorruptFileError,
     entropy_coded_bytes,
@@ -71,12 +72,14 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def exported(request, tmp_path_factory):
-    """(sc, path, info, entropy path, entropy info) for each model, written once."""
+    """(sc, path, info, {coding: (path, info)}) for each model, written once per coding."""
     sc = _compressed(request.param)
     folder = tmp_path_factory.mktemp(request.param)
     info = save_compressed(sc, folder / "model.sgsc")
-    lzma_info = save_compressed(sc, folder / "model.xz.sgsc", entropy_coded=True)
-    return sc, folder / "model.sgsc", info, folder / "model.xz.sgsc", lzma_info
+    coded = {coding: (folder / f"model.{coding}.sgsc",
+                      save_compressed(sc, folder / f"model.{coding}.sgsc", coding=coding))
+             for coding in ("lzma", "entropy")}
+    return sc, folder / "model.sgsc", info, coded
 
 
 def test_loaded_model_equals_pruned_model_exactly(exported) -> None:
@@ -120,19 +123,25 @@ def test_file_size_matches_storage_bits(exported) -> None:
     assert abs(info.file_bytes - counted) <= 0.01 * counted + 1024
 
 
-def test_entropy_coded_file_loads(exported) -> None:
-    sc, path, info, lzma_path, lzma_info = exported
-    assert lzma_info.entropy_coded and not info.entropy_coded
-    assert lzma_info.payload_bytes == info.payload_bytes
-    assert lzma_info.file_bytes == lzma_path.stat().st_size < info.file_bytes
-    assert struct.unpack_from("<H", lzma_path.read_bytes(), 6)[0] & FLAG_LZMA
+@pytest.mark.parametrize("coding, flag", [("lzma", FLAG_LZMA), ("entropy", FLAG_ENTROPY)])
+def test_coded_files_load_to_the_same_model_and_are_smaller(exported, coding, flag) -> None:
+    sc, path, info, coded = exported
+    coded_path, coded_info = coded[coding]
+    assert coded_info.entropy_coded and not info.entropy_coded
+    assert coded_info.file_bytes == coded_path.stat().st_size < info.file_bytes
+    assert struct.unpack_from("<H", coded_path.read_bytes(), 6)[0] == flag
     x = _inputs(sc.model, 3)
-    assert torch.equal(_logits(load_compressed(lzma_path), x), _logits(load_compressed(path), x))
+    assert torch.equal(_logits(load_compressed(coded_path), x), _logits(load_compressed(path), x))
+    for key, value in load_compressed(coded_path).state_dict().items():
+        assert torch.equal(value, load_compressed(path).state_dict()[key]), key
 
 
-def test_entropy_coded_bytes_matches_file(exported) -> None:
-    sc, *_, lzma_info = exported
-    assert entropy_coded_bytes(sc) == lzma_info.file_bytes
+def test_entropy_coded_bytes_matches_the_file(exported) -> None:
+    sc, *_, coded = exported
+    assert entropy_coded_bytes(sc) == coded["entropy"][1].file_bytes
+    assert entropy_coded_bytes(sc, "lzma") == coded["lzma"][1].file_bytes
+    with pytest.raises(ValueError, match="coding must be one of"):
+        entropy_coded_bytes(sc, "zip")
 
 
 def test_metadata_describes_architecture(exported) -> None:
@@ -143,8 +152,10 @@ def test_metadata_describes_architecture(exported) -> None:
     assert all(kinds[f"{name}.weight"] == "q" for name in sc.quantizers)
 
 
-def test_load_uses_no_pickle(exported, monkeypatch) -> None:
-    *_, path, _ = exported
+@pytest.mark.parametrize("coding", ["packed", "lzma", "entropy"])
+def test_load_uses_no_pickle(exported, monkeypatch, coding) -> None:
+    _, packed, _, coded = exported
+    path = packed if coding == "packed" else coded[coding][0]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("unpickling is not allowed while loading")
@@ -225,10 +236,47 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["model.sgsc"]  # no temp file left
 
 
-def test_unregistered_model_is_refused(tmp_path) -> None:
-    sc = SelfCompression(nn.Sequential(nn.Linear(4, 3)))
-    with pytest.raises(ValueError, match="MODEL_REGISTRY"):
-        save_compressed(sc, tmp_path / "x.sgsc")
+class _UsersNet(nn.Module):
+    """A model of a user's own, outside the registry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_users_own_model_saves_and_reloads_into_a_fresh_instance(tmp_path) -> None:
+    torch.manual_seed(0)
+    sc = SelfCompression(_UsersNet().eval(), init_bits=5)
+    with torch.no_grad():
+        sc.bit_depths()["body.2"][1] = 0.0  # a zero-bit output row: stored as a header only
+    path = tmp_path / "mine.sgsc"
+    save_compressed(sc, path, coding="entropy")
+    assert read_metadata(path)["model"].endswith("test_export._UsersNet")
+    with pytest.raises(ValueError, match="pass a fresh instance"):
+        load_compressed(path)
+    with pytest.raises(ValueError, match="not a"):
+        load_compressed(path, model=build_model("mnist_cnn"))
+    fresh = _UsersNet()
+    loaded = load_compressed(path, model=fresh)
+    assert loaded is fresh
+    x = torch.randn(5, 6)
+    assert torch.equal(loaded(x), sc.model(x))
+
+
+def test_a_block_with_no_heads_left_exports_and_reloads(tmp_path) -> None:
+    model = build_model("char_transformer", vocab_size=27, n_layer=2).eval()
+    sc = SelfCompression(model)
+    with torch.no_grad():
+        for part in "qkv":
+            sc.bit_depths()[f"blocks.0.attn.{part}"].zero_()  # every head of block 0 dies
+    info = save_compressed(sc, tmp_path / "headless.sgsc")
+    loaded = load_compressed(info.path)
+    assert loaded.blocks[0].attn.n_head == 0 and loaded.blocks[1].attn.n_head == 4
+    x = _inputs(model, 3)
+    torch.testing.assert_close(_logits(loaded, x), _logits(model, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -320,3 +368,68 @@ def test_the_attributes_a_file_carries_are_the_shapes_pruning_changed(cnn_file, 
     for module, values in attributes.items():
         for attr, value in values.items():
             assert getattr(model.get_submodule(module), attr) == value
+
+
+def _framed(meta: dict, payload: bytes, flags: int = 0) -> bytes:
+    import json
+    import zlib
+
+    block = zlib.compress(json.dumps(meta).encode())
+    body = struct.pack("<4sHHIQ", b"SGSC", 1, flags, len(block), len(payload)) + block + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _peak_mib_loading(path: Path) -> tuple[float, str]:
+    """Load ``path`` in a fresh process: (extra peak memory in MiB, the error it raised)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\n"
+            "from sgsc.export import CorruptFileError, load_compressed\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n"
+            f"    load_compressed({str(path)!r}); message = 'loaded'\n"
+            "except CorruptFileError as err:\n"
+            "    message = str(err)\n"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print((peak - base) / 1024); print(message)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    extra, message = done.stdout.strip().split("\n", 1)
+    return float(extra), message
+
+
+def test_crafted_files_are_refused_within_bounded_memory(cnn_file, tmp_path) -> None:
+    import json
+    import lzma
+    import zlib
+
+    header = struct.Struct("<4sHHIQ")
+    _, _, _, meta_len, _ = header.unpack_from(cnn_file)
+    meta = json.loads(zlib.decompress(cnn_file[header.size:header.size + meta_len]))
+    crafted = {
+        # 200 MB of zeros in a few hundred KB of xz: decompression stops at the bound
+        "bomb": _framed(meta, lzma.compress(bytes(200 << 20), preset=0), flags=1),
+        # a weight claiming 2^28 elements in a file of a few KB
+        "huge shape": _framed(meta | {"tensors": [["conv1.weight", "q", "float32",
+                                                   [1 << 14, 1 << 14, 1, 1]]]}, b"\0" * 64),
+        # within the cap, but larger than the layer it names (pruning only shrinks)
+        "grown shape": _framed(meta | {"tensors": [["conv1.weight", "q", "float32",
+                                                    [4096, 1, 5, 5]]]}, b"\0" * 64),
+        # a config describing a model far beyond any file's bound, built on no memory
+        "huge config": _framed(meta | {"config": meta["config"] | {"widths": [4096] * 4}},
+                               b"\0" * 64),
+    }
+    big = zlib.compress(b" " * (100 << 20), 9)  # 100 MB of JSON whitespace in ~100 KB
+    body = struct.pack("<4sHHIQ", b"SGSC", 1, 0, len(big), 0) + big
+    crafted["huge metadata"] = body + struct.pack("<I", zlib.crc32(body))
+    expected = {"bomb": "decompresses past", "huge shape": "more than 67108864 elements",
+                "grown shape": "does not fit the model",
+                "huge config": "more than the", "huge metadata": "metadata is larger"}
+    for name, blob in crafted.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.sgsc"
+        path.write_bytes(blob)
+        extra_mib, message = _peak_mib_loading(path)
+        assert expected[name] in message, (name, message)
+        assert extra_mib < 150, (name, extra_mib)

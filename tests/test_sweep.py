@@ -171,3 +171,10 @@ def test_cli_dry_run_lists_float_references_first(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "6 runs" in out and out.index("float digits s0") < out.index("sc digits s0")
+
+
+def test_a_grid_of_baselines_and_safety_methods_checks_like_a_run(tmp_path):
+    grid = sweep.parse_grid({"data": "digits", "methods": ["uniform-ptq-4", "sc-feedback"],
+                             "seeds": [0], "grid": {"gamma": [0.1]}, "out": str(tmp_path)})
+    assert {s.method for s in grid.specs()} == {"float", "uniform-ptq-4", "sc-feedback"}
+    assert [s.preservation_size for s in grid.specs() if s.method == "sc-feedback"] == [None]

@@ -1,0 +1,69 @@
+"""The entropy coder of weight codes: exact round trips, near-entropy size, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sgsc import entropy
+
+
+def _ideal_bytes(codes: np.ndarray) -> float:
+    """The empirical entropy of ``codes`` in bytes: what no coder of i.i.d. symbols beats."""
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum() / 8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(-130, 130), max_size=60), min_size=1, max_size=6))
+def test_any_groups_round_trip_exactly(groups):
+    groups = [np.asarray(g, dtype=np.int64) for g in groups]
+    decoded = entropy.decode(entropy.encode(groups), [len(g) for g in groups])
+    assert len(decoded) == len(groups)
+    for got, want in zip(decoded, groups, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_peaked_codes_cost_close_to_their_entropy():
+    rng = np.random.default_rng(0)
+    codes = np.clip(np.round(rng.laplace(0, 1.2, 20_000)), -8, 7).astype(np.int64)
+    stream = entropy.encode([codes])
+    packed = 4 * codes.size / 8  # 4-bit two's complement
+    assert len(stream) < 0.75 * packed  # far below packing: the codes are peaked
+    table = 16 * 3 + 12  # 16 counts of at most 3 bytes, the header words
+    assert len(stream) <= _ideal_bytes(codes) * 1.01 + table
+
+
+def test_a_single_code_costs_no_stream():
+    stream = entropy.encode([np.full(1000, -3)])
+    assert len(stream) <= 12
+    np.testing.assert_array_equal(entropy.decode(stream, [1000])[0], np.full(1000, -3))
+
+
+@pytest.mark.parametrize("damage", ["cut", "extra", "sizes", "groups"])
+def test_a_damaged_stream_is_a_value_error(damage):
+    rng = np.random.default_rng(1)
+    groups = [rng.integers(-4, 4, 500), rng.integers(-1, 1, 200)]
+    stream = entropy.encode(groups)
+    sizes = [500, 200]
+    if damage == "cut":
+        stream = stream[:-5]
+    elif damage == "extra":
+        stream += b"\0\0\0\0"
+    elif damage == "sizes":
+        sizes = [500, 201]
+    else:
+        sizes = [500, 200, 7]
+    with pytest.raises(ValueError):
+        entropy.decode(stream, sizes)
+
+
+def test_too_wide_a_group_is_refused():
+    with pytest.raises(ValueError, match="at most"):
+        entropy.encode([np.array([0, entropy.MAX_ALPHABET + 5])])
+    assert math.log2(entropy.MAX_ALPHABET) == 16
