@@ -9,13 +9,15 @@ the group's own counts, and one asymmetric-numeral-systems stream (constriction'
 Stream layout (little-endian), the codes section of an entropy-coded file::
 
     uint32        G, the number of groups with codes
-    per group:    varint zigzag(low), varint K (symbols low .. low+K-1), K varint counts
+    per group:    varint zigzag(low), varint K (codes low .. low+K-1), varint kind;
+                  kind 1 (fitted): K varint counts follow; kind 0 (uniform): nothing
     uint32        W, words of the ANS stream
     W x uint32    the ANS stream
 
-The tables cost a few bytes per group (a group of a single code costs nothing more); a
-group whose table would cost more than plain bit packing (wide codes) is still correct,
-only not smaller.  Decoding rebuilds the very
+A fitted table costs a few bytes per code value, which a small group of wide codes
+cannot earn back; such a group is coded uniformly over its own range ``K`` instead
+(``log2 K`` bits a code, never more than packing's ``b``), whichever is estimated
+smaller.  A group of a single code costs no stream at all.  Decoding rebuilds the very
 same models from the stored counts (integer counts give bit-identical float64
 probabilities), so the round trip is exact.  Nothing here knows about models or files:
 callers hand in the groups in a fixed order and get them back in it.
@@ -31,10 +33,25 @@ import numpy as np
 MAX_ALPHABET = 1 << 16  # a group spanning more codes than this is refused (24-bit rows)
 
 
-def _model(counts: np.ndarray):
+FITTED, UNIFORM = 1, 0  # the two kinds of group model
+
+
+def _model(kind: int, counts: np.ndarray):
     import constriction
 
+    if kind == UNIFORM:
+        return constriction.stream.model.Uniform(len(counts))
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+
+
+def _kind(counts: np.ndarray) -> int:
+    """The cheaper model for a group: a fitted table (its varints plus the codes at their
+    empirical entropy) or a uniform one (log2 of the range per code)."""
+    n = int(counts.sum())
+    used = counts[counts > 0]
+    entropy_bits = float(-(used * np.log2(used / n)).sum())
+    table_bits = 8 * sum(len(_varint(int(c))) for c in counts)
+    return FITTED if entropy_bits + table_bits < n * np.log2(len(counts)) else UNIFORM
 
 
 def _varint(value: int) -> bytes:
@@ -104,16 +121,18 @@ def encode(groups: Sequence[np.ndarray]) -> bytes:
         if len(counts) > MAX_ALPHABET:
             raise ValueError(f"a group spans {len(counts)} codes; at most {MAX_ALPHABET} "
                              "can be entropy coded")
-        tables += _varint(_zigzag(low)) + _varint(len(counts))
-        for count in counts.tolist():
-            tables += _varint(count)
-        coded.append(((codes - low).astype(np.int32), counts))
+        kind = _kind(counts) if len(counts) > 1 else UNIFORM
+        tables += _varint(_zigzag(low)) + _varint(len(counts)) + _varint(kind)
+        if kind == FITTED:
+            for count in counts.tolist():
+                tables += _varint(count)
+        coded.append(((codes - low).astype(np.int32), kind, counts))
     import constriction
 
     coder = constriction.stream.stack.AnsCoder()
-    for symbols, counts in reversed(coded):  # a stack: the last group encoded first
+    for symbols, kind, counts in reversed(coded):  # a stack: the last group encoded first
         if len(counts) > 1:  # a single code needs no bits: its table says it all
-            coder.encode_reverse(symbols, _model(counts))
+            coder.encode_reverse(symbols, _model(kind, counts))
     words = coder.get_compressed().astype("<u4")
     return (struct.pack("<I", len(coded)) + bytes(tables) + struct.pack("<I", len(words))
             + words.tobytes())
@@ -133,12 +152,17 @@ def decode(data: bytes, sizes: Sequence[int], max_words: int | None = None
     for n in present:
         low = _unzigzag(reader.varint())
         alphabet = reader.varint()
-        if not 1 <= alphabet <= MAX_ALPHABET:
-            raise ValueError(f"entropy model of {alphabet} symbols is out of range")
-        counts = np.array([reader.varint() for _ in range(alphabet)], dtype=np.int64)
-        if counts.sum() != n or counts[0] == 0 or counts[-1] == 0:
-            raise ValueError("an entropy model's counts do not match its group")
-        tables.append((low, counts))
+        kind = reader.varint()
+        if not 1 <= alphabet <= MAX_ALPHABET or kind not in (FITTED, UNIFORM):
+            raise ValueError(f"entropy model of {alphabet} symbols (kind {kind}) is out of "
+                             "range")
+        if kind == FITTED:
+            counts = np.array([reader.varint() for _ in range(alphabet)], dtype=np.int64)
+            if counts.sum() != n or counts[0] == 0 or counts[-1] == 0:
+                raise ValueError("an entropy model's counts do not match its group")
+        else:
+            counts = np.ones(alphabet, dtype=np.int64)  # only its length is used
+        tables.append((low, kind, counts))
     words = reader.uint32()
     if max_words is not None and words > max_words:
         raise ValueError(f"entropy-coded stream of {words} words exceeds the bound {max_words}")
@@ -154,12 +178,12 @@ def decode(data: bytes, sizes: Sequence[int], max_words: int | None = None
         if n == 0:
             out.append(np.zeros(0, dtype=np.int64))
             continue
-        low, counts = next(it)
+        low, kind, counts = next(it)
         if len(counts) == 1:
             out.append(np.full(n, low, dtype=np.int64))
             continue
         try:
-            symbols = coder.decode(_model(counts), n)
+            symbols = coder.decode(_model(kind, counts), n)
         except Exception as err:  # constriction raises on a stream that runs dry
             raise ValueError(f"entropy-coded stream cannot be decoded ({err})") from err
         if symbols.size != n or symbols.max(initial=0) >= len(counts):

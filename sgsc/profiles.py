@@ -93,7 +93,8 @@ PROFILES: dict[str, Profile] = {
     # Every method of the harness runs in "full".
     "paper": Profile(
         name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
-        methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8"),
+        methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8",
+                 "uniform-ptq-16"),
         frontier_gammas=PAPER_GAMMAS, tuning=PAPER_TUNING,
         tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2), text_float_epochs=None, text_epochs=None,

@@ -77,15 +77,26 @@ def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.Path
     return grids
 
 
-def study_rows(results: Sequence[dict], per_class: Sequence[dict]) -> list[dict]:
-    """One row per run: method, seed, gamma, the tried setting (if any), test and
-    validation accuracy, worst-class test accuracy, size, and the feedback's effect."""
+def study_rows(results: Sequence[dict], per_class: Sequence[dict],
+               data_name: str) -> list[dict]:
+    """One row per run (each run once): method, seed, gamma, the tuned settings, whether
+    it is a tuning run (``tuning``: a setting other than its method's default) and at the
+    default gamma (``default_gamma``), test and validation accuracy, worst-class test
+    accuracy, size, and the feedback's effect."""
     worst = {row["run_dir"]: min(v for k, v in row.items() if k.startswith("class_"))
              for row in per_class}
-    rows = []
+    rows, seen = [], set()
     for r in results:
+        if r.get("run_dir") in seen:
+            continue
+        seen.add(r.get("run_dir"))
         params = r.get("params", {})
+        tuned = r["method"] in SAFETY_METHODS and any(
+            params.get(s) != getattr(train_config(r["method"], data_name), s) for s in TUNED)
+        sc_like = r["method"] in ("sc", *SAFETY_METHODS)
         rows.append({"method": r["method"], "seed": r["seed"], "gamma": params.get("gamma"),
+                     "tuning": tuned, "default_gamma": not sc_like or
+                     params.get("gamma") == default_value(data_name, "gamma"),
                      "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
                      "val_acc": r.get("val_acc"), "test_acc": r.get("test_acc"),
                      "worst_class_acc": worst.get(r.get("run_dir")),
@@ -98,15 +109,9 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict]) -> list[dict]
 
 
 def at_defaults(rows: Sequence[dict], data_name: str, *, gamma: bool = False) -> list[dict]:
-    """Rows of :func:`study_rows` run with their method's default ``l1_weights`` and
-    ``pres_bn`` (the tuning runs left out); with ``gamma``, only those at the default gamma
-    too (and the methods without one, such as float)."""
-    defaults = {m: train_config(m, data_name) for m in SAFETY_METHODS}
-    gamma0 = default_value(data_name, "gamma")
-    return [r for r in rows
-            if (r["method"] not in SAFETY_METHODS
-                or all(r[s] == getattr(defaults[r["method"]], s) for s in TUNED))
-            and (not gamma or r["method"] not in ("sc", *SAFETY_METHODS) or r["gamma"] == gamma0)]
+    """Rows of :func:`study_rows` that are not tuning runs; with ``gamma``, only those at
+    the default gamma too (and the methods without one, such as float)."""
+    return [r for r in rows if not r["tuning"] and (not gamma or r["default_gamma"])]
 
 
 TUNED = ("l1_weights", "pres_bn")  # what the tuning runs vary
@@ -122,7 +127,7 @@ def ablation_summary(rows: Sequence[dict], data_name: str,
     """Mean and std over seeds of :data:`ABLATION_COLUMNS`, per method, at the default
     gamma (``<column>_std`` beside each ``<column>``)."""
     gamma = default_value(data_name, "gamma")
-    chosen = [r for r in at_defaults(rows, data_name) if r["gamma"] == gamma]
+    chosen = at_defaults(rows, data_name, gamma=True)
     out = []
     for method in methods:
         mine = [r for r in chosen if r["method"] == method]
@@ -259,6 +264,32 @@ def sweep_rows(reports: dict[str, sweep.SweepReport], data_name: str,
                              **{k: result.get(k) for k in SWEEP_COLUMNS},
                              "epoch_swing": epoch_swing(result.get("run_dir"))})
     return sorted(rows, key=lambda r: (r["axis"], r["value"], r["method"], r["seed"]))
+
+
+def _sweep_groups(rows: Sequence[dict], column: str) -> dict[str, dict[str, dict]]:
+    """Sweep rows by setting, then method, then seed: the value of ``column``."""
+    groups: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if row["method"] in ("sc", "sgsc") and row.get(column) is not None:
+            groups.setdefault(row["setting"], {}).setdefault(row["method"], {})[
+                row["seed"]] = float(row[column])
+    return groups
+
+
+def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
+    """Per setting (``axis=value``, rows of :func:`sweep_rows`) run by sc and sgsc with two
+    seeds or more each: the standard deviation over seeds of ``column`` for both, side by
+    side, and whether sgsc's is lower."""
+    out = []
+    for setting, by_method in _sweep_groups(rows, column).items():
+        sc, sgsc = by_method.get("sc", {}), by_method.get("sgsc", {})
+        if len(sc) > 1 and len(sgsc) > 1:
+            sc_std = compare.t_interval(list(sc.values()))["std"]
+            sgsc_std = compare.t_interval(list(sgsc.values()))["std"]
+            out.append({"setting": setting, "n": min(len(sc), len(sgsc)),
+                        f"sc_{column}_std": sc_std, f"sgsc_{column}_std": sgsc_std,
+                        "sgsc_lower": sgsc_std < sc_std})
+    return out
 
 
 SWEEP_COLUMNS = ("val_acc", "test_acc", "storage_bytes", "Q", "feedback_events",

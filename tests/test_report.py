@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import claims, profiles, report
+from sgsc import profiles, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -275,97 +275,6 @@ def test_selected_methods():
     assert profiles.selected_methods([]) == list(METHODS)
     quick = profiles.PROFILES["quick"]
     assert profiles.selected_methods([], quick) == [m for m in quick.methods if m in METHODS]
-
-
-# ----------------------------------------------------------------------------- claims
-
-
-def test_verdicts_compare_mean_and_std_with_the_threshold():
-    more = claims.Claim("x", "s", "c", "m", threshold=0.0, higher_is_better=True)
-    less = claims.Claim("y", "s", "c", "m", threshold=0.01, higher_is_better=False)
-    assert claims.verdict(0.02, 0.01, more) == "supported"
-    assert claims.verdict(0.01, 0.02, more) == "inconclusive"
-    assert claims.verdict(-0.03, 0.01, more) == "not supported"
-    assert claims.verdict(0.0, 0.0, more) == "not supported"  # no improvement at all
-    assert claims.verdict(0.002, 0.001, less) == "supported"
-    assert claims.verdict(0.008, 0.004, less) == "inconclusive"
-    assert claims.verdict(0.05, 0.01, less) == "not supported"
-    assert claims.verdict(None, None, less) == "not measured"
-    assert less.criterion == "mean ± std < 0.01"
-
-
-def test_claims_are_measured_per_seed_from_the_tables():
-    runs = report.compare_to_float(RUNS + [
-        {"method": "sgsc", "data": "digits", "seed": 0, "test_acc": 0.97, "storage_bytes": 4883,
-         "feedback_events": 2},
-        {"method": "sgsc", "data": "digits", "seed": 1, "test_acc": 0.92, "storage_bytes": 5356,
-         "feedback_events": 0}])
-    classes = [{"method": m, "seed": s, "class_0": 0.9, "class_1": worst}
-               for m, s, worst in (("sc", 0, 0.5), ("sgsc", 0, 0.7), ("sc", 1, 0.6),
-                                   ("sgsc", 1, 0.6))]
-    bits = [{"method": "sc", "seed": 0, "layer": "a", "removed": 2},
-            {"method": "sc", "seed": 0, "layer": "b", "removed": 1},
-            {"method": "sgsc", "seed": 0, "layer": "a", "removed": 5}]
-    measured = claims.claim_measurements({"image_runs": runs, "per_class_runs": classes,
-                                          "bit_depths": bits})
-    assert measured["sgsc-accuracy"] == pytest.approx([0.01, 0.02])
-    assert measured["sgsc-size"] == pytest.approx([0.0, 5356 / 5101 - 1])
-    assert measured["sgsc-worst-class"] == pytest.approx([0.2, 0.0])
-    assert measured["scnn-channels"] == [3.0]
-    assert measured["sgsc-feedback"] == [2.0, 0.0]
-    assert measured["scnn-size"] == pytest.approx([18424 / 4883, 18424 / 5101])
-    assert measured["sgsc-text"] == []
-    assert measured["sgsc-vs-float"] == pytest.approx([0.02, -0.01])
-    assert measured["sgsc-reduction"] == pytest.approx([1 - 4883 / 18424, 1 - 5356 / 18424])
-    table = {r["id"]: r for r in claims.assess_claims({"image_runs": runs})}
-    assert set(table) == {c.id for c in claims.CLAIMS}
-    assert table["sgsc-accuracy"]["verdict"] == "supported"  # 0.015 ± 0.0071 > 0
-    assert table["sgsc-text"]["verdict"] == "not measured" and table["sgsc-text"]["n"] == 0
-
-
-def test_sweep_claims_pair_sgsc_with_sc_per_setting_and_seed():
-    rows = [{"setting": st, "method": m, "seed": sd, "test_acc": acc, "epoch_swing": sw}
-            for st, m, sd, acc, sw in (
-                ("gamma=0.1", "sc", 0, 0.80, 0.10), ("gamma=0.1", "sc", 1, 0.90, 0.20),
-                ("gamma=0.1", "sgsc", 0, 0.85, 0.05), ("gamma=0.1", "sgsc", 1, 0.86, 0.10),
-                ("gamma=0.5", "sc", 0, 0.70, 0.30), ("gamma=0.5", "sgsc", 0, 0.75, 0.20),
-                ("lambda_pres=4.0", "sgsc", 0, 0.8, 0.1))]
-    measured = claims.claim_measurements({"sweep_runs": rows})
-    # one setting has two seeds of both: std 0.00707 - 0.07071
-    assert measured["sgsc-variance"] == pytest.approx([0.0070711 - 0.0707107], rel=1e-4)
-    assert sorted(measured["sgsc-stability"]) == pytest.approx([-0.1, -0.1, -0.05])
-
-
-def test_size_at_accuracy_picks_the_smallest_method_reaching_the_target():
-    rows = [{"method": m, "seed": s, "test_acc": a, "storage_bytes": b}
-            for m, s, a, b in (("float", 0, 0.995, 350000), ("float", 1, 0.993, 350000),
-                               ("sc", 0, 0.992, 6000), ("sc", 1, 0.985, 7000),
-                               ("sgsc", 0, 0.991, 9000), ("sgsc", 1, 0.990, 11000))]
-    table = {r["method"]: r for r in claims.size_at_accuracy(rows, 0.99)}
-    assert not table["sc"]["reaches_target"]  # mean 0.9885
-    assert table["sgsc"]["reaches_target"] and table["sgsc"]["smallest_at_target"]
-    assert table["sgsc"]["storage_bytes_mean"] == 10000
-    assert not table["float"]["smallest_at_target"]
-    assert not any(r["smallest_at_target"] for r in claims.size_at_accuracy(rows, 0.999))
-
-
-def test_project_targets_need_accuracy_size_and_entropy_coded_size():
-    image = [{"method": "sc", "data": "mnist", "seed": s, "test_acc": 0.991,
-              "storage_bytes": 9000, "entropy_coded_bytes": e} for s, e in ((0, 4000), (1, 4400))]
-    image += [{"method": "sgsc", "data": "mnist", "seed": 0, "test_acc": 0.995,
-               "storage_bytes": 12000, "entropy_coded_bytes": 4000}]
-    text = [{"method": "sc", "data": "names", "seed": 0, "test_loss_rise": 0.01,
-             "compression": 12.5},
-            {"method": "sgsc", "data": "names", "seed": 0, "test_loss_rise": 0.01,
-             "compression": 4.0}]
-    rows = {(r["data"], r["method"]): r
-            for r in claims.project_targets({"image_runs": image, "text_runs": text})}
-    assert rows[("mnist", "sc")]["met"]
-    assert rows[("mnist", "sc")]["entropy_coded_bytes_mean"] == 4200
-    assert not rows[("mnist", "sgsc")]["met"]  # 12,000 bytes > 10,000
-    assert rows[("names", "sc")]["met"] and rows[("names", "sc")]["float_fraction_mean"] == 0.08
-    assert not rows[("names", "sgsc")]["met"]  # a quarter of the float size
-    assert claims.project_targets({}) == []
 
 
 def test_budget_takes_the_notebooks_epoch_parameters():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sgsc import claims, studies, sweep
+from sgsc import studies, sweep
 from sgsc.baselines import cbtpe
 
 
@@ -74,7 +74,7 @@ def test_sweep_rows_put_the_defaults_on_every_axis_and_pair_the_spread(tmp_path)
     assert {m for m, _ in by_axis["lambda_pres"]} == {"sgsc"}  # sc runs are not on λ's axis
     assert all(r["epoch_swing"] == pytest.approx(0.1) for r in rows)
 
-    spread = {r["setting"]: r for r in claims.paired_spread(rows, "test_acc")}
+    spread = {r["setting"]: r for r in studies.paired_spread(rows, "test_acc")}
     row = spread[f"gamma={gamma_default}"]
     assert row["sc_test_acc_std"] == pytest.approx(0.0707107, rel=1e-5)
     assert row["sgsc_test_acc_std"] == pytest.approx(0.0070711, rel=1e-4)
