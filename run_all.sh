@@ -2,12 +2,13 @@
 # Regenerate every result: executes each notebook with papermill into reports/<profile>/,
 # converts it to HTML, times it, and builds reports/<profile>/index.html.
 # Usage: ./run_all.sh [--profile quick|paper|full] [--force] [--device auto|cpu|cuda]
-#                     [--threads N] [--jobs N]   (--jobs: notebooks run side by side; default 1)
+#                     [--threads N] [--jobs N]   (--jobs N > 1: train the runs on N workers
+#                                                 first, then run notebooks side by side)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 profile=paper force=0 device=auto threads="" jobs=1
-usage() { sed -n '2,5p' "$0" | sed 's/^# //'; }
+usage() { sed -n '2,6p' "$0" | sed 's/^# //'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="${2:?--profile needs quick, paper or full}"; shift 2 ;;
@@ -49,16 +50,32 @@ if [ ${#notebooks[@]} -eq 0 ]; then
     exit 0
 fi
 
+# With --jobs N > 1 the training runs of 01 and 02 are trained first on N single-threaded
+# workers (python -m sgsc pretrain); the notebooks then find them in runs/<profile>.
+pretrain_entry=""
+total_start=$(date +%s.%N)
+if [ "$jobs" -gt 1 ]; then
+    if [ "$force" = 1 ]; then rm -rf "runs/$profile"; force=0; fi
+    echo "== pretrain ($profile, $jobs workers)"
+    start=$(date +%s.%N)
+    pretrain_status=ok
+    "$PY" -m sgsc pretrain --profile "$profile" --workers "$jobs" --device "$device" \
+        --out runs --no-progress || pretrain_status=failed
+    pretrain_entry="{\"notebook\": \"pretrain\", \"status\": \"$pretrain_status\", \
+\"wall_s\": $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'), \
+\"workers\": $jobs, \"cores\": $(nproc)}"
+fi
+
 params=(-p profile "$profile" -p device "$device" -p force "$force"
         -p report_dir "../$out")
 [ -z "$threads" ] || params+=(-p threads "$threads")
 timings="$out/metrics/timings.json"
 entry_dir="$(mktemp -d)"
 trap 'rm -rf "$entry_dir"' EXIT
-total_start=$(date +%s.%N)
 seconds_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-write_timings() {  # one entry per finished notebook, in notebook order
+write_timings() {  # the pretraining, then one entry per finished notebook, in order
     local entries=() IFS=,
+    [ -z "$pretrain_entry" ] || entries+=("$pretrain_entry")
     for nb in "${notebooks[@]}"; do
         f="$entry_dir/$(basename "$nb" .ipynb)"
         [ -f "$f" ] && entries+=("$(cat "$f")")
@@ -97,7 +114,7 @@ failed=()
 for f in "$entry_dir"/*; do
     grep -q '"status": "ok"' "$f" || failed+=("$(basename "$f")")
 done
-write_timings "{\"notebook\": \"all notebooks\", \"status\": \"${#failed[@]} failed\", \
+write_timings "{\"notebook\": \"all (pretrain and notebooks)\", \"status\": \"${#failed[@]} failed\", \
 \"wall_s\": $(seconds_since "$total_start")}"
 
 "$PY" -m sgsc report --profile "$profile"

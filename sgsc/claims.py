@@ -39,10 +39,6 @@ class Claim:
     side: str  # "above" or "below": where the claim puts the measurement
     measure: Callable[[dict[str, list[dict]]], list[float]]
 
-    @property
-    def criterion(self) -> str:
-        return f"95 % CI of the mean {'>' if self.side == 'above' else '<'} {self.claimed:g}"
-
 
 # ----------------------------------------------------------------------------- measurements
 
@@ -185,14 +181,41 @@ def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
                      "measurement": claim.measurement, "n": interval["n"],
                      "mean": interval["mean"], "std": interval["std"],
                      "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
-                     "criterion": claim.criterion, "verdict": verdict,
+                     "confidence": compare.CONFIDENCE, "claimed": claim.claimed,
+                     "side": claim.side, "verdict": verdict,
                      "seeds_to_resolve": (compare.seeds_to_resolve(interval, claim.claimed)
                                           if verdict == "inconclusive" else None)})
     return rows
 
 
 TABLES = {"image_runs": "01_mnist_cnn__runs", "study_runs": "01_mnist_cnn__study_runs",
-          "text_runs": "02_char_transformer__runs", "search_runs": "04_cbtpe_search__runs"}
+          "text_runs": "02_char_transformer__runs", "sweep_runs": "03_sweeps__runs",
+          "search_runs": "04_cbtpe_search__runs"}
+COST_TABLES = {"01_mnist_cnn": "study_runs", "02_char_transformer": "text_runs",
+               "03_sweeps": "sweep_runs", "04_cbtpe_search": "search_runs"}
+
+
+def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
+    """What the profile's results cost to train from scratch: per notebook, its distinct
+    runs (by folder; a run shared by two notebooks is counted once, where first seen) and
+    their training seconds (``train_s``: each run's own, summed over resumes), and the
+    total over all notebooks."""
+    seen: set = set()
+    rows = []
+    for notebook, key in COST_TABLES.items():
+        runs = 0
+        seconds = 0.0
+        for row in tables.get(key, []):
+            folder = row.get("run_dir")
+            if folder is None or folder in seen or row.get("train_s") is None:
+                continue
+            seen.add(folder)
+            runs += 1
+            seconds += float(row["train_s"])
+        rows.append({"notebook": notebook, "runs": runs, "train_s": round(seconds, 1)})
+    rows.append({"notebook": "all", "runs": sum(r["runs"] for r in rows),
+                 "train_s": round(sum(r["train_s"] for r in rows), 1)})
+    return rows
 
 
 def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:

@@ -187,6 +187,56 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     cmd.set_defaults(handler=_cmd_sweep)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import time
+
+    from sgsc import atomic, profiles, studies, sweep
+
+    try:
+        prof = profiles.check_parameters(profile=args.profile, device=args.device)
+        grids = studies.profile_grids(prof, f"{args.out}/{args.profile}", args.parts,
+                                      args.device)
+        atomic.ensure_writable(args.out)
+    except (ValueError, sweep.GridError, atomic.WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    todo = [s for grid in grids for s in sweep.plan(grid)[1]]
+    print(f"{len(todo)} runs to train for profile {args.profile} ({', '.join(args.parts)})")
+    if not todo:
+        return 0
+    client = sweep.make_client(args.workers, None)
+    failed, start = 0, time.perf_counter()
+    try:
+        for grid in grids:
+            report = sweep.run_sweep(grid, client, progress=not args.no_progress)
+            failed += len(report.failed)
+            for line in sweep.summary(report, grid):
+                print(line)
+    finally:
+        sweep.close_client(client)
+    print(f"trained in {time.perf_counter() - start:.0f} s on {args.workers} workers")
+    return 1 if failed else 0
+
+
+def _add_pretrain_parser(commands: argparse._SubParsersAction) -> None:
+    from sgsc.studies import PARTS
+
+    cmd = commands.add_parser(
+        "pretrain", allow_abbrev=False,
+        help="train a profile's notebook runs on parallel workers before the notebooks",
+        description="Train the runs of notebooks 01 and 02 of --profile on a local Dask "
+                    "cluster (one single-threaded worker per --workers), into the run "
+                    "folders the notebooks use; run_all.sh --jobs N calls this first.")
+    cmd.add_argument("--profile", default="paper", help="quick, paper or full")
+    cmd.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    cmd.add_argument("--out", default="runs", help="run cache root (default runs/)")
+    cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cmd.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                     help="which runs (default: all)")
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cmd.set_defaults(handler=_cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sgsc", allow_abbrev=False,
@@ -194,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for add in (_add_data_parser, _add_run_parser, _add_report_parser, _add_sweep_parser):
+    for add in (_add_data_parser, _add_run_parser, _add_report_parser, _add_sweep_parser,
+                _add_pretrain_parser):
         add(commands)
     return parser
 

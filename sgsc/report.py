@@ -391,6 +391,43 @@ def _timings(report_dir: Path) -> str:
     return render_mapping(obj, file) if isinstance(obj, dict) else render_table(obj, file)
 
 
+# The first screen: the study's answer, before any detail (file stem, title, columns).
+ANSWER = (
+    ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
+     "same size: the difference and its confidence interval over seeds",
+     ("method", "gamma", "metric", "size_mean", "matched", "difference", "ci_low", "ci_high",
+      "confidence", "verdict", "seeds_to_resolve")),
+    ("05_paper_claims__claims", "The papers' claims", ("source", "quote", "n", "mean",
+                                                       "ci_low", "ci_high", "side", "claimed",
+                                                       "verdict", "seeds_to_resolve")),
+    ("05_paper_claims__targets", "This project's targets", None),
+    ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
+)
+ANSWER_FIGURES = ("01_mnist_cnn_frontier",)
+
+
+def _answer(report_dir: Path) -> str:
+    """The frontier figure, the equal-size answer, the claims, the targets and the cost."""
+    parts = ["<h2 id='answer'>The answer</h2>"]
+    for stem in ANSWER_FIGURES:
+        png = report_dir / FIGURES / f"{stem}.png"
+        if png.exists():
+            parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{stem}'>"
+                         f"<figcaption><code>{html.escape(stem)}</code></figcaption></figure>")
+    for stem, title, columns in ANSWER:
+        path = report_dir / METRICS / f"{stem}.json"
+        if not path.exists():
+            continue
+        rows = _load(path)
+        if columns is not None:
+            rows = [{c: r.get(c) for c in columns if c in r} for r in rows]
+        parts.append(f"<h3>{html.escape(title)}</h3>"
+                     f"<p class='note'><a href='{METRICS}/{path.name}'>JSON</a></p>"
+                     + render_table(rows, f"{METRICS}/{path.name}"))
+    parts.append("<h3>wall time of the last run_all.sh</h3>" + _timings(report_dir))
+    return "\n".join(parts) if len(parts) > 2 else ""
+
+
 def build_report(report_dir: str | os.PathLike[str], profile: str | None = None) -> Path:
     """Write ``<report_dir>/index.html`` from the metrics files there; return its path.
 
@@ -411,8 +448,10 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
     body = [f"<h1>sgsc report: profile <code>{html.escape(profile)}</code></h1>",
             "<p>Every number on this page is read from a file under <code>metrics/</code>; "
             "each carries the file and key it came from in its <code>data-src</code> "
-            "attribute.</p>",
-            f"<ul>{toc}</ul>",
+            "attribute. The answer comes first; each notebook's detail, with the standard "
+            "deviation over seeds beside every mean, follows.</p>",
+            _answer(report_dir),
+            f"<h2>contents</h2><ul>{toc}</ul>",
             "<h2>build</h2>", render_mapping(_load(report_dir / build), build),
             "<h2>wall time per notebook</h2>", _timings(report_dir)]
     body += [_section(report_dir, stem) for stem in stems]
@@ -422,3 +461,69 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
     path = report_dir / "index.html"
     path.write_text(page)
     return path
+
+
+# ----------------------------------------------------------------------------- browser check
+
+_CHECKER = """<!DOCTYPE html><html><body>
+<iframe id="page" src="report/index.html" style="width:1280px;height:900px"></iframe>
+<script>
+document.getElementById("page").onload = () => {
+  const doc = document.getElementById("page").contentDocument;
+  const images = [...doc.images];
+  const done = () => {
+    if (!images.every(i => i.complete)) { setTimeout(done, 50); return; }
+    const out = document.createElement("pre");
+    out.id = "result";
+    out.textContent = JSON.stringify({
+      title: doc.title, images: images.length, tables: doc.querySelectorAll("table").length,
+      broken: images.filter(i => !(i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+      headings: [...doc.querySelectorAll("h2")].map(h => h.textContent)});
+    document.body.appendChild(out);
+  };
+  done();
+};
+</script></body></html>"""
+
+
+def check_in_browser(report_dir: str | os.PathLike[str], browser: str = "chromium",
+                     timeout_s: float = 60) -> dict[str, Any]:
+    """Open ``<report_dir>/index.html`` in a real (headless) browser over HTTP and report
+    what rendered: ``title``, ``images``, ``tables``, ``headings`` and the ``broken``
+    images (those that did not load).  Raises FileNotFoundError without the browser."""
+    import functools
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class _QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # the server's log is not the report's
+            pass
+
+    executable = shutil.which(browser)
+    if executable is None:
+        raise FileNotFoundError(f"no {browser} on this machine (Debian: apt install chromium)")
+    with tempfile.TemporaryDirectory() as root:
+        (Path(root) / "report").symlink_to(Path(report_dir).resolve())
+        (Path(root) / "check.html").write_text(_CHECKER)
+        handler = functools.partial(_QuietHandler, directory=root)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            done = subprocess.run(
+                [executable, "--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", f"--user-data-dir={root}/profile",
+                 "--virtual-time-budget=20000", "--dump-dom",
+                 f"http://127.0.0.1:{server.server_port}/check.html"],
+                capture_output=True, text=True, timeout=timeout_s)
+        finally:
+            server.shutdown()
+    found = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
+    if found is None:
+        raise RuntimeError(f"the page did not finish rendering in {browser}: "
+                           f"{done.stderr[-500:]}")
+    return json.loads(html.unescape(found.group(1)))

@@ -77,6 +77,33 @@ def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.Path
     return grids
 
 
+PARTS = ("main", "ablation", "frontier", "tuning", "text")
+
+
+def profile_grids(profile: Any, out: str | os.PathLike, parts: Sequence[str] = PARTS,
+                  device: str = "auto") -> list[sweep.Grid]:
+    """The training runs of notebooks 01 and 02 for ``profile`` as sweep grids, so that
+    they can be trained on parallel workers before the notebooks (which then find every
+    run in its folder): ``main`` (01's methods), ``ablation``, ``frontier``, ``tuning``
+    (01's safety study) and ``text`` (02's methods; left to the notebook when the profile
+    changes the text model's shape, which a worker process would not see)."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    from sgsc.profiles import budget
+
+    study = image_study(profile)
+    study["main"] = [{"methods": list(profile.methods), "seeds": list(profile.seeds),
+                      "overrides": {}}]
+    grids = study_grids({name: study[name] for name in parts if name != "text"},
+                        profile.image_data, out, budget(profile), device)
+    if "text" in parts and not profile.text_model:
+        text = {"text": [{"methods": list(profile.text_methods),
+                          "seeds": list(profile.text_seeds), "overrides": {}}]}
+        grids += study_grids(text, profile.text_data, out, budget(profile, "text"), device)
+    return grids
+
+
 def study_rows(results: Sequence[dict], per_class: Sequence[dict],
                data_name: str) -> list[dict]:
     """One row per run (each run once): method, seed, gamma, the tuned settings, whether
@@ -167,6 +194,7 @@ def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
                             "runs": len(pairs), "matched": len(diffs),
                             "difference": interval["mean"], "std": interval["std"],
                             "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
+                            "confidence": compare.CONFIDENCE,
                             "verdict": compare.verdict(interval, 0.0, "above"),
                             "seeds_to_resolve": compare.seeds_to_resolve(interval)})
     return out
@@ -248,7 +276,8 @@ def sweep_rows(reports: dict[str, sweep.SweepReport], data_name: str,
                axes: Sequence[str]) -> list[dict]:
     """One row per finished run: method, seed, the ``axis`` it tests and its ``value``,
     its metrics and :func:`epoch_swing`.  Runs of the ``defaults`` grid appear once per
-    axis (as that axis's default value), so every axis reads as a complete curve."""
+    axis (as that axis's default value), so every axis reads as a complete curve; their
+    ``run_dir`` tells such repeats apart from distinct runs (count runs by it)."""
     rows = []
     for name, report in reports.items():
         for outcome in report.outcomes.values():
@@ -262,7 +291,8 @@ def sweep_rows(reports: dict[str, sweep.SweepReport], data_name: str,
                 rows.append({"axis": axis, "value": value, "method": result["method"],
                              "seed": result["seed"], "setting": f"{axis}={value}",
                              **{k: result.get(k) for k in SWEEP_COLUMNS},
-                             "epoch_swing": epoch_swing(result.get("run_dir"))})
+                             "epoch_swing": epoch_swing(result.get("run_dir")),
+                             "run_dir": result.get("run_dir")})
     return sorted(rows, key=lambda r: (r["axis"], r["value"], r["method"], r["seed"]))
 
 
@@ -293,7 +323,7 @@ def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
 
 
 SWEEP_COLUMNS = ("val_acc", "test_acc", "storage_bytes", "Q", "feedback_events",
-                 "selected_epoch")
+                 "selected_epoch", "train_s")
 
 
 def epoch_swing(run_dir: str | os.PathLike | None) -> float | None:
@@ -317,6 +347,24 @@ def load_search(run_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a cbtpe run folder?")
     return json.loads(path.read_text())
+
+
+def search_rows(results: Sequence[dict]) -> list[dict]:
+    """One row per cbtpe / cbtpe-tpe / sc run of notebook 04: accuracy, size, search time
+    and trials from its ``search.json`` (sc searches nothing: one trial, no search time),
+    training time (CB-TPE: search plus final training) and its folder."""
+    rows = []
+    for r in results:
+        log = load_search(r["run_dir"]) if r["method"].startswith("cbtpe") else None
+        rows.append({"method": r["method"], "seed": r["seed"], "val_acc": r["val_acc"],
+                     "test_acc": r["test_acc"], "storage_bytes": r["storage_bytes"],
+                     "search_s": log["search_wall_s"] if log else 0.0,
+                     "train_s": r["train_s"],
+                     "trials": log["n_trials"] if log else 1,
+                     "distinct_trials": log["distinct_trials"] if log else 1,
+                     "trials_to_target": log["trials_to_target"] if log else None,
+                     "run_dir": r["run_dir"]})
+    return rows
 
 
 def best_so_far(trials: Sequence[dict]) -> list[dict]:

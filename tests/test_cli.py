@@ -112,3 +112,22 @@ def test_threads_default_to_one_and_are_recorded(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["threads"] == 1 and row["code"]["version"]
     assert main(["run", "float", "--threads", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_pretrain_trains_the_notebook_runs_where_the_notebook_finds_them(tmp_path, capsys):
+    from sgsc import cache, profiles, studies
+
+    out = tmp_path / "runs"
+    assert main(["pretrain", "--profile", "quick", "--parts", "ablation", "--workers", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "runs to train" in capsys.readouterr().out
+    quick = profiles.PROFILES["quick"]
+    [request] = studies.image_study(quick)["ablation"]
+    folders = {p.name.split("-s")[0] for p in (out / "quick" / "digits").iterdir()}
+    assert folders == {"float", "sc-pres", "sc-feedback"}
+    # the notebook's own call reloads them: nothing left to train
+    before = {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")}
+    cache.run_grid(request["methods"], "digits", request["seeds"], out_dir=out / "quick",
+                   device="auto", **profiles.budget(quick))
+    assert {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")} == before
+    assert main(["pretrain", "--profile", "nope", "--out", str(out)]) == 2

@@ -128,6 +128,17 @@ RUNS = [
 ]
 
 
+def _png() -> bytes:
+    """A real (tiny) PNG, as the notebooks' figures are."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    buffer = io.BytesIO()
+    Figure(figsize=(1, 1)).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 @pytest.fixture()
 def report_dir(tmp_path: Path) -> Path:
     """A report folder as the notebooks leave it (tables, run info, a figure, timings)."""
@@ -147,7 +158,12 @@ def report_dir(tmp_path: Path) -> Path:
     report.save_json([{"notebook": "01_mnist_cnn", "wall_s": 12.5, "status": "ok"}],
                      folder, report.TIMINGS)
     (folder / "figures").mkdir()
-    (folder / "figures" / "01_mnist_cnn_pareto.png").write_bytes(b"\x89PNG")
+    (folder / "figures" / "01_mnist_cnn_pareto.png").write_bytes(_png())
+    report.save_table([{"method": "sgsc", "gamma": 0.05, "metric": "test_acc", "matched": 2,
+                        "difference": 0.001, "ci_low": -0.01, "ci_high": 0.012,
+                        "confidence": 0.95, "verdict": "inconclusive"}],
+                      folder, "01_mnist_cnn__matched_size")
+    (folder / "figures" / "01_mnist_cnn_frontier.png").write_bytes(_png())
     (folder / "01_mnist_cnn.html").write_text("<html></html>")
     return folder
 
@@ -285,6 +301,29 @@ def test_budget_takes_the_notebooks_epoch_parameters():
     assert profiles.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
         profiles.check_parameters(profile="quick", epochs=-1)
+
+
+def test_the_answer_comes_first(report_dir):
+    text = report.build_report(report_dir, "quick").read_text()
+    answer = text.index("The answer")
+    assert answer < text.index("<h2>contents") < text.index("<h2 id='01_mnist_cnn'")
+    assert answer < text.index("figures/01_mnist_cnn_frontier.png") < text.index("<h2>contents")
+    assert answer < text.index("01_mnist_cnn__matched_size.json") < text.index("<h2>contents")
+
+
+def test_the_report_renders_in_a_real_browser(report_dir):
+    import shutil
+
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium on this machine (Debian: apt install chromium)")
+    report.build_report(report_dir, "quick")
+    seen = report.check_in_browser(report_dir)
+    assert seen["title"] == "sgsc report (quick)"
+    assert seen["images"] == 3 and seen["broken"] == []  # the frontier is in the answer too
+    assert seen["headings"][0] == "The answer" and seen["tables"] > 3
+    (report_dir / "figures" / "01_mnist_cnn_frontier.png").write_bytes(b"\x89PNG broken")
+    broken = report.check_in_browser(report_dir)["broken"]
+    assert set(broken) == {"figures/01_mnist_cnn_frontier.png"} and len(broken) == 2
 
 
 def test_the_committed_paper_report_matches_its_metrics():
