@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgsc import export, models, runs
+from sgsc import defaults, export, harness, models, runs
 from sgsc.preservation import PreservationSet, build_preservation_set
 from sgsc.train import CHECKPOINT, HISTORY
 
@@ -61,16 +61,16 @@ def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str,
     The architecture is part of each run's folder key (:func:`sgsc.runs.run_folder`), so
     such runs never resume or reuse runs of another architecture.
     """
-    entry = runs.DEFAULTS[data_name]
+    entry = defaults.DEFAULTS[data_name]
     previous = entry["model"]
     if config:
-        name, defaults = previous
+        name, base = previous
         fields = {f.name for f in dataclasses.fields(models.MODEL_REGISTRY[name].config_class)}
         unknown = sorted(set(config) - fields)
         if unknown:
             raise ValueError(f"unknown {name} setting(s) {', '.join(unknown)}; valid: "
                              f"{', '.join(sorted(fields))}")
-        entry["model"] = (name, defaults | config)
+        entry["model"] = (name, base | config)
     return previous
 
 
@@ -81,7 +81,7 @@ def model_overrides(data_name: str, config: dict[str, Any] | None) -> Iterator[N
     try:
         yield
     finally:
-        runs.DEFAULTS[data_name]["model"] = previous
+        defaults.DEFAULTS[data_name]["model"] = previous
 
 
 def trains(method: str) -> bool:
@@ -169,7 +169,7 @@ def load_model(result: dict, splits: Any) -> nn.Module:
     if result["method"] != "float":
         return export.load_compressed(folder / PACKED)
     state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
-    model = runs.build_data_model(result["data"], splits)
+    model = harness.build_data_model(result["data"], splits)
     model.load_state_dict(state["selected_state"] or state["model"])
     return model.eval()
 

@@ -13,6 +13,7 @@ zero frees its columns of the output projection (SCNN's refined size term).
 
 from __future__ import annotations
 
+import copy
 import math
 from fnmatch import fnmatch
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sgsc.graph import ChannelGraph, HeadDependency
+from sgsc.graph import ChannelDependency, ChannelGraph, HeadDependency
 from sgsc.prune import PruneResult, prune_channels
 from sgsc.quant import ChannelQuantizer, effective_bits
 
@@ -59,7 +60,11 @@ class SelfCompression:
         include: fnmatch patterns on module names to quantise (None: all).
         exclude: fnmatch patterns on module names to leave alone.
         quantize_embeddings: also quantise ``nn.Embedding`` (a channel is a token's row).
-        graph: channel links; default ``model.channel_graph()`` if it exists, else empty.
+        graph: channel links; default ``model.channel_graph()`` if the model declares
+            one, else traced from ``example_input`` (:func:`sgsc.trace.trace_channel_graph`),
+            else empty (nothing is removed; zero-bit rows are stored as headers).
+        example_input: one input batch (a tuple is unpacked) for tracing the graph and
+            for the probe pass of pruning; default ``model.example_input()`` if it exists.
     """
 
     def __init__(
@@ -73,13 +78,19 @@ class SelfCompression:
         exclude: tuple[str, ...] | list[str] = (),
         quantize_embeddings: bool = False,
         graph: ChannelGraph | None = None,
+        example_input: Any = None,
     ) -> None:
         if init not in ("maxabs", "scnn"):
             raise ValueError(f"init must be 'maxabs' or 'scnn', got {init!r}")
         self.model = model
-        if graph is None:
-            graph = model.channel_graph() if hasattr(model, "channel_graph") else ChannelGraph()
-        self.graph = graph
+        self.example_input = example_input
+        if graph is None and hasattr(model, "channel_graph"):
+            graph = model.channel_graph()
+        elif graph is None and example_input is not None:
+            from sgsc.trace import trace_channel_graph
+
+            graph = trace_channel_graph(model, example_input)
+        self.graph = graph if graph is not None else ChannelGraph()
         kinds = QUANTIZABLE + ((nn.Embedding,) if quantize_embeddings else ())
         self.names: list[str] = []
         for name, module in list(model.named_modules()):
@@ -147,10 +158,22 @@ class SelfCompression:
         dead = [self._dead(p).view(-1, block.head_size).all(dim=1) for p in parts]
         return dead[0] & dead[1] & dead[2]
 
-    def _removable(self, producer: str) -> Tensor:
-        """Channels of a ChannelDependency producer that pruning removes: the dead ones,
-        except that one channel stays when all are dead (torch has no zero-channel conv)."""
-        dead = self._dead(producer)
+    def _linked(self, link: ChannelDependency) -> bool:
+        """Whether every producer of ``link`` is quantized (else nothing of it is removed)."""
+        return all(p in self.names for p in link.producers)
+
+    def _dead_in_all(self, link: ChannelDependency) -> Tensor:
+        """Channels of a ChannelDependency that are zero-bit in every producer of it."""
+        dead = self._dead(link.producer)
+        for other in link.coupled:
+            dead = dead & self._dead(other)
+        return dead
+
+    def _removable(self, link: ChannelDependency) -> Tensor:
+        """Channels of a ChannelDependency that pruning removes: those zero-bit in every
+        producer of the link, except that one channel stays when all are (torch has no
+        zero-channel conv)."""
+        dead = self._dead_in_all(link)
         if dead.all():
             dead = dead.clone()
             dead[0] = False
@@ -160,9 +183,9 @@ class SelfCompression:
         """Module name -> dim-0 entries that pruning removes (producers, followers, q/k/v)."""
         out: dict[str, Tensor] = {}
         for link in self.graph.channels:
-            if link.producer in self.names:
-                dead = self._removable(link.producer)
-                for m in (link.producer, *link.followers):
+            if self._linked(link):
+                dead = self._removable(link)
+                for m in (*link.producers, *link.followers):
                     out[m] = _or(out.get(m), dead)
         for block in self.graph.heads:
             heads = self._dead_heads(block)
@@ -176,9 +199,9 @@ class SelfCompression:
         """Module name -> dim-1 columns that pruning removes (consumers, output projections)."""
         out: dict[str, Tensor] = {}
         for link in self.graph.channels:
-            if link.producer not in self.names:
+            if not self._linked(link):
                 continue
-            dead = self._removable(link.producer)
+            dead = self._removable(link)
             for consumer in link.consumers:
                 cols = _raw_weight(self._module(consumer)).shape[1]
                 if cols % dead.numel() or cols < dead.numel():
@@ -250,7 +273,14 @@ class SelfCompression:
         feed it a non-zero constant; keep such constants at 0 (``dead_bias_l1``) or give
         consumers a bias (all models in :mod:`sgsc.models` do, or feed them zeros).
         """
-        rows, cols = self._removed_rows(), self._removed_cols()
+        if self.graph.exact_only:  # what pruning keeps depends on a probe: prune a copy
+            pruned = copy.deepcopy(self)
+            pruned.prune()
+            return pruned._bits({}, {})
+        return self._bits(self._removed_rows(), self._removed_cols())
+
+    def _bits(self, rows: dict[str, Tensor], cols: dict[str, Tensor]) -> int:
+        """The size rule of :meth:`storage_bits` with these rows and columns removed."""
         bits = 0
         for name in self.names:
             quantizer = self._quantizer(name)
@@ -349,8 +379,8 @@ class SelfCompression:
         """
         pairs = [(n, self._dead(n)) for n in self.names]
         for link in self.graph.channels:
-            if link.producer in self.names:
-                pairs += [(f, self._dead(link.producer)) for f in link.followers]
+            if self._linked(link):
+                pairs += [(f, self._dead_in_all(link)) for f in link.followers]
         terms = []
         for name, dead in pairs:
             bias = getattr(self._module(name), "bias", None)
@@ -373,6 +403,12 @@ class SelfCompression:
         default every zero-bit row goes.  Returns the PruneResult.
         """
         if example_input is None:
+            example_input = self.example_input
+        if example_input is None:
+            if not hasattr(self.model, "example_input"):
+                raise ValueError(f"pruning {type(self.model).__name__} needs one input batch "
+                                 "for its probe pass: SelfCompression(model, example_input=x) "
+                                 "or prune(x)")
             example_input = self.model.example_input()
         before = dict(self.model.named_parameters())
         zero = {n: self._dead(n) for n in self.names}

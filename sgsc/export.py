@@ -159,7 +159,8 @@ def save_compressed(
 
     ``sc`` itself is not changed: a deep copy is pruned and encoded.  ``coding``:
     ``"packed"`` (the counted size), ``"entropy"`` (the codes through the fitted ANS coder
-    of :mod:`sgsc.entropy`) or ``"lzma"`` (the whole payload through xz);
+    of :mod:`sgsc.entropy`, or packed where that is not smaller) or ``"lzma"`` (the whole
+    payload through xz);
     ``entropy_coded=True`` is ``coding="entropy"``.  Works for any model; a model outside
     :data:`sgsc.models.MODEL_REGISTRY` loads back with ``load_compressed(path, model=...)``.
     """
@@ -189,7 +190,10 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed") -> tuple[b
     if pruned.graph.channels or pruned.graph.heads:
         pruned.prune()
     meta, tensors = _describe(pruned)
-    payload = _payload(tensors, entropy_coded=coding == "entropy")
+    payload = _payload(tensors)
+    if coding == "entropy":  # codes that are already incompressible stay packed
+        coded = _payload(tensors, entropy_coded=True)
+        payload, coding = (coded, coding) if len(coded) < len(payload) else (payload, "packed")
     stored = lzma.compress(payload, preset=9) if coding == "lzma" else payload
     meta_block = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
     sizes = {

@@ -99,6 +99,8 @@ def _sync_shape_attrs(module: nn.Module) -> None:
     if isinstance(module, _ConvTransposeNd):
         raise NotImplementedError("transposed convolutions are not supported")
     if isinstance(module, _ConvNd) and weight is not None:
+        if 1 < module.groups == module.out_channels != weight.shape[0]:
+            module.groups = weight.shape[0]  # depthwise: one group per channel, as before
         module.out_channels = weight.shape[0]
         module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear) and weight is not None:
@@ -264,7 +266,7 @@ def _dead_mask(model: nn.Module, name: str, mask: Tensor) -> Tensor:
 
 def _check_graph(graph: ChannelGraph) -> None:
     """A producer or consumer that appears twice would be cut with stale indices."""
-    producers = [link.producer for link in graph.channels]
+    producers = [p for link in graph.channels for p in link.producers]
     consumers = [c for link in graph.channels for c in link.consumers]
     for kind, names in (("producer", producers), ("consumer", consumers)):
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -276,8 +278,16 @@ def _check_graph(graph: ChannelGraph) -> None:
 def _plan(dead: dict[str, Tensor], graph: ChannelGraph) -> list[_Cut]:
     cuts = []
     for link in graph.channels:
-        mask = dead.get(link.producer)
-        if mask is None or not mask.any():
+        masks = [dead.get(p) for p in link.producers]
+        if any(m is None for m in masks):
+            continue  # a producer without bit depths: its channels all carry something
+        mask = masks[0]
+        for other in masks[1:]:
+            if other.numel() != mask.numel():
+                raise ValueError(f"the coupled producers of {link.producer} have "
+                                 f"{[m.numel() for m in masks]} channels; they must agree")
+            mask = mask & other
+        if not mask.any():
             continue
         if mask.all():
             # Zero-channel convolutions are rejected by torch: keep one (it stays zero and
@@ -285,7 +295,7 @@ def _plan(dead: dict[str, Tensor], graph: ChannelGraph) -> list[_Cut]:
             mask = mask.clone()
             mask[0] = False
         removed, kept = mask.nonzero().flatten(), (~mask).nonzero().flatten()
-        cuts.append(_Cut(link.producer, {link.producer: kept}, link.followers,
+        cuts.append(_Cut(link.producer, {p: kept for p in link.producers}, link.followers,
                          link.consumers, mask.numel(), removed, kept))
     for block in graph.heads:
         masks = [dead.get(n) for n in (block.queries, block.keys, block.values)]
@@ -338,15 +348,54 @@ def _zero_padded(module: nn.Module) -> bool:
     return any(p != 0 for p in module.padding)
 
 
+def _constants(module: nn.Module, x: Tensor, cut: _Cut) -> Tensor:
+    """The value each removed unit feeds ``module`` (NaN for a unit whose input is not
+    constant over the batch and positions)."""
+    xs = _units(module, x, cut.n_units, is_weight=False)[:, cut.removed, :]
+    const = xs[0, :, 0]
+    same = torch.isclose(xs, const[None, :, None].expand_as(xs), rtol=1e-5, atol=1e-6)
+    return torch.where(same.all(dim=2).all(dim=0), const, torch.full_like(const, float("nan")))
+
+
+def _foldable(model: nn.Module, cut: _Cut, inputs: dict[str, Tensor]) -> Tensor:
+    """Per removed unit of ``cut``: whether every consumer can absorb it exactly (its
+    input constant, and zero where the consumer zero-pads)."""
+    ok = torch.ones(len(cut.removed), dtype=torch.bool, device=cut.removed.device)
+    for name in cut.consumers:
+        module = model.get_submodule(name)
+        const = _constants(module, inputs[name], cut)
+        ok &= torch.isfinite(const) & ((const == 0) | (not _zero_padded(module)))
+    return ok
+
+
+def _keep_unfoldable(model: nn.Module, cuts: list[_Cut], inputs: dict[str, Tensor]
+                     ) -> list[_Cut]:
+    """The cuts with every unit that cannot be folded exactly put back (exact_only)."""
+    out = []
+    for cut in cuts:
+        ok = _foldable(model, cut, inputs)
+        if ok.all():
+            out.append(cut)
+            continue
+        removed = cut.removed[ok]
+        if not len(removed):
+            continue
+        mask = torch.zeros(cut.n_units, dtype=torch.bool, device=removed.device)
+        mask[removed] = True
+        kept = (~mask).nonzero().flatten()
+        out.append(_Cut(cut.source, {n: kept for n in cut.rows}, cut.followers,
+                        cut.consumers, cut.n_units, removed, kept, cut.head_size))
+    return out
+
+
 def _folded_bias(module: nn.Module, name: str, x: Tensor, cut: _Cut) -> Tensor | None:
     """What the removed units add to ``module``'s output (None if nothing).
 
     The removed units' inputs must be constant over the batch and positions; their
     contribution is then ``sum W[:, unit, :] * const[unit]``, a per-output constant.
     """
-    xs = _units(module, x, cut.n_units, is_weight=False)[:, cut.removed, :]
-    const = xs[0, :, 0]
-    if not torch.allclose(xs, const[None, :, None].expand_as(xs), rtol=1e-5, atol=1e-6):
+    const = _constants(module, x, cut)
+    if not torch.isfinite(const).all():
         raise ValueError(f"removed units of {cut.source} feed {name} values that are not "
                          "constant; their weight rows are probably not all zero")
     if not const.any():
@@ -388,7 +437,8 @@ def _take(model: nn.Module, qualified_name: str, dim: int, index: Tensor,
 
 
 def _cut_rows(model: nn.Module, name: str, index: Tensor, result: PruneResult) -> None:
-    """Keep rows ``index`` of a producer: weight, bias and per-row parametrization state."""
+    """Keep rows ``index`` of a producer: weight, bias and per-row parametrization state
+    (a depthwise convolution keeps one group per channel, see _sync_shape_attrs)."""
     module = model.get_submodule(name)
     _take(model, _weight_name(model, name), 0, index, result)
     if getattr(module, "bias", None) is not None:
@@ -453,6 +503,8 @@ def prune_channels(model: nn.Module, dead_rows: dict[str, Tensor], graph: Channe
     result = PruneResult(params_before=_num_params(model))
     consumers = tuple(dict.fromkeys(c for cut in cuts for c in cut.consumers))
     result.flops_before, inputs = _probe(model, example_input, consumers)
+    if graph.exact_only:  # a traced graph: keep what cannot be folded exactly
+        cuts = _keep_unfoldable(model, cuts, inputs)
 
     # Fold first, with every tensor still at its original shape.
     for cut in cuts:

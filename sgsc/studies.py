@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sgsc import compare, sweep
-from sgsc.runs import SAFETY_METHODS, train_config
+from sgsc.defaults import SAFETY_METHODS, train_config
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
 
@@ -47,14 +47,15 @@ LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
 def image_study(profile: Any) -> dict[str, list[dict]]:
     """The runs ``01_mnist_cnn`` adds to its main grid, by part; each request is
     ``{"methods", "seeds", "overrides"}`` for :func:`sgsc.cache.run_grid`.  The tuning
-    runs change one setting of sgsc at a time, with every seed."""
+    runs change one setting of sgsc at a time, on the profile's tuning seeds."""
     seeds = list(profile.seeds)
     return {
         "ablation": [{"methods": list(profile.ablation_methods), "seeds": seeds,
                       "overrides": {}}],
         "frontier": [{"methods": list(profile.frontier_methods), "seeds": seeds,
                       "overrides": {"gamma": gamma}} for gamma in profile.frontier_gammas],
-        "tuning": [{"methods": ["sgsc"], "seeds": seeds, "overrides": {setting: value}}
+        "tuning": [{"methods": ["sgsc"], "seeds": list(profile.tuning_seeds or seeds),
+                    "overrides": {setting: value}}
                    for setting, values in profile.tuning.items() for value in values],
     }
 

@@ -122,7 +122,7 @@ class Grid:
         settings.pop("float_epochs", None)
         size = settings.pop("preservation_size", None)
         overrides = training_overrides(method, **settings)
-        from sgsc.runs import SAFETY_METHODS
+        from sgsc.defaults import SAFETY_METHODS
 
         return RunSpec(method, self.data, seed, tuple(sorted(overrides.items())),
                        float_epochs, size if method in SAFETY_METHODS else None)
@@ -153,7 +153,7 @@ def _check_settings(section: str, values: dict, as_lists: bool) -> None:
 
 def parse_grid(raw: Any) -> Grid:
     """A :class:`Grid` from the parsed YAML; :class:`GridError` says what is wrong."""
-    from sgsc.runs import DEFAULTS, METHODS
+    from sgsc.defaults import DEFAULTS, METHODS
 
     _need(isinstance(raw, dict), f"a grid file must be a mapping (data:, methods:, seeds:, "
                                  f"...), not {type(raw).__name__}")
@@ -193,7 +193,7 @@ def parse_grid(raw: Any) -> Grid:
 def _check_values(grid: Grid) -> None:
     """Check every run as :func:`sgsc.runs.run` would before training, so a bad value
     fails now (on the CPU: the workers, not this machine, check the device)."""
-    from sgsc.runs import check_run
+    from sgsc.harness import check_run
 
     for spec in grid.specs():
         try:

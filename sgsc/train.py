@@ -61,7 +61,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3  # weights
     weight_decay: float = 0.0
-    lr_quant: float = 0.05  # bit depths and exponents (SCNN used 0.5; runs.DEFAULTS does too)
+    lr_quant: float = 0.05  # bit depths and exponents (SCNN used 0.5; sgsc.defaults does too)
     eps_quant: float = 1e-3
     schedule: str = "cosine"  # or "constant"
     init_bits: float = 8.0  # starting bit depth of every channel (above 24: starts at 24)

@@ -79,3 +79,25 @@ def test_readme_states_the_safety_defaults_that_run():
                    f"`l1_weights`, {runs.SGSC_EXTRA['l1_weights']} for sgsc",
                    f"`λp` = {runs.SGSC_EXTRA['lambda_pres']:g}"):
         assert phrase in text, phrase
+
+
+def test_readme_own_model_example_saves_and_reloads(tmp_path, monkeypatch):
+    from torch import nn
+
+    class MyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def forward(self, x):
+            return self.body(x)
+
+    monkeypatch.chdir(tmp_path)
+    x = torch.randn(3, 4)
+    namespace = {"sgsc": sgsc, "MyNet": MyNet, "x": x}
+    code = _readme_block("mine.sgsc").replace("...", "sc.model.eval()")
+    exec(compile(code, "README.md", "exec"), namespace)
+    sc = namespace["sc"]
+    assert sc.graph.channels  # traced: body.0 feeds body.2
+    assert isinstance(namespace["model"], MyNet)
+    assert torch.equal(namespace["model"](x), sc.model(x))

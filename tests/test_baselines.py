@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgsc import baselines, cli, runs
+from sgsc import cli, runs
 from sgsc.baselines import cbtpe, fixed
 from sgsc.export import load_compressed
 from sgsc.hessian import exact_trace, hutchinson
@@ -249,8 +249,8 @@ def test_hutchinson_is_within_ten_percent_of_the_exact_trace():
 
 
 def test_baseline_dispatch_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown baseline"):
-        baselines.run("magic", "digits")
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        runs.run("magic", "digits")
     with pytest.raises(ValueError, match="B must be one of"):
         from sgsc.baselines import uniform
 

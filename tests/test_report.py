@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import profiles, report
+from sgsc import report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -267,40 +267,6 @@ def test_summarize_and_compare_to_float():
     assert summary["sc"]["test_acc_std"] == pytest.approx(math.sqrt(2 * 0.03**2))
     assert summary["float"]["Q_mean"] is None
     assert report.mean_std([0.5]) == (0.5, 0.0)
-
-
-def test_check_parameters_names_every_bad_value():
-    assert profiles.check_parameters(profile="quick").image_data == "digits"
-    assert profiles.check_parameters(profile="paper", seeds=[0, 1], methods=["sc"]).seeds \
-        == (0, 1, 2)
-    with pytest.raises(ValueError) as err:
-        profiles.check_parameters(profile="papr", device="gpu", force=2, seed=-1,
-                                methods=["sc", "magic"])
-    message = str(err.value)
-    for expected in ("profile must be one of 'quick', 'paper', 'full', not 'papr'",
-                     "device must be one of 'auto', 'cpu', 'cuda', not 'gpu'",
-                     "force must be 0 or 1", "seed must be a non-negative integer",
-                     "unknown: 'magic'"):
-        assert expected in message
-
-
-def test_selected_methods():
-    from sgsc.runs import METHODS
-
-    assert profiles.selected_methods(["sc"]) == ["sc"]
-    assert profiles.selected_methods([]) == list(METHODS)
-    quick = profiles.PROFILES["quick"]
-    assert profiles.selected_methods([], quick) == [m for m in quick.methods if m in METHODS]
-
-
-def test_budget_takes_the_notebooks_epoch_parameters():
-    quick = profiles.PROFILES["quick"]
-    assert profiles.budget(quick) == {"float_epochs": 3, "epochs": 4}
-    assert profiles.budget(quick, "text", epochs=2) == {"float_epochs": 1, "epochs": 2}
-    paper = profiles.PROFILES["paper"]
-    assert profiles.budget(paper, float_epochs=1) == {"float_epochs": 1, "epochs": None}
-    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
-        profiles.check_parameters(profile="quick", epochs=-1)
 
 
 def test_the_answer_comes_first(report_dir):

@@ -107,15 +107,19 @@ def test_load_search_names_the_folder(tmp_path):
 
 
 def _row(method, seed, gamma, acc, size, **kw):
+    """A row as studies.study_rows makes it, from a result with these params."""
     from sgsc import runs
 
-    config = runs.train_config(method, "digits") if method != "float" else None
-    return {"method": method, "seed": seed, "gamma": gamma, "val_acc": acc, "test_acc": acc,
-            "worst_class_acc": acc - 0.1, "storage_bytes": size,
-            "l1_weights": kw.get("l1_weights", getattr(config, "l1_weights", None)),
-            "pres_bn": kw.get("pres_bn", getattr(config, "pres_bn", None)),
-            "feedback_events": kw.get("events", 0), "feedback_bits": 0,
-            "feedback_monitor_change": kw.get("change"), "run_dir": f"{method}-{seed}-{gamma}"}
+    config = runs.train_config(method, "digits")
+    params = {"gamma": gamma, "l1_weights": kw.get("l1_weights", config.l1_weights),
+              "pres_bn": kw.get("pres_bn", config.pres_bn)}
+    result = {"method": method, "seed": seed, "params": params, "val_acc": acc,
+              "test_acc": acc, "storage_bytes": size, "feedback_events": kw.get("events", 0),
+              "feedback_bits": 0, "feedback_monitor_change": kw.get("change"),
+              "run_dir": f"{method}-{seed}-{gamma}-{params['l1_weights']}"}
+    per_class = [{"run_dir": result["run_dir"], "class_0": acc - 0.1, "class_1": acc}]
+    [row] = studies.study_rows([result], per_class, "digits")
+    return row
 
 
 def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
@@ -128,7 +132,9 @@ def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
     assert [r["overrides"]["gamma"] for r in parts["frontier"]] == list(paper.frontier_gammas)
     assert {next(iter(r["overrides"].items())) for r in parts["tuning"]} == {
         ("l1_weights", 0.0), ("l1_weights", 1.0), ("pres_bn", "frozen")}
-    assert len(paper.frontier_gammas) + 1 >= 5  # with the default: five gammas or more
+    assert [r["seeds"] for r in parts["tuning"]] == [[0]] * 3
+    full = profiles.PROFILES["full"]
+    assert len(full.frontier_gammas) + 1 >= 5  # with the default: five gammas or more
 
 
 def test_study_grids_hold_the_same_runs_as_the_notebook(tmp_path):

@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 
-import sgsc
-from sgsc import cache, runs
 from sgsc.cli import main
 from sgsc.compress import SelfCompression
 from sgsc.models import CNNConfig, build_model
@@ -19,58 +17,6 @@ from sgsc.train import CHECKPOINT, TrainConfig, Trainer, resolve_device
 def _cnn():
     torch.manual_seed(0)
     return build_model("mnist_cnn", **dataclasses.asdict(CNNConfig.for_digits()))
-
-
-@pytest.fixture(scope="module")
-def sgsc_digits(tmp_path_factory):
-    """The default sgsc run on digits, and the float run it started from."""
-    out = tmp_path_factory.mktemp("runs")
-    compressed = runs.run("sgsc", "digits", out_dir=out, progress=False)
-    reference = runs.run("float", "digits", out_dir=out, progress=False)
-    return compressed, reference, out
-
-
-def test_sgsc_compresses_4x_and_keeps_accuracy(sgsc_digits):
-    compressed, reference, _ = sgsc_digits
-    assert compressed["storage_bits_counted"] * 4 <= reference["storage_bytes"] * 8
-    assert compressed["storage_bytes"] * 4 <= reference["storage_bytes"] * 1.1  # the real file
-    assert compressed["val_acc"] >= reference["val_acc"] - 0.01
-
-
-def test_result_schema(sgsc_digits):
-    compressed, reference, _ = sgsc_digits
-    for row in (compressed, reference):
-        for key in ("method", "data", "seed", "val_acc", "test_acc", "storage_bytes",
-                    "live_weights", "wall_s", "params"):
-            assert key in row, key
-    assert compressed["preservation_size"] == runs.DEFAULTS["digits"]["preservation_size"]
-    assert sum(compressed["preservation_counts"].values()) == compressed["preservation_size"]
-
-
-def test_rerun_reloads_and_keeps_the_training_time(sgsc_digits):
-    compressed, reference, out = sgsc_digits
-    again = runs.run("sgsc", "digits", out_dir=out, progress=False)
-    assert again["train_s"] == compressed["train_s"] > 0  # from the checkpoint
-    assert again["test_acc"] == compressed["test_acc"]
-    assert runs.run("float", "digits", out_dir=out, progress=False)["train_s"] == \
-        reference["train_s"] > 0
-
-
-def test_history_logs_every_loss_term(sgsc_digits):
-    _, _, out = sgsc_digits
-    [history_file] = out.glob("digits/sgsc-*/history.json")
-    history = json.loads(history_file.read_text())
-    row = history["history"][-1]
-    for key in ("train_task", "train_l1", "train_size", "train_dead_bias", "train_preservation",
-                "val_loss", "val_accuracy", "pres_accuracy", "monitor_loss", "Q", "storage_bytes",
-                "live_weights"):
-        assert key in row, key
-    config = history["config"]
-    assert config["gamma"] > 0 and config["lambda_pres"] > 0 and config["l1_weights"] > 0
-    assert row["train_l1"] > 0
-    assert history["feedback_checks"], "the controller read the monitor"
-    # storage falls during training: compression comes from the loss
-    assert history["history"][-1]["storage_bytes"] < history["history"][0]["storage_bytes"]
 
 
 def _fit(digits, out_dir, epochs=3, **kwargs):
@@ -111,24 +57,6 @@ def test_same_seed_same_numbers(digits):
     _, first = _fit(digits, None, epochs=1)
     _, second = _fit(digits, None, epochs=1)
     assert _without_time(first.history) == _without_time(second.history)
-
-
-def test_run_folder_keys_settings_model_and_code_version(tmp_path, monkeypatch):
-    root = tmp_path / "digits"
-    config = runs.train_config("sc", "digits")
-
-    def folder(cfg=config, *extra):
-        return runs.run_folder(root, "sc", 0, cfg, *extra)
-
-    base = folder()
-    assert base.parent == root and base.name.startswith("sc-s0-")
-    assert folder(dataclasses.replace(config, device="cpu", progress=False)) == base
-    others = {folder(dataclasses.replace(config, gamma=0.5)), folder(config, "float-s0-x")}
-    with cache.model_overrides("digits", {"widths": (4, 4, 4, 4)}):
-        others.add(folder())
-    monkeypatch.setattr(sgsc, "__version__", "999")
-    others.add(folder())
-    assert base not in others and len(others) == 4
 
 
 def test_damaged_checkpoint_is_a_clear_error(digits, tmp_path):
@@ -202,33 +130,6 @@ def test_cli_sgsc_run_logs_each_feedback_event_and_its_effect(tmp_path, capsys):
     assert len(pres["monitor_indices"]) == row["monitor_size"] == 30
 
 
-def test_ablation_methods_switch_one_safety_half_off():
-    full = runs.train_config("sgsc", "mnist")
-    assert full.lambda_pres > 0 and full.feedback is not None
-    pres_only = runs.train_config("sc-pres", "mnist")
-    assert pres_only.lambda_pres == full.lambda_pres and pres_only.feedback is None
-    feedback_only = runs.train_config("sc-feedback", "mnist")
-    assert feedback_only.lambda_pres == 0 and feedback_only.feedback == full.feedback
-    assert runs.train_config("sc", "mnist").feedback is None
-
-
-def test_bad_preservation_settings_fail_before_any_training(tmp_path, monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("training started before the settings were checked")
-
-    monkeypatch.setattr(runs, "train_float", no_training)
-    with pytest.raises(ValueError, match="preservation_size must be an integer between 1"):
-        runs.run("sgsc", "digits", out_dir=tmp_path, preservation_size=10**6, progress=False)
-    with pytest.raises(ValueError, match="monitor_fraction"):
-        runs.run("sgsc", "digits", out_dir=tmp_path, progress=False,
-                 feedback={"monitor_fraction": 1.5})
-    with pytest.raises(ValueError, match="event_budget"):
-        runs.run("sgsc", "digits", out_dir=tmp_path, progress=False,
-                 feedback={"event_budget": -1.0})
-    with pytest.raises(ValueError, match="sc uses no preservation set"):
-        runs.run("sc", "digits", out_dir=tmp_path, preservation_size=10, progress=False)
-
-
 def test_the_trainer_refuses_safety_settings_without_a_safety_object(digits):
     config = TrainConfig(epochs=1, lambda_pres=1.0, progress=False)
     with pytest.raises(ValueError, match="needs a SafetyGuidance"):
@@ -238,24 +139,6 @@ def test_the_trainer_refuses_safety_settings_without_a_safety_object(digits):
 def test_cli_run_rejects_unknown_method(tmp_path, capsys):
     assert main(["run", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
-
-
-def test_init_bits_sets_the_starting_bit_depth(tmp_path):
-    def bits_after_one_epoch(init_bits: float) -> float:
-        result = runs.run("sc", "digits", out_dir=tmp_path, progress=False, epochs=1,
-                          float_overrides={"epochs": 1}, gamma=0.0, lr_quant=0.0,
-                          init_bits=init_bits)
-        return result["Q"]
-
-    assert bits_after_one_epoch(3.0) == pytest.approx(3.0, abs=0.01)
-    assert bits_after_one_epoch(12.0) == pytest.approx(12.0, abs=0.01)
-
-
-def test_a_data_set_can_override_the_safety_defaults():
-    assert runs.train_config("sgsc", "names").lambda_pres == 0.1  # DEFAULTS["names"]["sgsc"]
-    assert runs.train_config("sgsc", "mnist").lambda_pres == runs.SGSC_EXTRA["lambda_pres"]
-    assert runs.train_config("sc", "names").lambda_pres == 0.0  # sc has no safety terms
-    assert runs.train_config("sgsc", "names", lambda_pres=2.0).lambda_pres == 2.0
 
 
 # ----------------------------------------------------------------------------- shrinking

@@ -10,14 +10,13 @@ METHOD               what                                                       
 ``cbtpe-tpe``        the same search with Optuna's standard TPE                  cbtpe
 ===================  ==========================================================  ==========
 
-``float`` and ``sc`` (plain self-compression) live in :mod:`sgsc.runs`.  Every method
-returns the schema of :func:`sgsc.runs.run`.  This file holds only names, so that
-``sgsc.runs`` can list the methods without importing the baselines (which import it).
+``float`` and ``sc`` (plain self-compression) live in :mod:`sgsc.runs`, which dispatches
+to these modules.  Every method returns the schema of :func:`sgsc.runs.run`.  This file
+holds only names, so that :mod:`sgsc.defaults` can list the methods without importing
+the baselines (which build on :mod:`sgsc.harness`, never on ``runs``).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 UNIFORM_BITS = (2, 3, 4, 6, 8, 16)
 METHODS = (
@@ -28,23 +27,3 @@ METHODS = (
     "cbtpe-tpe",
 )
 
-
-def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
-        device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
-        **overrides) -> dict:
-    """Run baseline ``method``; ``overrides`` are TrainConfig fields or the method's own."""
-    kw = dict(seed=seed, out_dir=out_dir, device=device, progress=progress,
-              float_overrides=float_overrides, **overrides)
-    if method.startswith("uniform-"):
-        from sgsc.baselines import uniform
-
-        return uniform.run(method, data_name, **kw)
-    if method == "diffq":
-        from sgsc.baselines import diffq
-
-        return diffq.run(data_name, **kw)
-    if method in ("cbtpe", "cbtpe-tpe"):
-        from sgsc.baselines import cbtpe
-
-        return cbtpe.run(method, data_name, **kw)
-    raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")

@@ -63,7 +63,7 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from sgsc import atomic, runs
+from sgsc import atomic, harness
 from sgsc.baselines.common import (
     Reference,
     packed_result,
@@ -73,6 +73,7 @@ from sgsc.baselines.common import (
 )
 from sgsc.baselines.fixed import FixedBits
 from sgsc.compress import QUANTIZABLE
+from sgsc.defaults import train_config
 from sgsc.hessian import hutchinson
 from sgsc.tasks import evaluate, score, task_loss
 from sgsc.train import TrainConfig, Trainer, row_score
@@ -392,7 +393,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
            "bit widths are searched, then frozen; there is no size term to weigh")
     config = CBTPEConfig(**(DATA_DEFAULTS.get(data_name, {}) | own))
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
-    final = runs.train_config(method, data_name, seed=seed, device=device, progress=progress,
+    final = train_config(method, data_name, seed=seed, device=device, progress=progress,
                               **(train | {"gamma": 0.0, "lr_quant": 0.0}))
     per_trial = dataclasses.replace(final, epochs=config.trial_epochs, progress=False)
 
@@ -422,7 +423,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         "sensitivity": {layer.name: layer.mean_trace for layer in space},
         **packed_result(fixed.sc, out, ref),
     }
-    return runs._finish(method, data_name, seed, result, start, out)
+    return harness.finish(method, data_name, seed, result, start, out)
 
 
 def _summary(found: SearchResult) -> dict:

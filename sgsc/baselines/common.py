@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgsc import runs
+from sgsc import harness
 from sgsc.compress import SelfCompression
 from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
 from sgsc.tasks import evaluate
@@ -39,17 +39,17 @@ class Reference:
 
     def copy(self) -> nn.Module:
         """A fresh model of the data set's architecture holding the float weights."""
-        model = runs.build_data_model(self.data_name, self.splits).to(self.device)
+        model = harness.build_data_model(self.data_name, self.splits).to(self.device)
         model.load_state_dict(self.model.state_dict())
         return model
 
     def float_metrics(self) -> dict[str, float]:
         """Validation metrics of the float model (for drops and targets; never test)."""
-        return runs._metrics("val", evaluate(self.model, self.splits.val, self.device))
+        return harness.prefixed("val", evaluate(self.model, self.splits.val, self.device))
 
     def run_folder(self, method: str, settings: Any, *extra: Any) -> Path:
         """The folder of a baseline run started from this reference."""
-        return runs.run_folder(self.root, method, self.seed, settings, *extra,
+        return harness.run_folder(self.root, method, self.seed, settings, *extra,
                                self.folder.name)
 
 
@@ -57,8 +57,8 @@ def reference(data_name: str, seed: int, out_dir: str | Path, device: str, progr
               float_overrides: dict | None) -> Reference:
     """Load the splits and train (or resume, or reuse) the float model of ``seed``."""
     root = Path(out_dir) / data_name
-    splits = runs.load_splits(data_name)
-    model, info = runs.train_float(data_name, splits, seed, root, device, progress,
+    splits = harness.load_splits(data_name)
+    model, info = harness.train_float(data_name, splits, seed, root, device, progress,
                                    **(float_overrides or {}))
     model.eval()
     return Reference(data_name, seed, root, info["run_dir"], splits, model, info,
@@ -107,6 +107,6 @@ def packed_result(sc: SelfCompression, folder: Path, ref: Reference) -> dict[str
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "float_val": ref.float_metrics(),
-        **runs._metrics("val", evaluate(loaded, ref.splits.val, ref.device)),
-        **runs._metrics("test", evaluate(loaded, ref.splits.test, ref.device)),
+        **harness.prefixed("val", evaluate(loaded, ref.splits.val, ref.device)),
+        **harness.prefixed("test", evaluate(loaded, ref.splits.test, ref.device)),
     }

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sgsc import runs
+from sgsc import harness
 from sgsc.baselines.common import (
     Reference,
     packed_result,
@@ -52,6 +52,7 @@ from sgsc.baselines.common import (
 )
 from sgsc.baselines.fixed import FixedBits
 from sgsc.compress import QUANTIZABLE
+from sgsc.defaults import train_config
 from sgsc.tasks import evaluate
 from sgsc.train import Trainer
 
@@ -179,7 +180,7 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
     own, train = split_overrides("diffq", overrides, DiffQConfig)
     settings = DiffQConfig(**(DATA_DEFAULTS.get(data_name, {}) | own))
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
-    config = runs.train_config("diffq", data_name, seed=seed, device=device, progress=progress,
+    config = train_config("diffq", data_name, seed=seed, device=device, progress=progress,
                                **train)
     out = ref.run_folder("diffq", config, dataclasses.asdict(settings))
     trainer = DiffQTrainer(ref.copy(), ref.splits.train, ref.splits.val, config, settings,
@@ -190,15 +191,15 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
         "diffq_true_model_size_bytes": trainer.true_bytes(),
         "diffq_mean_bits": trainer.mean_bits(),
         "diffq_float_params": trainer.excluded,
-        **runs._metrics("diffq_val", evaluate(model, ref.splits.val, ref.device)),
-        **runs._metrics("diffq_test", evaluate(model, ref.splits.test, ref.device)),
+        **harness.prefixed("diffq_val", evaluate(model, ref.splits.val, ref.device)),
+        **harness.prefixed("diffq_test", evaluate(model, ref.splits.test, ref.device)),
     }
     fixed = to_fixed_bits(ref, trainer)
     result = {"params": {**dataclasses.asdict(config), "diffq": dataclasses.asdict(settings)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
               **own_account,
               "mean_bits": fixed.mean_bits(), **packed_result(fixed.sc, out, ref)}
-    return runs._finish("diffq", data_name, seed, result, start, out)
+    return harness.finish("diffq", data_name, seed, result, start, out)
 
 
 def to_fixed_bits(ref: Reference, trainer: DiffQTrainer) -> FixedBits:

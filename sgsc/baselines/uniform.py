@@ -17,10 +17,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from sgsc import runs
+from sgsc import harness
 from sgsc.baselines import UNIFORM_BITS
 from sgsc.baselines.common import packed_result, reference, refuse, split_overrides
 from sgsc.baselines.fixed import FixedBits
+from sgsc.defaults import train_config
 from sgsc.train import Trainer
 
 SCHEME = "symmetric per-channel, scale max|w|/(2^(B-1)-1)"
@@ -59,14 +60,14 @@ def _ptq(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     out = ref.run_folder(method, {"bits": bits})
     result = {"bits": bits, "params": {"bits": bits, "scheme": SCHEME, "training": "none"},
               "selected_epoch": 0, "train_s": 0.0, **packed_result(fixed.sc, out, ref)}
-    return runs._finish(method, data_name, seed, result, start, out)
+    return harness.finish(method, data_name, seed, result, start, out)
 
 
 def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrides,
          train: dict) -> dict:
     start = time.perf_counter()
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
-    config = runs.train_config(method, data_name, seed=seed, device=device, progress=progress,
+    config = train_config(method, data_name, seed=seed, device=device, progress=progress,
                                **(train | {"gamma": 0.0, "lr_quant": 0.0}))
     fixed = FixedBits(ref.copy(), bits)
     out = ref.run_folder(method, config, {"bits": bits})
@@ -78,4 +79,4 @@ def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrid
               "params": {"bits": bits, "scheme": SCHEME, **dataclasses.asdict(config)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
               **packed_result(fixed.sc, out, ref)}
-    return runs._finish(method, data_name, seed, result, start, out)
+    return harness.finish(method, data_name, seed, result, start, out)
