@@ -67,12 +67,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sgsc import profiles, report
+    from sgsc import atomic, profiles, report
 
     try:
         folder = profiles.profile_report_dir(args.profile, args.reports)
         path = report.build_report(folder, args.profile)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, atomic.WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report written to {path}")

@@ -142,6 +142,8 @@ def finish(method: str, data_name: str, seed: int, result: dict, start: float,
            folder: Path) -> dict:
     """The result row of a run: identity, ``result``, threads, code, wall time and folder,
     also written to ``<folder>/result.json``."""
+    if isinstance(result.get("params"), dict):  # the settings that made it, threads too
+        result = result | {"params": result["params"] | {"threads": provenance.threads()}}
     row = {"method": method, "data": data_name, "seed": seed, **result,
            "threads": provenance.threads(), "code": provenance.code_state(),
            "wall_s": round(time.perf_counter() - start, 2), "run_dir": str(folder)}

@@ -170,13 +170,21 @@ def pareto(rows: Sequence[dict], *, x: str = "storage_bytes", y: str = "test_acc
         if mx is not None:
             ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", ms=7, capsize=3,
                         color=color, label=f"{method} (n={len(members)})")
+    _size_axes(ax, xlabel, ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def _size_axes(ax: Any, xlabel: str, ylabel: str) -> None:
+    """Log-size x axis with plain byte counts as labels, grid, legend to the right."""
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    return fig
 
 
 def frontier(rows: Sequence[dict], *, lines: Sequence[str] = ("sc", "sgsc"),
@@ -219,14 +227,7 @@ def frontier(rows: Sequence[dict], *, lines: Sequence[str] = ("sc", "sgsc"),
                         xytext=(4, 4), fontsize=7, color=color)
     if floor is not None:
         ax.set_ylim(bottom=floor - 0.002)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _size_axes(ax, xlabel, ylabel)
     fig.tight_layout()
     return fig
 

@@ -19,6 +19,7 @@ import csv
 import datetime as _dt
 import hashlib
 import html
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sgsc import atomic
 from sgsc.provenance import git_state
 
 METRICS = "metrics"
@@ -63,7 +65,7 @@ def metrics_dir(report_dir: str | os.PathLike[str]) -> Path:
 def save_json(obj: Any, report_dir: str | os.PathLike[str], name: str) -> Path:
     """Write ``obj`` to ``<report_dir>/metrics/<name>.json``."""
     path = metrics_dir(report_dir) / f"{name}.json"
-    path.write_text(json.dumps(_clean(obj), indent=1, default=str) + "\n")
+    atomic.write_bytes(path, (json.dumps(_clean(obj), indent=1, default=str) + "\n").encode())
     return path
 
 
@@ -79,12 +81,13 @@ def save_table(rows: Any, report_dir: str | os.PathLike[str], name: str) -> list
         columns += [k for k in record if k not in columns]
     json_path = save_json(records, report_dir, name)
     csv_path = json_path.with_suffix(".csv")
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
-                             for k, v in record.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                         for k, v in record.items()})
+    atomic.write_bytes(csv_path, text.getvalue().encode())
     return [json_path, csv_path]
 
 
@@ -459,7 +462,7 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
             f"<title>sgsc report ({html.escape(profile)})</title><style>{_STYLE}</style>"
             f"</head><body>{''.join(body)}</body></html>\n")
     path = report_dir / "index.html"
-    path.write_text(page)
+    atomic.write_bytes(path, page.encode())
     return path
 
 

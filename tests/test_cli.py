@@ -131,3 +131,17 @@ def test_pretrain_trains_the_notebook_runs_where_the_notebook_finds_them(tmp_pat
                    device="auto", **profiles.budget(quick))
     assert {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")} == before
     assert main(["pretrain", "--profile", "nope", "--out", str(out)]) == 2
+
+
+def test_a_report_into_a_read_only_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from sgsc import report
+
+    folder = tmp_path / "quick"
+    report.save_json({"a": 1}, folder, "01_mnist_cnn__x")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    assert main(["report", "--profile", "quick", "--reports", str(tmp_path)]) == 2
+    assert "read-only file system" in _one_error_line(capsys)

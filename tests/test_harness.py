@@ -31,9 +31,11 @@ def test_a_run_folder_key_changes_with_the_thread_count(tmp_path):
 
 
 def test_finish_writes_the_row_with_threads_and_code(tmp_path):
-    row = harness.finish("sc", "digits", 3, {"test_acc": 0.9}, 0.0, tmp_path / "f")
+    row = harness.finish("sc", "digits", 3, {"test_acc": 0.9, "params": {"gamma": 0.1}}, 0.0,
+                         tmp_path / "f")
     assert row["method"] == "sc" and row["seed"] == 3 and row["test_acc"] == 0.9
     assert row["threads"] == torch.get_num_threads() and row["code"]["version"]
+    assert row["params"] == {"gamma": 0.1, "threads": torch.get_num_threads()}
     assert json.loads((tmp_path / "f" / "result.json").read_text()) == row
 
 

@@ -31,22 +31,26 @@ def _without_time(history):
     return [{k: v for k, v in row.items() if k != "wall_s"} for row in history]
 
 
-def test_killed_run_resumes_to_the_same_metrics(digits, tmp_path, monkeypatch):
-    _, uninterrupted = _fit(digits, tmp_path / "a")
-
+def _killed_in_epoch(monkeypatch, epoch: int, fit) -> None:
+    """Run ``fit()`` and kill it (KeyboardInterrupt) as epoch ``epoch`` starts."""
     calls = {"n": 0}
     original = Trainer.train_epoch
 
-    def dies_in_second_epoch(self):
+    def dies(self):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == epoch:
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", dies)
     with pytest.raises(KeyboardInterrupt):
-        _fit(digits, tmp_path / "b")
+        fit()
     monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
+def test_killed_run_resumes_to_the_same_metrics(digits, tmp_path, monkeypatch):
+    _, uninterrupted = _fit(digits, tmp_path / "a")
+    _killed_in_epoch(monkeypatch, 2, lambda: _fit(digits, tmp_path / "b"))
     assert (tmp_path / "b" / CHECKPOINT).exists()
     trainer, resumed = _fit(digits, tmp_path / "b")
     assert _without_time(resumed.history) == _without_time(uninterrupted.history)
@@ -186,19 +190,7 @@ def test_each_shrink_keeps_the_eval_outputs_and_makes_the_model_smaller(digits, 
 
 def test_a_killed_run_resumes_after_a_shrink_to_the_same_numbers(digits, tmp_path, monkeypatch):
     _, uninterrupted = _shrinking_fit(digits, tmp_path / "a")
-    calls = {"n": 0}
-    original = Trainer.train_epoch
-
-    def dies_in_third_epoch(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _shrinking_fit(digits, tmp_path / "b")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    _killed_in_epoch(monkeypatch, 3, lambda: _shrinking_fit(digits, tmp_path / "b"))
     state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
     assert json.loads(state["shrinks"]), "the checkpoint was taken after a shrink"
     fresh = _cnn()
@@ -239,19 +231,7 @@ def test_batches_are_the_data_loaders_without_its_overhead(digits):
 def test_every_code_that_trained_a_run_is_recorded(digits, tmp_path, monkeypatch):
     from sgsc import provenance
 
-    calls = {"n": 0}
-    original = Trainer.train_epoch
-
-    def dies_in_second_epoch(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(digits, tmp_path)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    _killed_in_epoch(monkeypatch, 2, lambda: _fit(digits, tmp_path))
     first = provenance.code_state()
     later = first | {"git_sha": "f" * 40}
     monkeypatch.setattr(provenance, "code_state", lambda: later)
