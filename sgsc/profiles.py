@@ -83,7 +83,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", image_data="digits", seeds=(0, 1), float_epochs=3, epochs=4,
         methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
-        frontier_gammas=(0.03, 0.3), tuning={"l1_weights": (0.0,)},
+        frontier_methods=("sc",), frontier_gammas=(0.03, 0.3), tuning={"l1_weights": (0.0,)},
+        tuning_seeds=(0,),
         tutorial_float_epochs=4, tutorial_epochs=6,
         text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
         text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
