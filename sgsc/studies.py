@@ -211,16 +211,23 @@ def tuning_rows(rows: Sequence[dict], data_name: str, tuning: dict[str, Sequence
     """sgsc at the default gamma: the default settings and each tried one (the others at
     their defaults), with validation accuracy -- the basis of the choice -- and size as
     mean and std over seeds; ``best`` marks each setting's highest validation accuracy.
-    Test accuracy is deliberately absent."""
+    The values of a setting are compared on the seeds they all ran (the default usually
+    ran more), so that a choice is never a seed's luck.  Test accuracy is deliberately
+    absent."""
     gamma = default_value(data_name, "gamma")
     defaults = {s: default_value(data_name, s) for s in tuning}
     mine = [r for r in rows if r["method"] == "sgsc" and r["gamma"] == gamma]
     out = []
     for setting, values in tuning.items():
         others = {s: v for s, v in defaults.items() if s != setting}
-        for value in dict.fromkeys([defaults[setting], *values]):
-            runs = [r for r in mine if r[setting] == value
-                    and all(r[s] == v for s, v in others.items())]
+        by_value = {value: [r for r in mine if r[setting] == value
+                            and all(r[s] == v for s, v in others.items())]
+                    for value in dict.fromkeys([defaults[setting], *values])}
+        by_value = {value: runs for value, runs in by_value.items() if runs}
+        common = set.intersection(*({r["seed"] for r in runs} for runs in by_value.values())
+                                  ) if by_value else set()
+        for value, runs in by_value.items():
+            runs = [r for r in runs if r["seed"] in common]
             if not runs:
                 continue
             val = compare.t_interval([r["val_acc"] for r in runs])

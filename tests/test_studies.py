@@ -187,3 +187,16 @@ def test_tuning_rows_choose_on_validation_only():
     assert [(r["value"], r["default"], r["best"]) for r in table] == [
         (studies.default_value("digits", "l1_weights"), True, False), (0.0, False, True)]
     assert all("test_acc" not in r for r in table)
+
+
+def test_tuning_rows_compare_values_on_the_seeds_they_share():
+    g0 = studies.default_value("digits", "gamma")
+    # the default ran seeds 0-2 (seeds 1 and 2 lucky), the tried value only seed 0
+    rows = [_row("sgsc", 0, g0, 0.90, 1000), _row("sgsc", 1, g0, 0.99, 1000),
+            _row("sgsc", 2, g0, 0.99, 1000), _row("sgsc", 0, g0, 0.92, 1000, l1_weights=0.0)]
+    table = studies.tuning_rows(rows, "digits", {"l1_weights": (0.0,)})
+    assert [(r["value"], r["seeds"], r["val_acc"], r["best"]) for r in table] == [
+        (studies.default_value("digits", "l1_weights"), 1, 0.90, False), (0.0, 1, 0.92, True)]
+    # seeds that no two values share: nothing to compare
+    rows[-1]["seed"] = 7
+    assert studies.tuning_rows(rows[:1] + rows[-1:], "digits", {"l1_weights": (0.0,)}) == []
