@@ -33,6 +33,11 @@ import numpy as np
 MAX_ALPHABET = 1 << 16  # a group spanning more codes than this is refused (24-bit rows)
 
 
+class AlphabetTooLarge(ValueError):
+    """A group spans more than :data:`MAX_ALPHABET` codes (rows of up to 24 bits are
+    allowed); its caller keeps such codes bit packed."""
+
+
 FITTED, UNIFORM = 1, 0  # the two kinds of group model
 
 
@@ -119,8 +124,8 @@ def encode(groups: Sequence[np.ndarray]) -> bytes:
         low = int(codes.min())
         counts = np.bincount(codes - low)
         if len(counts) > MAX_ALPHABET:
-            raise ValueError(f"a group spans {len(counts)} codes; at most {MAX_ALPHABET} "
-                             "can be entropy coded")
+            raise AlphabetTooLarge(f"a group spans {len(counts)} codes; at most "
+                                   f"{MAX_ALPHABET} can be entropy coded")
         kind = _kind(counts) if len(counts) > 1 else UNIFORM
         tables += _varint(_zigzag(low)) + _varint(len(counts)) + _varint(kind)
         if kind == FITTED:

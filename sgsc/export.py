@@ -214,8 +214,11 @@ def recode(path: str | os.PathLike[str], coding: str = "entropy") -> bytes:
 
 def _encode(meta: dict[str, Any], tensors: list[_Tensor], coding: str) -> tuple[bytes, dict]:
     payload = _payload(tensors)
-    if coding == "entropy":  # codes that are already incompressible stay packed
-        coded = _payload(tensors, entropy_coded=True)
+    if coding == "entropy":  # codes that are incompressible, or too wide to model, stay packed
+        try:
+            coded = _payload(tensors, entropy_coded=True)
+        except entropy.AlphabetTooLarge:
+            coded = payload
         payload, coding = (coded, coding) if len(coded) < len(payload) else (payload, "packed")
     stored = lzma.compress(payload, preset=9) if coding == "lzma" else payload
     meta_block = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)

@@ -76,6 +76,6 @@ def test_a_damaged_stream_is_a_value_error(damage):
 
 
 def test_too_wide_a_group_is_refused():
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(entropy.AlphabetTooLarge, match="at most"):
         entropy.encode([np.array([0, entropy.MAX_ALPHABET + 5])])
     assert math.log2(entropy.MAX_ALPHABET) == 16

@@ -337,10 +337,15 @@ def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:
     with torch.no_grad():
         for name in sc.names:
             sc._quantizer(name).bit_depth.add_(1.5)  # and training pushed them higher
-    save_compressed(sc, tmp_path / "wide.sgsc")
+    packed = save_compressed(sc, tmp_path / "wide.sgsc")
     loaded = load_compressed(tmp_path / "wide.sgsc")
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
+    # 24-bit rows span more codes than the entropy coder models: they stay bit packed
+    coded = save_compressed(sc, tmp_path / "wide.e.sgsc", coding="entropy")
+    assert coded.file_bytes == packed.file_bytes == entropy_coded_bytes(sc)
+    assert struct.unpack_from("<H", (tmp_path / "wide.e.sgsc").read_bytes(), 6)[0] == 0
+    assert torch.equal(load_compressed(tmp_path / "wide.e.sgsc").eval()(x), model.eval()(x))
 
 
 # ----------------------------------------------------------------------------- crafted files
