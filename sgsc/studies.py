@@ -243,6 +243,26 @@ def tuning_rows(rows: Sequence[dict], data_name: str, tuning: dict[str, Sequence
     return out
 
 
+def tuning_verdicts(table: Sequence[dict]) -> list[str]:
+    """One sentence per setting of a :func:`tuning_rows` table: which value validation
+    prefers, against the default, on how many seeds."""
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in table):
+        rows = [r for r in table if r["setting"] == setting]
+        best = next(r for r in rows if r["best"])
+        default = next((r for r in rows if r["default"]), None)
+        tried = ", ".join(f"{r['value']!r}: {r['val_acc']:.4f}" for r in rows)
+        if default is None:
+            lines.append(f"{setting}: the default did not run; validation accuracy {tried}")
+        elif best is default:
+            lines.append(f"{setting}: validation keeps the default {default['value']!r} "
+                         f"({tried}; {best['seeds']} seed(s))")
+        else:
+            lines.append(f"{setting}: validation prefers {best['value']!r} over the default "
+                         f"{default['value']!r} ({tried}; {best['seeds']} seed(s))")
+    return lines
+
+
 # ----------------------------------------------------------------------------- sweep
 
 

@@ -130,11 +130,15 @@ def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
     assert parts["ablation"] == [{"methods": ["sc-pres", "sc-feedback"], "seeds": [0, 1, 2],
                                   "overrides": {}}]
     assert [r["overrides"]["gamma"] for r in parts["frontier"]] == list(paper.frontier_gammas)
-    assert {next(iter(r["overrides"].items())) for r in parts["tuning"]} == {
-        ("l1_weights", 0.0), ("l1_weights", 1.0), ("pres_bn", "frozen")}
-    assert [r["seeds"] for r in parts["tuning"]] == [[0]] * 3
+    assert [next(iter(r["overrides"].items())) for r in parts["tuning"]] == [
+        ("l1_weights", 0.0)]
+    assert [r["seeds"] for r in parts["tuning"]] == [[0]]
     full = profiles.PROFILES["full"]
     assert len(full.frontier_gammas) + 1 >= 5  # with the default: five gammas or more
+    tried = studies.image_study(full)["tuning"]
+    assert {next(iter(r["overrides"].items())) for r in tried} == {
+        ("l1_weights", 0.0), ("l1_weights", 1.0), ("pres_bn", "frozen")}
+    assert all(r["seeds"] == list(full.seeds) for r in tried)
 
 
 def test_study_grids_hold_the_same_runs_as_the_notebook(tmp_path):
@@ -187,6 +191,20 @@ def test_tuning_rows_choose_on_validation_only():
     assert [(r["value"], r["default"], r["best"]) for r in table] == [
         (studies.default_value("digits", "l1_weights"), True, False), (0.0, False, True)]
     assert all("test_acc" not in r for r in table)
+
+
+def test_tuning_verdicts_say_what_validation_prefers():
+    g0 = studies.default_value("digits", "gamma")
+    l1 = studies.default_value("digits", "l1_weights")
+    rows = [_row("sgsc", 0, g0, 0.90, 1000), _row("sgsc", 0, g0, 0.92, 1000, l1_weights=0.0)]
+    [line] = studies.tuning_verdicts(studies.tuning_rows(rows, "digits",
+                                                         {"l1_weights": (0.0,)}))
+    assert line == (f"l1_weights: validation prefers 0.0 over the default {l1!r} "
+                    f"({l1!r}: 0.9000, 0.0: 0.9200; 1 seed(s))")
+    rows[1]["val_acc"] = 0.80
+    [line] = studies.tuning_verdicts(studies.tuning_rows(rows, "digits",
+                                                         {"l1_weights": (0.0,)}))
+    assert line.startswith(f"l1_weights: validation keeps the default {l1!r}")
 
 
 def test_tuning_rows_compare_values_on_the_seeds_they_share():
