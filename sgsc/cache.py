@@ -37,10 +37,7 @@ def run_grid(methods: Sequence[str], data_name: str, seeds: Sequence[int], *,
     """Run every method for every seed (float references are shared per seed).
 
     Each result dict of :func:`sgsc.runs.run` gains ``run_dir``: its folder (or None
-    when a method keeps no folder).  ``entropy_coded_bytes`` is measured again on the run's
-    packed file with this version's coder (:func:`sgsc.export.recode`): a coder is not
-    part of training, so a cached run trained before the coder changed still reports what
-    the coder does today.  With ``force`` the grid's folders are deleted first.
+    when a method keeps no folder).  With ``force`` the grid's folders are deleted first.
     """
     if force:
         clear_runs(out_dir, data_name, methods, seeds)
@@ -52,8 +49,6 @@ def run_grid(methods: Sequence[str], data_name: str, seeds: Sequence[int], *,
                               **training_overrides(method, epochs=epochs, **overrides))
             folder = find_run_dir(out_dir, result)
             result["run_dir"] = None if folder is None else str(folder)
-            if folder is not None and (folder / PACKED).exists():
-                result["entropy_coded_bytes"] = len(export.recode(folder / PACKED, "entropy"))
             results.append(result)
     return results
 

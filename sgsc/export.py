@@ -190,29 +190,6 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed") -> tuple[b
     if pruned.graph.channels or pruned.graph.heads:
         pruned.prune()
     meta, tensors = _describe(pruned)
-    return _encode(meta, tensors, coding)
-
-
-def recode(path: str | os.PathLike[str], coding: str = "entropy") -> bytes:
-    """The bytes of the file at ``path`` written again with ``coding``: the same model and
-    the same integer codes, through this version's coders.  Sizes of files written by an
-    earlier coder are brought up to date this way, without the model that made them.
-
-    Raises:
-        CorruptFileError: as :func:`load_compressed`.
-    """
-    if coding not in CODINGS:
-        raise ValueError(f"coding must be one of {', '.join(CODINGS)}, got {coding!r}")
-    path = Path(path)
-    container = read_container(path)
-    try:
-        tensors = _decode_tensors(container.meta, container.payload, container.flags)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CorruptFileError(f"{path}: inconsistent contents ({err})") from err
-    return _encode(container.meta, tensors, coding)[0]
-
-
-def _encode(meta: dict[str, Any], tensors: list[_Tensor], coding: str) -> tuple[bytes, dict]:
     payload = _payload(tensors)
     if coding == "entropy":  # codes that are incompressible, or too wide to model, stay packed
         try:
@@ -547,21 +524,8 @@ def _check_shapes(path: Path, meta: dict[str, Any], model: nn.Module) -> None:
 
 def _parse_payload(meta: dict[str, Any], payload: bytes, flags: int = 0
                    ) -> dict[str, torch.Tensor]:
-    """Every tensor of the payload, quantized weights dequantized, in state_dict order."""
-    tensors = {}
-    for t in _decode_tensors(meta, payload, flags):
-        if t.kind == "q":
-            tensors[t.key] = _dequantize(t.data.reshape(t.shape), t.exponents,
-                                         _DTYPES[t.dtype][0])
-        else:
-            tensors[t.key] = _raw_tensor(t.data, t.dtype, t.shape)
-    return tensors
-
-
-def _decode_tensors(meta: dict[str, Any], payload: bytes, flags: int = 0) -> list[_Tensor]:
-    """Cut the payload into its sections and read every tensor as it was written (codes,
-    bits and exponents of a quantized one; the raw array of the others), one at a time;
-    each section's length is checked against the bytes present before it is read."""
+    """Cut the payload into its sections and rebuild every tensor, one at a time; each
+    section's length is checked against the bytes present before it is read."""
     entries = [(key, kind, dtype, tuple(shape)) for key, kind, dtype, shape in meta["tensors"]]
     quantized = [(key, dtype, shape) for key, kind, dtype, shape in entries if kind == "q"]
     rows = [shape[0] for _, _, shape in quantized]
@@ -579,19 +543,18 @@ def _decode_tensors(meta: dict[str, Any], payload: bytes, flags: int = 0) -> lis
         code_bits = sum(int(b.sum()) * c for b, c in zip(per_tensor, cols, strict=True))
         stream = bitpack.BitReader(reader.take((code_bits + 7) // 8))
         blocks = (stream.read(np.repeat(b, c)) for b, c in zip(per_tensor, cols, strict=True))
-    decoded: dict[str, _Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
     row = 0
-    for (key, dtype, shape), block, row_bits in zip(quantized, blocks, per_tensor, strict=True):
+    for (key, dtype, shape), block in zip(quantized, blocks, strict=True):
         n = shape[0]
-        codes = np.asarray(block, dtype=np.int32).reshape(n, math.prod(shape[1:]))
-        decoded[key] = _Tensor(key, "q", dtype, shape, codes, row_bits.astype(np.uint8),
-                               exponents[row : row + n])
+        tensors[key] = _dequantize(block.reshape(shape), exponents[row : row + n],
+                                   _DTYPES[dtype][0])
         row += n
     for key, kind, dtype, shape in entries:
         if kind == "raw":
-            decoded[key] = _Tensor(key, "raw", dtype, shape, _raw_array(reader, dtype, shape))
+            tensors[key] = _raw_tensor(reader, dtype, shape)
     reader.finish()
-    return [decoded[key] for key, *_ in entries]
+    return {key: tensors[key] for key, *_ in entries}
 
 
 def _entropy_blocks(stream: bytes, per_tensor: list[np.ndarray], cols: list[int]
@@ -616,17 +579,11 @@ def _dequantize(codes: np.ndarray, exponents: np.ndarray, dtype: torch.dtype) ->
     return weight.to(dtype)
 
 
-def _raw_array(reader: _Sections, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A raw tensor's values as stored (bfloat16 as its int16 bit patterns)."""
-    np_dtype = np.dtype(_DTYPES[dtype][1])
+def _raw_tensor(reader: _Sections, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    torch_dtype, np_dtype = _DTYPES[dtype]
     count = int(np.prod(shape))
-    array = np.frombuffer(reader.take(count * np_dtype.itemsize), dtype=np_dtype)
-    return array.astype(np_dtype.newbyteorder("="), copy=True).reshape(shape)
-
-
-def _raw_tensor(array: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    torch_dtype = _DTYPES[dtype][0]
-    tensor = torch.from_numpy(array)
+    array = np.frombuffer(reader.take(count * np.dtype(np_dtype).itemsize), dtype=np_dtype)
+    tensor = torch.from_numpy(array.astype(np.dtype(np_dtype).newbyteorder("="), copy=True))
     if torch_dtype == torch.bfloat16:
         tensor = tensor.view(torch.int16).view(torch.bfloat16)
     return tensor.reshape(shape).to(torch_dtype)

@@ -29,34 +29,6 @@ def test_stored_bit_depths_read_the_packed_file(tmp_path):
 
 
 
-def test_run_grid_measures_entropy_sizes_with_todays_coder(tmp_path, monkeypatch):
-    """A cached run's result.json may hold the size an older coder reached; run_grid
-    reports what the current coder makes of the run's packed file."""
-    import json
-
-    import torch
-
-    from sgsc import cache, runs
-    from sgsc.compress import SelfCompression
-    from sgsc.export import save_compressed
-    from sgsc.models import CNNConfig, MnistCNN
-
-    torch.manual_seed(0)
-    sc = SelfCompression(MnistCNN(CNNConfig.for_digits()), init_bits=4)
-    folder = tmp_path / "digits" / "sc-s0-abc"
-    folder.mkdir(parents=True)
-    params = {"gamma": 0.1}
-    (folder / "result.json").write_text(json.dumps({"params": params}))
-    save_compressed(sc, folder / cache.PACKED)
-    today = save_compressed(sc, tmp_path / "e.sgsc", coding="entropy").file_bytes
-    stale = {"method": "sc", "data": "digits", "seed": 0, "params": params,
-             "entropy_coded_bytes": today + 123}
-    monkeypatch.setattr(runs, "run", lambda *a, **k: dict(stale))
-    [result] = cache.run_grid(["sc"], "digits", [0], out_dir=tmp_path)
-    assert result["run_dir"] == str(folder)
-    assert result["entropy_coded_bytes"] == today
-
-
 def test_run_folders_are_found_and_cleared(tmp_path):
     import json
 

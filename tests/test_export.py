@@ -20,7 +20,6 @@ from sgsc.export import (
     entropy_coded_bytes,
     load_compressed,
     read_metadata,
-    recode,
     save_compressed,
 )
 from sgsc.models import CNNConfig, build_model
@@ -175,18 +174,6 @@ def test_load_uses_no_pickle(exported, monkeypatch, coding) -> None:
 # ----------------------------------------------------------------------------- damage
 
 
-@pytest.mark.parametrize("source", ["packed", "lzma", "entropy"])
-def test_recode_writes_any_file_again_as_save_would(exported, source) -> None:
-    """A file of any coding, recoded, is byte for byte the file save_compressed writes
-    with the target coding: sizes of old files can be brought up to date from the file."""
-    sc, path, _, coded = exported
-    files = {"packed": path, **{c: p for c, (p, _) in coded.items()}}
-    for target in ("packed", "lzma", "entropy"):
-        assert recode(files[source], target) == files[target].read_bytes(), target
-    with pytest.raises(ValueError, match="coding must be one of"):
-        recode(path, "zip")
-
-
 @pytest.fixture(scope="module")
 def cnn_file(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("cnn") / "cnn.sgsc"
@@ -222,13 +209,6 @@ def test_flipped_bit_is_detected(cnn_file, tmp_path, where) -> None:
     with pytest.raises(CorruptFileError, match="checksum") as err:
         load_compressed(_write(tmp_path, bytes(blob)))
     assert isinstance(err.value, ValueError)
-
-
-def test_recode_refuses_a_damaged_file(cnn_file, tmp_path) -> None:
-    blob = bytearray(cnn_file)
-    blob[len(blob) // 2] ^= 0x10
-    with pytest.raises(CorruptFileError, match="checksum"):
-        recode(_write(tmp_path, bytes(blob)))
 
 
 def test_wrong_magic_is_rejected(cnn_file, tmp_path) -> None:
