@@ -38,12 +38,13 @@ class Profile:
     text_epochs: int | None
     text_methods: tuple[str, ...]
     text_model: dict[str, Any] | None = None  # overrides of the text model's config
+    # 02_char_transformer's frontiers (sgsc.studies.text_study): method -> more gammas
+    text_frontier: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # 01_mnist_cnn's study of safety guidance (sgsc.studies.image_study): the ablation
     # halves at the default gamma; sc and sgsc at more gammas (a frontier each, for the
     # comparison at matched size); settings tried on one seed, judged on validation.
     ablation_methods: tuple[str, ...] = ("sc-pres", "sc-feedback")
-    frontier_methods: tuple[str, ...] = ("sc", "sgsc")
-    frontier_gammas: tuple[float, ...] = ()
+    frontier: dict[str, tuple[float, ...]] = field(default_factory=dict)  # method: gammas
     tuning: dict[str, tuple] = field(default_factory=dict)
     tuning_seeds: tuple[int, ...] | None = None  # None: every seed of the profile
     # 03_sweeps: one setting at a time around the defaults (sgsc.studies.axis_grids)
@@ -73,13 +74,18 @@ SGSC_PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.
 # What of it fits the paper profile's hour on 2 cores (beside the defaults, always run):
 # the extremes of the three axes the method is about.  "full" runs every axis above.
 PAPER_AXES = {"init_bits": (2, 32), "gamma": (0.05, 0.2), "lambda_pres": (0.25, 4.0)}
-# sc at these gammas as well as the default (0.05 on MNIST): the frontier the safety
-# methods are compared with at matched size.  0.005 (about 25 KB) reaches past sgsc's
-# size at the default (11-13 KB) and 0.15 below sc-feedback's (about 5 KB), so that both
-# interpolate on sc's frontier instead of falling off its ends.  "full" runs sc and sgsc
-# at five gammas from about 2 KB to 50 KB.
-PAPER_GAMMAS = (0.005, 0.15)
+# Frontiers: each method at these gammas as well as the default (0.05 on MNIST).  sc's
+# five span about 2 KB (0.4) to 25 KB (0.005): past sgsc's size at the default (11-13 KB)
+# and below sc-feedback's (about 5 KB), so that each safety run interpolates on sc's
+# frontier of its seed instead of falling off its ends.  sgsc at 0.15 and 0.4 asks the
+# same question at the small sizes the targets are about.  "full" runs sgsc at all five.
 FULL_GAMMAS = (0.005, 0.015, 0.15, 0.4)
+PAPER_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": (0.15, 0.4)}
+FULL_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS}
+# The transformer's frontiers (names; the default gamma is 0.1): from about 15 % of the
+# float model's bits to under 5 %.  Not in "paper": a names run takes 30-40 minutes of a
+# core, so twelve more do not fit beside the MNIST study.
+TEXT_FRONTIER = {"sc": (0.03, 0.3, 1.0), "sgsc": (0.03, 0.3, 1.0)}
 # Tried on one seed and judged on validation: the L1 weight (default 0.3) in "paper";
 # also L1 1.0 and BatchNorm frozen in the preservation forward (default "eval") in "full".
 PAPER_TUNING = {"l1_weights": (0.0,)}
@@ -90,11 +96,12 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", image_data="digits", seeds=(0, 1), float_epochs=3, epochs=4,
         methods=("float", "sc", "sgsc", "uniform-ptq-4", "uniform-qat-4"),
-        frontier_methods=("sc",), frontier_gammas=(0.03, 0.3), tuning={"l1_weights": (0.0,)},
+        frontier={"sc": (0.03, 0.3)}, tuning={"l1_weights": (0.0,)},
         tuning_seeds=(0,),
         tutorial_float_epochs=4, tutorial_epochs=6,
         text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
         text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
+        text_frontier={"sc": (0.3,)},  # the code path; sgsc's text frontier is in "full"
         sweep_seeds=(0, 1), sweep_axes={"gamma": (0.2,), "lambda_pres": (4.0,)},
         sweep_fixed={"epochs": 2, "float_epochs": 2},
         search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
@@ -106,7 +113,7 @@ PROFILES: dict[str, Profile] = {
         name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8",
                  "uniform-ptq-16"),
-        frontier_methods=("sc",), frontier_gammas=PAPER_GAMMAS, tuning=PAPER_TUNING,
+        frontier=PAPER_FRONTIER, tuning=PAPER_TUNING,
         tuning_seeds=(0,),
         tutorial_float_epochs=20, tutorial_epochs=20,
         # names at seeds 0 and 2: the two whose sc and sgsc runs fit the hour (seed 1's
@@ -118,10 +125,10 @@ PROFILES: dict[str, Profile] = {
     # Five seeds, for tighter error bars; the sweep and the search race on MNIST.
     "full": Profile(
         name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
-        epochs=None, methods=None, frontier_gammas=FULL_GAMMAS, tuning=FULL_TUNING,
+        epochs=None, methods=None, frontier=FULL_FRONTIER, tuning=FULL_TUNING,
         tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
-        text_epochs=None, text_methods=CORE_METHODS,
+        text_epochs=None, text_methods=CORE_METHODS, text_frontier=TEXT_FRONTIER,
         sweep_data="mnist", sweep_seeds=(0, 1, 2), sweep_axes=SGSC_PAPER_AXES,
         search_data="mnist", search_seeds=(0, 1, 2)),
 }

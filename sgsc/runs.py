@@ -24,6 +24,7 @@ shared by the compressed methods of that seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from sgsc.harness import (  # noqa: F401  (the shared harness, as runs.* for use
     run_folder,
     train_float,
 )
-from sgsc.preservation import build_preservation_set
+from sgsc.preservation import PreservationSet, build_preservation_set
 from sgsc.safety import SafetyGuidance
 from sgsc.tasks import evaluate
 from sgsc.train import Trainer, count_weights, float_storage_bytes
@@ -90,25 +91,34 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   **prefixed("test", evaluate(float_model, splits.test, dev))}
         return finish(method, data_name, seed, result, start, float_info["run_dir"])
 
-    chosen, pres_info = None, {}
+    chosen, pres_info, saved = None, {}, {}
     if method in SAFETY_METHODS:
-        chosen = build_preservation_set(float_model, splits.train, size, seed=seed,
-                                        device=str(dev), progress=progress)
+        chosen = preservation_set(float_model, splits.train, size, seed, float_info["run_dir"],
+                                  device=dev, progress=progress)
+        # the monitor SafetyGuidance will hold out (the same seeded split), for the folder key
+        monitor = (chosen.split(config.feedback.monitor_fraction, seed=seed)[1].indices.tolist()
+                   if config.feedback is not None else [])
         pres_info = {"preservation_size": len(chosen.indices),
-                     "preservation_counts": chosen.counts()}
+                     "preservation_counts": chosen.counts(), "monitor_size": len(monitor)}
+    out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
     model = build_data_model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model, init_bits=config.init_bits)
     safety = None
     if chosen is not None:
+        saved = _read_json(out / "preservation.json")
+        if saved.get("monitor_indices") != monitor:
+            saved = {}  # written for another monitor: calibrate again
         safety = SafetyGuidance(float_model, compression, splits.train, preservation=chosen,
                                 feedback=config.feedback, batch_size=config.pres_batch_size,
                                 augment=config.pres_augment, bn=config.pres_bn, seed=seed,
-                                lr=config.lr, task_batch_size=config.batch_size)
-        pres_info["monitor_size"] = len(safety.monitor_indices)
-    out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
-    if chosen is not None:  # which examples guided the run, for figures and audits
-        atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist()},
+                                lr=config.lr, task_batch_size=config.batch_size,
+                                # the calibration (a float fine-tune) is done once per run
+                                float_level=saved.get("float_level") if config.feedback
+                                else None)
+        # which examples guided the run, for figures and audits
+        atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist(),
+                                              "float_level": safety.float_level},
                           out / "preservation.json")
     trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
                       safety=safety, out_dir=out)
@@ -136,6 +146,34 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         **prefixed("test", evaluate(loaded, splits.test, dev)),
     }
     return finish(method, data_name, seed, result, start, out)
+
+
+def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, *,
+                     device, progress: bool = True) -> PreservationSet:
+    """The preservation set of ``size`` rows the float model of ``float_dir`` picks, built
+    once per float run and read back from ``float_dir`` after that (Grad-CAM and k-means
+    over the training split take about a minute on MNIST)."""
+    path = Path(float_dir) / f"preservation-n{size}-s{seed}.json"
+    try:
+        chosen = PreservationSet.from_dict(_read_json(path))
+        chosen.subset(train)  # it was chosen from this split
+        if len(chosen) == size:
+            return chosen
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or unreadable: choose it again
+    chosen = build_preservation_set(float_model, train, size, seed=seed, device=str(device),
+                                    progress=progress)
+    atomic.write_json(chosen.to_dict(), path)
+    return chosen
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing or unreadable."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _run_baseline(method: str, data_name: str, **kw) -> dict:

@@ -79,6 +79,9 @@ class SafetyGuidance:
         device: where the examples go (default: the compressed model's device).
         lr, task_batch_size: the weights' learning rate and the batch size of the run,
             which the calibration fine-tune of the float level uses.
+        float_level: the calibrated float level, when it is already known (the
+            :attr:`float_level` of an earlier build with the same arguments, e.g. to
+            reopen a finished run); None calibrates it.
     """
 
     def __init__(self, float_model: nn.Module, compression: SelfCompression,
@@ -87,9 +90,13 @@ class SafetyGuidance:
                  feedback: FeedbackConfig | None = None, batch_size: int = 64,
                  augment: bool = False, bn: str = "eval", seed: int = 0,
                  device: str | torch.device | None = None, lr: float = 1e-3,
-                 task_batch_size: int = 128, progress: bool = False) -> None:
+                 task_batch_size: int = 128, progress: bool = False,
+                 float_level: float | None = None) -> None:
         _check_inputs(float_model, compression, train_set, size, preservation, feedback,
                       batch_size, bn, lr, task_batch_size)
+        if float_level is not None and feedback is None:
+            raise ValueError("float_level is the feedback's monitor level; without feedback "
+                             "there is no monitor: drop float_level")
         self.compression = compression
         self.model = compression.model
         self.train_set = train_set
@@ -113,8 +120,8 @@ class SafetyGuidance:
         self.float_monitor_loss = None  # the float model's own level, before calibration
         if feedback is not None:
             self.float_monitor_loss = self._monitor_reading(float_model).loss
-            level = self._calibrated_level(float_model, feedback.calibration_steps, lr,
-                                           task_batch_size, seed)
+            level = float_level if float_level is not None else self._calibrated_level(
+                float_model, feedback.calibration_steps, lr, task_batch_size, seed)
             self.controller = FeedbackController(compression, self.monitor,
                                                  self._monitor_loss, level, feedback)
 

@@ -52,12 +52,21 @@ def image_study(profile: Any) -> dict[str, list[dict]]:
     return {
         "ablation": [{"methods": list(profile.ablation_methods), "seeds": seeds,
                       "overrides": {}}],
-        "frontier": [{"methods": list(profile.frontier_methods), "seeds": seeds,
-                      "overrides": {"gamma": gamma}} for gamma in profile.frontier_gammas],
+        "frontier": [{"methods": [method], "seeds": seeds, "overrides": {"gamma": gamma}}
+                     for method, gammas in profile.frontier.items() for gamma in gammas],
         "tuning": [{"methods": ["sgsc"], "seeds": list(profile.tuning_seeds or seeds),
                     "overrides": {setting: value}}
                    for setting, values in profile.tuning.items() for value in values],
     }
+
+
+def text_study(profile: Any) -> dict[str, list[dict]]:
+    """The runs ``02_char_transformer`` adds to its main grid: sc and sgsc at more gammas
+    (``profile.text_frontier``), for the comparison of test loss at matched size."""
+    return {"frontier": [{"methods": [method], "seeds": list(profile.text_seeds),
+                          "overrides": {"gamma": gamma}}
+                         for method, gammas in profile.text_frontier.items()
+                         for gamma in gammas]}
 
 
 def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.PathLike,
@@ -100,7 +109,8 @@ def profile_grids(profile: Any, out: str | os.PathLike, parts: Sequence[str] = P
                         profile.image_data, out, budget(profile), device)
     if "text" in parts and not profile.text_model:
         text = {"text": [{"methods": list(profile.text_methods),
-                          "seeds": list(profile.text_seeds), "overrides": {}}]}
+                          "seeds": list(profile.text_seeds), "overrides": {}}],
+                **text_study(profile)}
         grids += study_grids(text, profile.text_data, out, budget(profile, "text"), device)
     return grids
 
@@ -127,6 +137,7 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict],
                      params.get("gamma") == default_value(data_name, "gamma"),
                      "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
                      "val_acc": r.get("val_acc"), "test_acc": r.get("test_acc"),
+                     "val_loss": r.get("val_loss"), "test_loss": r.get("test_loss"),
                      "worst_class_acc": worst.get(r.get("run_dir")),
                      "storage_bytes": r.get("storage_bytes"),
                      "feedback_events": r.get("feedback_events"),
@@ -172,10 +183,12 @@ def ablation_summary(rows: Sequence[dict], data_name: str,
 def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
                  reference: str = "sc", metrics: Sequence[str] = ("test_acc",
                                                                   "worst_class_acc"),
-                 all_gammas: Sequence[str] = ("sgsc",)) -> list[dict]:
+                 all_gammas: Sequence[str] = ("sgsc",), better: str = "above") -> list[dict]:
     """Each method's metric minus ``reference``'s at the same size and seed, with a 95 %
     t interval over seeds: one row per (method, gamma, metric).  Methods in
-    ``all_gammas`` are compared at every gamma they ran; the others at the default."""
+    ``all_gammas`` are compared at every gamma they ran; the others at the default.
+    ``better`` is the side of 0 where the method wins: "above" for accuracy, "below" for
+    a loss; the verdict is for "better than the reference at the same size"."""
     usable = at_defaults(rows, data_name)
     gamma0 = default_value(data_name, "gamma")
     out = []
@@ -196,7 +209,7 @@ def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
                             "difference": interval["mean"], "std": interval["std"],
                             "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
                             "confidence": compare.CONFIDENCE,
-                            "verdict": compare.verdict(interval, 0.0, "above"),
+                            "verdict": compare.verdict(interval, 0.0, better),
                             "seeds_to_resolve": compare.seeds_to_resolve(interval)})
     return out
 

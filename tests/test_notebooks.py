@@ -20,7 +20,8 @@ from sgsc import data, report
 papermill = pytest.importorskip("papermill")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-REQUIRED_PARAMETERS = ("profile", "device", "force", "out_dir", "report_dir")
+# every parameter run_all.sh passes (papermill warns of, and ignores, an unknown one)
+REQUIRED_PARAMETERS = ("profile", "device", "force", "threads", "out_dir", "report_dir")
 # What each notebook must leave in the report folder (figures as PNG and SVG).
 EXPECTED = {
     "00_tutorial": {"figures": ("quantizer", "layer", "training", "preservation"),

@@ -10,6 +10,7 @@ import pytest
 
 import sgsc
 from sgsc import cache, runs
+from sgsc.safety import SafetyGuidance
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,36 @@ def test_rerun_reloads_and_keeps_the_training_time(sgsc_digits):
     assert runs.run("float", "digits", out_dir=out, progress=False)["train_s"] == \
         reference["train_s"] > 0
 
+
+
+def test_reopening_a_finished_run_neither_rechooses_nor_recalibrates(sgsc_digits,
+                                                                     monkeypatch):
+    """The preservation set is kept in the float run's folder and the calibrated level in
+    the run's own: a rerun of a finished run trains nothing and rebuilds neither."""
+    compressed, _, out = sgsc_digits
+    [float_dir] = out.glob("digits/float-s0-*")
+    assert list(float_dir.glob("preservation-n*-s0.json"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rebuilt although it was saved")
+
+    monkeypatch.setattr(runs, "build_preservation_set", refuse)
+    monkeypatch.setattr(SafetyGuidance, "_calibrated_level", refuse)
+    again = runs.run("sgsc", "digits", out_dir=out, progress=False)
+    assert again["run_dir"] == compressed["run_dir"]
+    assert again["preservation_counts"] == compressed["preservation_counts"]
+    assert again["test_acc"] == compressed["test_acc"]
+    assert again["storage_bytes"] == compressed["storage_bytes"]
+
+
+def test_a_damaged_saved_preservation_set_is_chosen_again(sgsc_digits):
+    compressed, _, out = sgsc_digits
+    [saved] = out.glob("digits/float-s0-*/preservation-n*-s0.json")
+    kept = json.loads(saved.read_text())
+    saved.write_text('{"indices": [1, 2')  # a write cut short
+    again = runs.run("sgsc", "digits", out_dir=out, progress=False)
+    assert again["run_dir"] == compressed["run_dir"]
+    assert json.loads(saved.read_text()) == kept
 
 
 def test_history_logs_every_loss_term(sgsc_digits):

@@ -152,6 +152,22 @@ def test_calibration_trains_a_copy_without_the_monitor(digits, float_state):
     assert still.float_level == pytest.approx(still.float_monitor_loss, abs=0.02)  # BN stats
 
 
+def test_a_known_float_level_skips_the_calibration(digits, float_state, monkeypatch):
+    """Reopening a run passes the level it calibrated: no fine-tune, the same trigger."""
+    calibrated = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30),
+                        lr=0.05, task_batch_size=32)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the calibration ran although the level was given")
+
+    monkeypatch.setattr(SafetyGuidance, "_calibrated_level", no_calibration)
+    reopened = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30),
+                      lr=0.05, task_batch_size=32, float_level=calibrated.float_level)
+    assert reopened.controller.trigger_level == calibrated.controller.trigger_level
+    with pytest.raises(ValueError, match="without feedback there is no monitor"):
+        _guard(digits, float_state, feedback=None, float_level=0.5)
+
+
 def test_a_users_own_loop_compresses_and_every_restore_helps(digits, float_state):
     """The README loop, on digits: size falls, accuracy holds, restores lower the monitor."""
     reference, sc = _pair(float_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -129,12 +130,14 @@ def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
     parts = studies.image_study(paper)
     assert parts["ablation"] == [{"methods": ["sc-pres", "sc-feedback"], "seeds": [0, 1, 2],
                                   "overrides": {}}]
-    assert [r["overrides"]["gamma"] for r in parts["frontier"]] == list(paper.frontier_gammas)
+    assert [(r["methods"], r["overrides"]["gamma"]) for r in parts["frontier"]] == [
+        ([method], gamma) for method, gammas in paper.frontier.items() for gamma in gammas]
     assert [next(iter(r["overrides"].items())) for r in parts["tuning"]] == [
         ("l1_weights", 0.0)]
     assert [r["seeds"] for r in parts["tuning"]] == [[0]]
     full = profiles.PROFILES["full"]
-    assert len(full.frontier_gammas) + 1 >= 5  # with the default: five gammas or more
+    # with the default: five gammas or more for sc and sgsc
+    assert all(len(full.frontier[m]) + 1 >= 5 for m in ("sc", "sgsc"))
     tried = studies.image_study(full)["tuning"]
     assert {next(iter(r["overrides"].items())) for r in tried} == {
         ("l1_weights", 0.0), ("l1_weights", 1.0), ("pres_bn", "frozen")}
@@ -179,6 +182,40 @@ def test_matched_size_compares_with_sc_at_the_same_size_and_seed():
     assert acc["metric"] == "test_acc" and worst["metric"] == "worst_class_acc"
     assert acc["matched"] == 3 and acc["difference"] == pytest.approx(0.011)
     assert acc["ci_low"] > 0 and acc["verdict"] == "supported"
+
+
+def test_matched_size_of_a_loss_counts_lower_as_better():
+    """The text frontier: results with a test loss and no per-class rows."""
+    from sgsc import runs
+
+    g0 = studies.default_value("names", "gamma")
+    results = []
+    for seed in range(3):
+        for method, gamma, loss, size in (("sc", 1.0, 2.2, 1000), ("sc", g0, 2.0, 4000),
+                                          ("sgsc", 0.3, 2.05 + 0.001 * seed, 2000)):
+            results.append({"method": method, "seed": seed, "test_loss": loss,
+                            "storage_bytes": size, "params": dataclasses.asdict(
+                                runs.train_config(method, "names", gamma=gamma)),
+                            "run_dir": f"{method}-{seed}-{gamma}"})
+    rows = studies.study_rows(results, [], "names")
+    assert {r["test_loss"] for r in rows if r["method"] == "sc"} == {2.2, 2.0}
+    [loss] = studies.matched_size(rows, "names", ["sgsc"], metrics=("test_loss",),
+                                  better="below")
+    # sc at 2,000 B of a 1,000-4,000 B frontier, linear in log size: 2.1
+    assert loss["matched"] == 3 and loss["difference"] == pytest.approx(-0.049)
+    assert loss["ci_high"] < 0 and loss["verdict"] == "supported"
+
+
+def test_text_study_lists_each_methods_gammas_on_the_text_seeds():
+    from sgsc import profiles
+
+    full = profiles.PROFILES["full"]
+    parts = studies.text_study(full)["frontier"]
+    assert [(r["methods"], r["overrides"]["gamma"]) for r in parts] == [
+        ([m], g) for m, gammas in full.text_frontier.items() for g in gammas]
+    assert all(r["seeds"] == list(full.text_seeds) for r in parts)
+    # with the default gamma, four or more for each
+    assert all(len(full.text_frontier[m]) + 1 >= 4 for m in ("sc", "sgsc"))
 
 
 def test_tuning_rows_choose_on_validation_only():
