@@ -189,10 +189,13 @@ def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
 
 
 TABLES = {"image_runs": "01_mnist_cnn__runs", "study_runs": "01_mnist_cnn__study_runs",
-          "text_runs": "02_char_transformer__runs", "sweep_runs": "03_sweeps__runs",
+          "text_runs": "02_char_transformer__runs",
+          "text_study_runs": "02_char_transformer__frontier_runs", "sweep_runs": "03_sweeps__runs",
           "search_runs": "04_cbtpe_search__runs"}
-COST_TABLES = {"01_mnist_cnn": "study_runs", "02_char_transformer": "text_runs",
-               "03_sweeps": "sweep_runs", "04_cbtpe_search": "search_runs"}
+# each notebook's runs: every table that lists some (a run in two is counted once)
+COST_TABLES = {"01_mnist_cnn": ("study_runs",),
+               "02_char_transformer": ("text_runs", "text_study_runs"),
+               "03_sweeps": ("sweep_runs",), "04_cbtpe_search": ("search_runs",)}
 
 
 def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
@@ -202,10 +205,10 @@ def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
     total over all notebooks."""
     seen: set = set()
     rows = []
-    for notebook, key in COST_TABLES.items():
+    for notebook, keys in COST_TABLES.items():
         runs = 0
         seconds = 0.0
-        for row in tables.get(key, []):
+        for row in (row for key in keys for row in tables.get(key, [])):
             folder = row.get("run_dir")
             if folder is None or folder in seen or row.get("train_s") is None:
                 continue

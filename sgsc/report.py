@@ -400,13 +400,17 @@ ANSWER = (
      "same size: the difference and its confidence interval over seeds",
      ("method", "gamma", "metric", "size_mean", "matched", "difference", "ci_low", "ci_high",
       "confidence", "verdict", "seeds_to_resolve")),
+    ("02_char_transformer__matched_size", "The same on the character transformer: test "
+     "loss at the same size (negative: sgsc's loss is lower)",
+     ("method", "gamma", "metric", "size_mean", "matched", "difference", "ci_low", "ci_high",
+      "confidence", "verdict", "seeds_to_resolve")),
     ("05_paper_claims__claims", "The papers' claims", ("source", "quote", "n", "mean",
                                                        "ci_low", "ci_high", "side", "claimed",
                                                        "verdict", "seeds_to_resolve")),
     ("05_paper_claims__targets", "This project's targets", None),
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
 )
-ANSWER_FIGURES = ("01_mnist_cnn_frontier",)
+ANSWER_FIGURES = ("01_mnist_cnn_frontier", "02_char_transformer_frontier")
 
 
 def _answer(report_dir: Path) -> str:

@@ -105,3 +105,16 @@ def test_project_targets_are_the_developers_guides():
     assert rows[("names", "sc")]["met"]  # 4 % of the float size
     assert not rows[("names", "sgsc")]["met"]  # 8 %
     assert claims.project_targets({}) == []
+
+
+def test_compute_cost_counts_each_run_once_over_every_table_of_a_notebook():
+    main = [{"run_dir": "names/float-s0", "train_s": 10.0},
+            {"run_dir": "names/sc-s0", "train_s": 20.0}]
+    # the frontier table repeats the main runs and adds sc at another gamma
+    frontier = main + [{"run_dir": "names/sc-s0-other", "train_s": 30.0}]
+    tables = {"study_runs": [{"run_dir": "mnist/sc-s0", "train_s": 5.0}],
+              "text_runs": main, "text_study_runs": frontier}
+    cost = {r["notebook"]: r for r in claims.compute_cost(tables)}
+    assert (cost["02_char_transformer"]["runs"], cost["02_char_transformer"]["train_s"]) \
+        == (3, 60.0)
+    assert (cost["all"]["runs"], cost["all"]["train_s"]) == (4, 65.0)
