@@ -132,7 +132,8 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict],
         tuned = r["method"] in SAFETY_METHODS and any(
             params.get(s) != getattr(train_config(r["method"], data_name), s) for s in TUNED)
         sc_like = r["method"] in ("sc", *SAFETY_METHODS)
-        rows.append({"method": r["method"], "seed": r["seed"], "gamma": params.get("gamma"),
+        rows.append({"method": r["method"], "data": r.get("data", data_name), "seed": r["seed"],
+                     "gamma": params.get("gamma"),
                      "tuning": tuned, "default_gamma": not sc_like or
                      params.get("gamma") == default_value(data_name, "gamma"),
                      "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
@@ -140,6 +141,7 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict],
                      "val_loss": r.get("val_loss"), "test_loss": r.get("test_loss"),
                      "worst_class_acc": worst.get(r.get("run_dir")),
                      "storage_bytes": r.get("storage_bytes"),
+                     "entropy_coded_bytes": r.get("entropy_coded_bytes"),
                      "feedback_events": r.get("feedback_events"),
                      "feedback_bits": r.get("feedback_bits"),
                      "feedback_monitor_change": r.get("feedback_monitor_change"),

@@ -118,3 +118,20 @@ def test_compute_cost_counts_each_run_once_over_every_table_of_a_notebook():
     assert (cost["02_char_transformer"]["runs"], cost["02_char_transformer"]["train_s"]) \
         == (3, 60.0)
     assert (cost["all"]["runs"], cost["all"]["train_s"]) == (4, 65.0)
+
+
+def test_project_targets_take_every_gamma_of_the_frontiers_as_a_row():
+    study = [_study("sc", s, g, acc, size) | {"entropy_coded_bytes": size - 1_500}
+             for s in range(3) for g, acc, size in ((0.05, 0.991, 6_000), (0.4, 0.992, 2_900))]
+    study += [_study("sc", 0, 0.4, 0.5, 100, tuning=True)]  # a tuning run: left out
+    text = [{"method": m, "seed": s, "gamma": g, "test_loss": loss, "storage_bytes": size}
+            for s in range(2) for m, g, loss, size in (("float", 0.0, 2.0, 800_000),
+                                                       ("sc", 0.1, 2.01, 60_000),
+                                                       ("sc", 0.3, 2.015, 36_000))]
+    rows = {(r["data"], r["gamma"]): r for r in claims.project_targets(
+        {"study_runs": study, "text_study_runs": text})}
+    assert [r["met"] for k, r in sorted(rows.items()) if k[0] == "mnist"] == [False, True]
+    assert rows[("mnist", 0.4)]["n"] == 3
+    assert rows[("names", 0.1)]["float_fraction_mean"] == pytest.approx(0.075)
+    assert rows[("names", 0.3)]["test_loss_rise_mean"] == pytest.approx(0.015)
+    assert not rows[("names", 0.1)]["met"] and rows[("names", 0.3)]["met"]
