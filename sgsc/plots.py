@@ -190,15 +190,21 @@ def _size_axes(ax: Any, xlabel: str, ylabel: str) -> None:
 def frontier(rows: Sequence[dict], *, lines: Sequence[str] = ("sc", "sgsc"),
              x: str = "storage_bytes", y: str = "test_acc", by: str = "gamma",
              xlabel: str = "file size (bytes, log scale)", ylabel: str = "test accuracy",
-             floor: float | None = None) -> Figure:
+             floor: float | str | None = None) -> Figure:
     """Accuracy against size: every run a small dot, each (method, ``by``) point the mean
     with ±1 std over seeds in both directions, one line per method of ``lines`` through
     its points by size; other methods as points only.  ``floor`` zooms the y axis to
     where the methods differ: points below it are drawn at the edge as open triangles
-    (with their value written beside them), so they cannot squash the axis."""
+    (with their value written beside them), so they cannot squash the axis.
+    ``floor="auto"``: just below the lowest run of the ``lines`` methods."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get(y) is not None))
+    if floor == "auto":
+        lowest = [float(r[y]) for r in rows if r["method"] in lines and r.get(y) is not None]
+        floor = min(lowest) - 0.1 * (max(lowest) - min(lowest) or 0.01) if lowest else None
+    elif floor is not None and not isinstance(floor, (int, float)):
+        raise ValueError(f"floor must be a number, 'auto' or None, not {floor!r}")
     for method in methods:
         color = method_color(method)
         mine = [r for r in rows if r["method"] == method and r.get(y) is not None]

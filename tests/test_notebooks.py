@@ -179,3 +179,7 @@ def test_figures_are_saved_as_png_and_svg(tmp_path):
     # a point far below the zoomed axis is drawn at its edge, not where it squashes the rest
     (ax,) = figures["frontier"].axes
     assert ax.get_ylim()[0] >= 0.84 and any("0.500" in t.get_text() for t in ax.texts)
+    # "auto": just below sc's lowest run (0.89), so PTQ-2 at 0.5 sits at the edge
+    (ax,) = plots.frontier(rows + [{"method": "uniform-ptq-2", "storage_bytes": 500,
+                                     "test_acc": 0.5}], floor="auto").axes
+    assert 0.88 < ax.get_ylim()[0] < 0.89 and any("0.500" in t.get_text() for t in ax.texts)
