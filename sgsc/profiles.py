@@ -74,14 +74,13 @@ SGSC_PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.
 # What of it fits the paper profile's hour on 2 cores (beside the defaults, always run):
 # the extremes of the three axes the method is about.  "full" runs every axis above.
 PAPER_AXES = {"init_bits": (2, 32), "gamma": (0.05, 0.2), "lambda_pres": (0.25, 4.0)}
-# Frontiers: each method at these gammas as well as the default (0.05 on MNIST).  sc's
+# Frontiers: sc and sgsc at these gammas as well as the default (0.05 on MNIST).  sc's
 # five span about 2 KB (0.4) to 25 KB (0.005): past sgsc's size at the default (11-13 KB)
 # and below sc-feedback's (about 5 KB), so that each safety run interpolates on sc's
-# frontier of its seed instead of falling off its ends.  sgsc at 0.15 and 0.4 asks the
-# same question at the small sizes the targets are about.  "full" runs sgsc at all five.
+# frontier of its seed instead of falling off its ends; sgsc's own five ask the same
+# question from the small sizes the targets are about to the large ones.
 FULL_GAMMAS = (0.005, 0.015, 0.15, 0.4)
-PAPER_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": (0.15, 0.4)}
-FULL_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS}
+PAPER_FRONTIER = FULL_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS}
 # The transformer's frontiers (names; the default gamma is 0.1): from about 15 % of the
 # float model's bits to under 5 %.  "paper" runs sc's at 0.03 (past sgsc's size at the
 # default, about 65 KB) and 0.3 (toward the 5 % target), so that sgsc can be compared at
