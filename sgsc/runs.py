@@ -91,7 +91,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                   **prefixed("test", evaluate(float_model, splits.test, dev))}
         return finish(method, data_name, seed, result, start, float_info["run_dir"])
 
-    chosen, pres_info, saved = None, {}, {}
+    chosen, pres_info = None, {}
     if method in SAFETY_METHODS:
         chosen = preservation_set(float_model, splits.train, size, seed, float_info["run_dir"],
                                   device=dev, progress=progress)
