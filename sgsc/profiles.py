@@ -78,11 +78,9 @@ PAPER_AXES = {"init_bits": (2, 32), "gamma": (0.05, 0.2), "lambda_pres": (0.25, 
 # five span about 2 KB (0.4) to 25 KB (0.005): past sgsc's size at the default (11-13 KB)
 # and below sc-feedback's (about 5 KB), so that each safety run interpolates on sc's
 # frontier of its seed instead of falling off its ends; sgsc's ask the same question
-# from the small sizes the targets are about to the large ones.  In "paper" sgsc skips
-# 0.005: it would end past sc's largest point (no size to match) and its three runs do
-# not fit the session that trained this report; "full" runs it.
+# from the small sizes the targets are about to the large ones.
 FULL_GAMMAS = (0.005, 0.015, 0.15, 0.4)
-PAPER_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": (0.015, 0.15, 0.4)}
+PAPER_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS}
 # "full" also runs DiffQ at a second penalty (its size term is weighted by gamma too)
 FULL_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS, "diffq": (0.15,)}
 # The transformer's frontiers (names; the default gamma is 0.1): from about 15 % of the
@@ -112,12 +110,12 @@ PROFILES: dict[str, Profile] = {
         search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
         search_budget={"float_epochs": 2, "epochs": 2}),
     # The reported results: MNIST with three seeds and default budgets; of the baselines
-    # only the ones that train nothing (PTQ), so that it fits an hour on 2 CPU cores.
-    # Every method of the harness runs in "full".
+    # uniform PTQ (trains nothing) and QAT at 2-4 bits, the points beside the frontiers.
+    # Every method of the harness (DiffQ, CB-TPE too) runs in "full".
     "paper": Profile(
         name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8",
-                 "uniform-ptq-16"),
+                 "uniform-ptq-16", "uniform-qat-2", "uniform-qat-3", "uniform-qat-4"),
         frontier=PAPER_FRONTIER, tuning=PAPER_TUNING,
         tuning_seeds=(0,),
         tutorial_float_epochs=20, tutorial_epochs=20,

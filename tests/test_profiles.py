@@ -46,8 +46,9 @@ def test_budget_takes_the_notebooks_epoch_parameters():
 def test_the_paper_profile_holds_the_study_and_the_claims_runs():
     paper = profiles.PROFILES["paper"]
     assert len(paper.seeds) >= 3 and "uniform-ptq-16" in paper.methods  # the 60 % claim
-    # with the default: sc's frontier at five gammas, sgsc's at four (five in full)
-    assert len(paper.frontier["sc"]) + 1 >= 5 and len(paper.frontier["sgsc"]) + 1 >= 4
+    # sc's and sgsc's frontiers at five gammas or more, with the default; QAT beside them
+    assert all(len(paper.frontier[m]) + 1 >= 5 for m in ("sc", "sgsc"))
+    assert {f"uniform-qat-{b}" for b in (2, 3, 4)} <= set(paper.methods)
     assert set(paper.ablation_methods) == {"sc-pres", "sc-feedback"}
 
 
