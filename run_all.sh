@@ -3,11 +3,12 @@
 # converts it to HTML, times it, and builds reports/<profile>/index.html.
 # Usage: ./run_all.sh [--profile quick|paper|full] [--force] [--device auto|cpu|cuda]
 #                     [--threads N] [--jobs N]   (--jobs N > 1: train the runs on N workers
-#                                                 first, then run notebooks side by side)
+#                      first, then run notebooks side by side; default 2 on 2+ cores)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile=paper force=0 device=auto threads="" jobs=1
+# two jobs where there are two cores: the runs are single-threaded, so one per core
+profile=paper force=0 device=auto threads="" jobs=$(( $(nproc 2>/dev/null || echo 1) >= 2 ? 2 : 1 ))
 usage() { sed -n '2,6p' "$0" | sed 's/^# //'; }
 while [ $# -gt 0 ]; do
     case "$1" in
