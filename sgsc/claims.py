@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sgsc import compare
-from sgsc.report import METRICS, load_table, mean_std
+from sgsc.report import METRICS, compare_to_float, load_table, mean_std
 
 VERDICTS = ("supported", "refuted", "inconclusive", "not measured")
 SCNN = "Cséfalvay & Imber 2023 (SCNN)"
@@ -270,7 +270,9 @@ def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
     comes; without those tables, the main runs (``image_runs``, ``text_runs``)."""
     image = [r for r in tables.get("study_runs") or tables.get("image_runs", [])
              if not r.get("tuning")]
-    text = _against_float(tables.get("text_study_runs") or tables.get("text_runs", []))
+    study = tables.get("text_study_runs")  # rise and size against the same seed's float
+    text = (compare_to_float(study, score="test_loss", lower_is_better=True) if study
+            else tables.get("text_runs", []))
     rows = []
     for method in ("sc", "sgsc"):
         for gamma, members in _by_gamma(image, method):
@@ -310,19 +312,3 @@ def _by_gamma(rows: Sequence[dict], method: str) -> list[tuple[float | None, lis
         if r["method"] == method:
             groups.setdefault(_gamma(r), []).append(r)
     return sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0.0))
-
-
-def _against_float(rows: Sequence[dict]) -> list[dict]:
-    """Text rows with ``test_loss_rise`` and ``compression`` against the float run of the
-    same seed, where a row does not carry them already."""
-    floats = {r["seed"]: r for r in rows if r["method"] == "float"}
-    out = []
-    for r in rows:
-        ref = floats.get(r.get("seed"))
-        if "test_loss_rise" not in r and ref is not None and r.get("test_loss") is not None \
-                and r.get("storage_bytes"):
-            r = r | {"test_loss_rise": r["test_loss"] - ref["test_loss"],
-                     "compression": ref["storage_bytes"] / r["storage_bytes"]}
-        out.append(r)
-    return out
-

@@ -395,15 +395,13 @@ def _timings(report_dir: Path) -> str:
 
 
 # The first screen: the study's answer, before any detail (file stem, title, columns).
+_MATCHED_COLUMNS = ("method", "gamma", "metric", "size_mean", "matched", "difference",
+                    "ci_low", "ci_high", "confidence", "verdict", "seeds_to_resolve")
 ANSWER = (
     ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
-     "same size: the difference and its confidence interval over seeds",
-     ("method", "gamma", "metric", "size_mean", "matched", "difference", "ci_low", "ci_high",
-      "confidence", "verdict", "seeds_to_resolve")),
+     "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
     ("02_char_transformer__matched_size", "The same on the character transformer: test "
-     "loss at the same size (negative: sgsc's loss is lower)",
-     ("method", "gamma", "metric", "size_mean", "matched", "difference", "ci_low", "ci_high",
-      "confidence", "verdict", "seeds_to_resolve")),
+     "loss at the same size (negative: sgsc's loss is lower)", _MATCHED_COLUMNS),
     ("05_paper_claims__claims", "The papers' claims", ("source", "quote", "n", "mean",
                                                        "ci_low", "ci_high", "side", "claimed",
                                                        "verdict", "seeds_to_resolve")),

@@ -52,8 +52,7 @@ def image_study(profile: Any) -> dict[str, list[dict]]:
     return {
         "ablation": [{"methods": list(profile.ablation_methods), "seeds": seeds,
                       "overrides": {}}],
-        "frontier": [{"methods": [method], "seeds": seeds, "overrides": {"gamma": gamma}}
-                     for method, gammas in profile.frontier.items() for gamma in gammas],
+        "frontier": frontier_requests(profile.frontier, seeds),
         "tuning": [{"methods": ["sgsc"], "seeds": list(profile.tuning_seeds or seeds),
                     "overrides": {setting: value}}
                    for setting, values in profile.tuning.items() for value in values],
@@ -63,10 +62,13 @@ def image_study(profile: Any) -> dict[str, list[dict]]:
 def text_study(profile: Any) -> dict[str, list[dict]]:
     """The runs ``02_char_transformer`` adds to its main grid: sc and sgsc at more gammas
     (``profile.text_frontier``), for the comparison of test loss at matched size."""
-    return {"frontier": [{"methods": [method], "seeds": list(profile.text_seeds),
-                          "overrides": {"gamma": gamma}}
-                         for method, gammas in profile.text_frontier.items()
-                         for gamma in gammas]}
+    return {"frontier": frontier_requests(profile.text_frontier, list(profile.text_seeds))}
+
+
+def frontier_requests(frontier: dict[str, Sequence[float]], seeds: list[int]) -> list[dict]:
+    """One run request per (method, gamma) of ``frontier`` (method: gammas), on ``seeds``."""
+    return [{"methods": [method], "seeds": seeds, "overrides": {"gamma": gamma}}
+            for method, gammas in frontier.items() for gamma in gammas]
 
 
 def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.PathLike,

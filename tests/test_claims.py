@@ -124,7 +124,8 @@ def test_project_targets_take_every_gamma_of_the_frontiers_as_a_row():
     study = [_study("sc", s, g, acc, size) | {"entropy_coded_bytes": size - 1_500}
              for s in range(3) for g, acc, size in ((0.05, 0.991, 6_000), (0.4, 0.992, 2_900))]
     study += [_study("sc", 0, 0.4, 0.5, 100, tuning=True)]  # a tuning run: left out
-    text = [{"method": m, "seed": s, "gamma": g, "test_loss": loss, "storage_bytes": size}
+    text = [{"method": m, "data": "names", "seed": s, "gamma": g, "test_loss": loss,
+             "storage_bytes": size}
             for s in range(2) for m, g, loss, size in (("float", 0.0, 2.0, 800_000),
                                                        ("sc", 0.1, 2.01, 60_000),
                                                        ("sc", 0.3, 2.015, 36_000))]
