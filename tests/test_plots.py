@@ -1,0 +1,79 @@
+"""Figures: what each one draws, read back from the matplotlib artists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.lines import Line2D
+
+from sgsc import plots
+
+
+def _runs(method: str, points: dict[float, tuple[float, float]], seeds=(0, 1)) -> list[dict]:
+    """Rows of ``method`` at gamma -> (size, accuracy), each seed a little apart."""
+    return [{"method": method, "gamma": g, "seed": s, "storage_bytes": size * (1 + 0.01 * s),
+             "test_acc": acc + 0.001 * s} for g, (size, acc) in points.items() for s in seeds]
+
+
+def _traces(fig) -> dict[str, Line2D]:
+    """The line of each errorbar series, by its method (the label's first word)."""
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    return {label.split()[0]: handle.lines[0] for handle, label in
+            zip(handles, labels, strict=True)}
+
+
+def test_frontier_joins_the_points_of_each_method_with_several_and_zooms_to_sc_and_sgsc():
+    rows = (_runs("sc", {0.05: (6000, 0.991), 0.4: (2200, 0.986)})
+            + _runs("sgsc", {0.05: (12000, 0.988)})
+            + _runs("diffq", {0.05: (9000, 0.985), 0.15: (5000, 0.975)})
+            + _runs("uniform-ptq-2", {None: (3000, 0.62)}))
+    fig = plots.frontier(rows, floor="auto")
+    traces = _traces(fig)
+    assert set(traces) == {"sc", "sgsc", "diffq"}  # ptq-2 is below the floor: no series
+    assert traces["sc"].get_linestyle() == "-" and traces["diffq"].get_linestyle() == "-"
+    assert traces["sgsc"].get_linestyle() == "None"  # one gamma: a point, not a line
+    # the points are means over seeds, in order of size
+    sizes, accuracies = (np.asarray(d, float) for d in traces["sc"].get_data())
+    np.testing.assert_allclose(sizes, [2200 * 1.005, 6000 * 1.005])
+    np.testing.assert_allclose(accuracies, [0.9865, 0.9915])
+    # the auto floor sits just below sc's and sgsc's lowest run (0.986), above diffq's
+    bottom = fig.axes[0].get_ylim()[0]
+    assert 0.983 < bottom < 0.986
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert sorted(notes) == ["diffq 0.976", "uniform-ptq-2 0.621"]  # means over seeds
+
+
+def test_frontier_lines_can_be_chosen_and_floor_is_checked():
+    rows = _runs("sc", {0.05: (6000, 0.99), 0.4: (2000, 0.98)}) + _runs(
+        "diffq", {0.05: (9000, 0.98), 0.15: (5000, 0.97)})
+    traces = _traces(plots.frontier(rows, lines=("sc",)))
+    assert traces["diffq"].get_linestyle() == "None" and traces["sc"].get_linestyle() == "-"
+    assert not plots.frontier(rows).axes[0].texts  # no floor: nothing moved to an edge
+    with pytest.raises(ValueError, match="floor must be a number, 'auto' or None"):
+        plots.frontier(rows, floor="low")
+
+
+def test_pareto_draws_one_mean_per_method_with_the_seed_spread():
+    rows = (_runs("sc", {0.05: (6000, 0.99)}, seeds=(0, 1, 2))
+            + _runs("float", {None: (70000, 0.992)}))
+    traces = _traces(plots.pareto(rows))
+    assert set(traces) == {"sc", "float"}
+    # the mean of 0.990, 0.991 and 0.992
+    np.testing.assert_allclose(np.asarray(traces["sc"].get_ydata(), float), [0.991])
+
+
+def test_method_colors_are_fixed_and_save_figure_writes_png_and_svg(tmp_path):
+    assert plots.method_color("sc") == plots.method_color("sc") != plots.method_color("sgsc")
+    assert plots.method_color("diffq") == plots.method_color("diffq")
+    paths = plots.save_figure(plots.pareto(_runs("sc", {0.05: (6000, 0.99)})), tmp_path, "p")
+    assert [p.name for p in paths] == ["p.png", "p.svg"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and b"<svg" in paths[1].read_bytes()[:500]
+
+
+def test_per_class_draws_a_bar_per_class_and_method():
+    table = [{"method": "sc", **{f"class_{i}": 0.99 - 0.001 * i for i in range(10)}},
+             {"method": "sgsc", **{f"class_{i}": 0.98 for i in range(10)}}]
+    ax = plots.per_class(table).axes[0]
+    heights = sorted(round(p.get_height(), 4) for p in ax.patches)
+    assert len(ax.patches) == 20 and heights[0] == 0.98 and heights[-1] == 0.99
