@@ -53,6 +53,17 @@ def run_grid(methods: Sequence[str], data_name: str, seeds: Sequence[int], *,
     return results
 
 
+def run_requests(requests: Sequence[dict], data_name: str, *,
+                 out_dir: str | os.PathLike[str], device: str = "auto",
+                 float_epochs: int | None = None, epochs: int | None = None) -> list[dict]:
+    """:func:`run_grid` for each request ``{"methods", "seeds", "overrides"}`` (the parts
+    of :func:`sgsc.studies.image_study` and :func:`sgsc.studies.text_study`), in order."""
+    return [result for request in requests
+            for result in run_grid(request["methods"], data_name, request["seeds"],
+                                   out_dir=out_dir, device=device, float_epochs=float_epochs,
+                                   epochs=epochs, **request["overrides"])]
+
+
 def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str, dict]:
     """From now on (in this process), ``sgsc.runs`` builds the model of ``data_name`` with
     ``config`` fields overridden -- e.g. a one-layer transformer for a quick profile.

@@ -187,27 +187,32 @@ def _size_axes(ax: Any, xlabel: str, ylabel: str) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
 
-def frontier(rows: Sequence[dict], *, lines: Sequence[str] = ("sc", "sgsc"),
-             x: str = "storage_bytes", y: str = "test_acc", by: str = "gamma",
+def frontier(rows: Sequence[dict], *, lines: Sequence[str] | None = None,
+             zoom: Sequence[str] = ("sc", "sgsc"), x: str = "storage_bytes",
+             y: str = "test_acc", by: str = "gamma",
              xlabel: str = "file size (bytes, log scale)", ylabel: str = "test accuracy",
              floor: float | str | None = None) -> Figure:
     """Accuracy against size: every run a small dot, each (method, ``by``) point the mean
-    with ±1 std over seeds in both directions, one line per method of ``lines`` through
-    its points by size; other methods as points only.  ``floor`` zooms the y axis to
-    where the methods differ: points below it are drawn at the edge as open triangles
-    (with their value written beside them), so they cannot squash the axis.
-    ``floor="auto"``: just below the lowest run of the ``lines`` methods."""
+    with ±1 std over seeds in both directions, and a line through a method's points by
+    size -- for the methods of ``lines``, or (``None``) every method with points at two
+    or more values of ``by``; the other methods as points only.  ``floor`` zooms the y
+    axis to where the methods differ: points below it are drawn at the edge as open
+    triangles (with their value written beside them), so they cannot squash the axis.
+    ``floor="auto"``: just below the lowest run of the ``zoom`` methods."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    methods = list(dict.fromkeys(r["method"] for r in rows if r.get(y) is not None))
+    measured = [r for r in rows if r.get(y) is not None]
+    methods = list(dict.fromkeys(r["method"] for r in measured))
+    if lines is None:
+        lines = [m for m in methods if len({r.get(by) for r in measured if r["method"] == m}) > 1]
     if floor == "auto":
-        lowest = [float(r[y]) for r in rows if r["method"] in lines and r.get(y) is not None]
+        lowest = [float(r[y]) for r in measured if r["method"] in zoom]
         floor = min(lowest) - 0.1 * (max(lowest) - min(lowest) or 0.01) if lowest else None
     elif floor is not None and not isinstance(floor, (int, float)):
         raise ValueError(f"floor must be a number, 'auto' or None, not {floor!r}")
     for method in methods:
         color = method_color(method)
-        mine = [r for r in rows if r["method"] == method and r.get(y) is not None]
+        mine = [r for r in measured if r["method"] == method]
         groups: dict[Any, list[dict]] = {}
         for r in mine:
             groups.setdefault(r.get(by), []).append(r)

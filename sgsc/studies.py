@@ -117,6 +117,11 @@ def profile_grids(profile: Any, out: str | os.PathLike, parts: Sequence[str] = P
     return grids
 
 
+# Methods whose size term gamma weighs (DiffQ's too: sgsc.baselines.diffq); the others
+# (float, uniform, CB-TPE) have no gamma of their own.
+GAMMA_METHODS = ("sc", *SAFETY_METHODS, "diffq")
+
+
 def study_rows(results: Sequence[dict], per_class: Sequence[dict],
                data_name: str) -> list[dict]:
     """One row per run (each run once): method, seed, gamma, the tuned settings, whether
@@ -133,10 +138,10 @@ def study_rows(results: Sequence[dict], per_class: Sequence[dict],
         params = r.get("params", {})
         tuned = r["method"] in SAFETY_METHODS and any(
             params.get(s) != getattr(train_config(r["method"], data_name), s) for s in TUNED)
-        sc_like = r["method"] in ("sc", *SAFETY_METHODS)
+        weighs_gamma = r["method"] in GAMMA_METHODS
         rows.append({"method": r["method"], "data": r.get("data", data_name), "seed": r["seed"],
                      "gamma": params.get("gamma"),
-                     "tuning": tuned, "default_gamma": not sc_like or
+                     "tuning": tuned, "default_gamma": not weighs_gamma or
                      params.get("gamma") == default_value(data_name, "gamma"),
                      "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
                      "val_acc": r.get("val_acc"), "test_acc": r.get("test_acc"),

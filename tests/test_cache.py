@@ -91,3 +91,20 @@ def test_per_class_accuracy_counts_each_class():
     assert cache.per_class_accuracy(Fixed(), data, 3)[:2] == [1.0, 0.0]
     assert cache.per_class_accuracy(Fixed(), data, 3)[2] != cache.per_class_accuracy(
         Fixed(), data, 3)[2]  # NaN: no example of class 2
+
+
+def test_run_requests_train_each_request_with_its_overrides_in_order(tmp_path):
+    from sgsc import cache, defaults
+
+    requests = [{"methods": ["sc"], "seeds": [0], "overrides": {"gamma": 0.5}},
+                {"methods": ["sc", "uniform-ptq-4"], "seeds": [0], "overrides": {}}]
+    budget = {"float_epochs": 1, "epochs": 1}
+    results = cache.run_requests(requests, "digits", out_dir=tmp_path, device="cpu", **budget)
+    assert [(r["method"], r["params"].get("gamma")) for r in results][:2] == [
+        ("sc", 0.5), ("sc", defaults.train_config("sc", "digits").gamma)]
+    assert results[2]["method"] == "uniform-ptq-4" and len(results) == 3
+    assert len({r["run_dir"] for r in results}) == 3  # two sc folders: two settings
+    again = cache.run_grid(["sc"], "digits", [0], out_dir=tmp_path, device="cpu", gamma=0.5,
+                           **budget)
+    assert again[0]["run_dir"] == results[0]["run_dir"]  # the same run, found in its folder
+    assert again[0]["test_acc"] == results[0]["test_acc"]

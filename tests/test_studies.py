@@ -144,6 +144,16 @@ def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
     assert all(r["seeds"] == list(full.seeds) for r in tried)
 
 
+def test_study_rows_mark_the_default_gamma_of_every_method_that_weighs_one():
+    g0 = studies.default_value("digits", "gamma")
+    marked = {(m, g): _row(m, 0, g, 0.9, 1000)["default_gamma"]
+              for m, g in [("sc", g0), ("sc", 0.5), ("diffq", g0), ("diffq", 0.5),
+                           ("uniform-qat-4", 0.5), ("float", None)]}
+    assert marked == {("sc", g0): True, ("sc", 0.5): False, ("diffq", g0): True,
+                      ("diffq", 0.5): False, ("uniform-qat-4", 0.5): True,
+                      ("float", None): True}  # QAT and float have no gamma of their own
+
+
 def test_study_grids_hold_the_same_runs_as_the_notebook(tmp_path):
     from sgsc import profiles
 
