@@ -136,3 +136,16 @@ def test_project_targets_take_every_gamma_of_the_frontiers_as_a_row():
     assert rows[("names", 0.1)]["float_fraction_mean"] == pytest.approx(0.075)
     assert rows[("names", 0.3)]["test_loss_rise_mean"] == pytest.approx(0.015)
     assert not rows[("names", 0.1)]["met"] and rows[("names", 0.3)]["met"]
+
+
+def test_cbtpe_claims_use_notebook_01s_pairs_where_the_profile_has_them(tables):
+    digits = {r["id"]: r for r in claims.assess_claims(tables)}
+    assert digits["cbtpe-faster"]["n"] == 3  # no MNIST pairs: notebook 04's race
+    mnist = [{"method": m, "seed": s, "storage_bytes": size, "test_acc": 0.99,
+              "search_s": t} for s in range(2)
+             for m, size, t in (("cbtpe", 800, 100.0), ("cbtpe-tpe", 1_000, 200.0))]
+    rows = {r["id"]: r for r in claims.assess_claims(tables | {"image_search_runs": mnist})}
+    assert rows["cbtpe-smaller"]["n"] == 2
+    assert rows["cbtpe-smaller"]["mean"] == pytest.approx(0.2)
+    assert rows["cbtpe-faster"]["mean"] == pytest.approx(2.0)
+    assert rows["cbtpe-no-loss"]["mean"] == pytest.approx(0.0)
