@@ -1,4 +1,5 @@
-"""The code base is ruff clean (the settings are in pyproject.toml)."""
+"""House rules: the code base is ruff clean (the settings are in pyproject.toml), and every
+module has its own test file."""
 
 from __future__ import annotations
 
@@ -19,3 +20,13 @@ def test_ruff_is_clean():
     done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_every_module_has_its_own_test_file():
+    """``sgsc/<name>.py`` is tested in ``tests/test_<name>.py``; a subpackage (baselines)
+    in ``tests/test_<package>.py``.  The entry points are tested through the CLI's."""
+    package = ROOT / "sgsc"
+    names = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    names |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    missing = sorted(n for n in names if not (ROOT / "tests" / f"test_{n}.py").exists())
+    assert not missing, f"modules without a test file: {missing}"
