@@ -8,6 +8,7 @@ it promises must exist, and the report built from them must pass the same number
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def test_notebook_is_committed_without_outputs_and_is_parameterized(name):
     for parameter in REQUIRED_PARAMETERS:
         assert f"\n{parameter} = " in f"\n{tagged[0].source}", f"{name} lacks {parameter}"
     assert name in EXPECTED, f"add {name} to EXPECTED in this test"
+    # nbformat 4.5 cells carry ids (a missing one will be an error in later nbformat;
+    # nbformat.read fills them in, so the file itself is read)
+    raw = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+    assert all(c.get("id") for c in raw["cells"]), f"{name} has cells without an id"
 
 
 # ----------------------------------------------------------------------------- executed
