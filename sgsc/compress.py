@@ -222,7 +222,9 @@ class SelfCompression:
     def _stored_inputs(self, name: str, removed_cols: dict[str, Tensor]) -> int:
         """Weights per row of ``name`` left after pruning its input columns."""
         weight = _raw_weight(self._module(name))
-        per_col = weight[0, 0].numel()  # kernel size (1 for Linear / Embedding)
+        # kernel size (1 for Linear / Embedding); from the shape, since a layer whose
+        # every channel was cut has no row to look at
+        per_col = math.prod(weight.shape[2:])
         cols = removed_cols.get(name)
         live_cols = weight.shape[1] if cols is None else int((~cols).sum())
         return live_cols * per_col

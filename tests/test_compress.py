@@ -398,3 +398,32 @@ def test_prune_removes_only_the_dead_rows_asked_for():
         sc.prune(dead_rows={"conv2": torch.arange(28) >= 20})
     with pytest.raises(ValueError, match="not quantized"):
         sc.prune(dead_rows={"bn1": torch.zeros(28, dtype=torch.bool)})
+
+
+def test_a_block_whose_every_head_is_cut_still_trains_counts_and_exports(tmp_path):
+    """All heads of a block dead: q, k and v keep no row at all; the size term, the
+    counted size and the file must still agree (a names sgsc run at gamma 0.3 hit this)."""
+    from sgsc.export import load_compressed, save_compressed
+    from sgsc.models import CharTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = CharTransformer(TransformerConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2,
+                                              n_layer=2))
+    sc = SelfCompression(model, quantize_embeddings=True)
+    with torch.no_grad():
+        for part in ("q", "k", "v"):
+            sc.bit_depths()[f"blocks.0.attn.{part}"][:] = 0.0  # both heads of block 0
+    model.eval()
+    x = model.example_input()
+    out, before, q_before = model(x)[0], sc.size_report(), sc.size_loss()
+    result = sc.prune()
+    assert result.removed_heads == 2
+    assert sc.model.blocks[0].attn.q.parametrizations.weight.original.shape[0] == 0
+    assert torch.allclose(model(x)[0], out, atol=1e-5)
+    assert sc.size_report() == before
+    assert torch.allclose(sc.size_loss(), q_before)  # was an IndexError on the empty layer
+    model.train()
+    (model(x)[0].square().mean() + sc.size_loss()).backward()  # a training step's backward
+    save_compressed(sc, tmp_path / "m.sgsc")
+    model.eval()
+    assert torch.equal(load_compressed(tmp_path / "m.sgsc")(x)[0], model(x)[0])
