@@ -75,20 +75,21 @@ SGSC_PAPER_AXES = {"init_bits": (2, 4, 8, 16, 32), "gamma": (0.02, 0.05, 0.1, 0.
 # the extremes of the three axes the method is about.  "full" runs every axis above.
 PAPER_AXES = {"init_bits": (2, 32), "gamma": (0.05, 0.2), "lambda_pres": (0.25, 4.0)}
 # Frontiers: sc and sgsc at these gammas as well as the default (0.05 on MNIST).  sc's
-# five span about 2 KB (0.4) to 25 KB (0.005): past sgsc's size at the default (11-13 KB)
-# and below sc-feedback's (about 5 KB), so that each safety run interpolates on sc's
-# frontier of its seed instead of falling off its ends; sgsc's ask the same question
+# six span about 2 KB (0.4) to 50 KB (0.002): past sgsc's largest size (about 38 KB at
+# 0.005) and below sc-feedback's (about 5 KB), so that each safety run interpolates on
+# sc's frontier of its seed instead of falling off its ends; sgsc's ask the same question
 # from the small sizes the targets are about to the large ones.
 FULL_GAMMAS = (0.005, 0.015, 0.15, 0.4)
-PAPER_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS}
-# "full" also runs DiffQ at a second penalty (its size term is weighted by gamma too)
-FULL_FRONTIER = {"sc": FULL_GAMMAS, "sgsc": FULL_GAMMAS, "diffq": (0.15,)}
-# The transformer's frontiers (names; the default gamma is 0.1): from about 15 % of the
-# float model's bits to under 5 %.  "paper" runs sc's at 0.03 (past sgsc's size at the
-# default, about 65 KB) and 0.3 (toward the 5 % target), so that sgsc can be compared at
-# matched size; sgsc's own frontier (a names run is 20-30 minutes of a core) is in "full".
+# DiffQ at a second penalty (its size term is weighted by gamma as sc's is; its default
+# is the data set's gamma, 0.05 on MNIST).
+PAPER_FRONTIER = {"sc": (0.002, *FULL_GAMMAS), "sgsc": FULL_GAMMAS, "diffq": (0.15,)}
+FULL_FRONTIER = PAPER_FRONTIER
+# The transformer's frontiers (names; the default gamma is 0.1): sc and sgsc at four
+# gammas each, from about 15 % of the float model's bits (0.03, past sgsc's size at the
+# default, about 65 KB) to under 5 % (0.3, 1.0), so that each sgsc run can be compared
+# with sc at matched size.
 TEXT_FRONTIER = {"sc": (0.03, 0.3, 1.0), "sgsc": (0.03, 0.3, 1.0)}
-PAPER_TEXT_FRONTIER = {"sc": (0.03, 0.3)}
+PAPER_TEXT_FRONTIER = TEXT_FRONTIER
 # Tried on one seed and judged on validation: the L1 weight (default 0.3) in "paper";
 # also L1 1.0 and BatchNorm frozen in the preservation forward (default "eval") in "full".
 PAPER_TUNING = {"l1_weights": (0.0,)}
@@ -104,23 +105,23 @@ PROFILES: dict[str, Profile] = {
         tutorial_float_epochs=4, tutorial_epochs=6,
         text_data="names", text_seeds=(0,), text_float_epochs=1, text_epochs=1,
         text_methods=("float", "sc"), text_model={"n_layer": 1, "n_embd": 32, "n_head": 2},
-        text_frontier={"sc": (0.3,)},  # the code path; sgsc's text frontier is in "full"
+        text_frontier={"sc": (0.3,)},  # the code path; sgsc's text frontier is in "paper"
         sweep_seeds=(0, 1), sweep_axes={"gamma": (0.2,), "lambda_pres": (4.0,)},
         sweep_fixed={"epochs": 2, "float_epochs": 2},
         search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
         search_budget={"float_epochs": 2, "epochs": 2}),
-    # The reported results: MNIST with three seeds and default budgets; of the baselines
-    # uniform PTQ (trains nothing) and QAT at 2-4 bits, the points beside the frontiers.
-    # Every method of the harness (DiffQ, CB-TPE too) runs in "full".
+    # The reported results: MNIST with three seeds and default budgets; every baseline
+    # (uniform PTQ and QAT at 2-4 bits, DiffQ, CB-TPE and plain TPE) beside the frontiers.
     "paper": Profile(
         name="paper", image_data="mnist", seeds=(0, 1, 2), float_epochs=None, epochs=None,
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8",
-                 "uniform-ptq-16", "uniform-qat-2", "uniform-qat-3", "uniform-qat-4"),
+                 "uniform-ptq-16", "uniform-qat-2", "uniform-qat-3", "uniform-qat-4",
+                 "diffq", "cbtpe", "cbtpe-tpe"),
         frontier=PAPER_FRONTIER, tuning=PAPER_TUNING,
         tuning_seeds=(0,),
         tutorial_float_epochs=20, tutorial_epochs=20,
-        # names at seeds 0 and 2: the two whose sc and sgsc runs fit the hour (seed 1's
-        # came last in the queue; "full" runs five)
+        # names at seeds 0 and 2 (a names sgsc run is 10-25 minutes of a core: seed 1's
+        # runs were left out to afford the frontiers; "full" runs five)
         text_data="names", text_seeds=(0, 2), text_float_epochs=None, text_epochs=None,
         text_methods=CORE_METHODS, text_frontier=PAPER_TEXT_FRONTIER,
         # the sweep and the search race on the 8x8 digits: 3 seeds in minutes, not hours

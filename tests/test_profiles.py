@@ -50,6 +50,12 @@ def test_the_paper_profile_holds_the_study_and_the_claims_runs():
     assert all(len(paper.frontier[m]) + 1 >= 5 for m in ("sc", "sgsc"))
     assert {f"uniform-qat-{b}" for b in (2, 3, 4)} <= set(paper.methods)
     assert set(paper.ablation_methods) == {"sc-pres", "sc-feedback"}
+    # every baseline beside them: DiffQ at two penalties (its default and one more),
+    # CB-TPE and plain TPE
+    assert {"diffq", "cbtpe", "cbtpe-tpe"} <= set(paper.methods)
+    assert len(paper.frontier["diffq"]) >= 1
+    # the transformer: sc and sgsc at four gammas or more each, with the default
+    assert all(len(paper.text_frontier[m]) + 1 >= 4 for m in ("sc", "sgsc"))
 
 
 def test_set_threads_refuses_nonsense_and_sets_torch():
