@@ -18,12 +18,24 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from sgsc.quant import init_exponent_maxabs, quantize
 from sgsc.report import FIGURES, mean_std
 
-METHOD_COLORS = {"float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728"}
-_EXTRA_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e")
+# One colour per method of sgsc.defaults.METHODS, no two alike (the frontier figure shows
+# them all): sc and sgsc strong, their halves greens, PTQ browns and greys, QAT oranges
+# and pinks, DiffQ olive, CB-TPE purple and plain TPE cyan (matplotlib's tab20).
+METHOD_COLORS = {
+    "float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728",
+    "sc-pres": "#2ca02c", "sc-feedback": "#98df8a",
+    "uniform-ptq-2": "#c49c94", "uniform-ptq-3": "#8c564b", "uniform-ptq-4": "#7f7f7f",
+    "uniform-ptq-6": "#c7c7c7", "uniform-ptq-8": "#c5b0d5", "uniform-ptq-16": "#dbdb8d",
+    "uniform-qat-2": "#ff7f0e", "uniform-qat-3": "#ffbb78", "uniform-qat-4": "#e377c2",
+    "uniform-qat-6": "#ff9896", "uniform-qat-8": "#aec7e8", "uniform-qat-16": "#9edae5",
+    "diffq": "#bcbd22", "cbtpe": "#9467bd", "cbtpe-tpe": "#17becf",
+}
+_EXTRA_COLORS = ("#f7b6d2", "#1a55a0", "#8b0000", "#556b2f")
 
 
 def method_color(method: str) -> str:
-    """A fixed colour per method, so every figure agrees."""
+    """A fixed colour per method, so every figure agrees (other names: one of a few
+    more, by a hash of the name)."""
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
     return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
