@@ -11,7 +11,7 @@ import optuna
 import pytest
 import torch
 
-from sgsc import cli, runs
+from sgsc import cli, provenance, runs
 from sgsc.baselines import cbtpe, fixed
 from sgsc.export import load_compressed
 from sgsc.models import CNNConfig, MnistCNN
@@ -44,6 +44,8 @@ def _check_schema(result, method, out):
     assert result["storage_bytes"] == files[0].stat().st_size
     saved = json.loads((files[0].parent / "result.json").read_text())
     assert saved["storage_bytes"] == result["storage_bytes"]
+    # provenance: the code that trained it (PTQ trains nothing)
+    assert result["trained_by"] == ([] if result["train_s"] == 0 else [provenance.code_state()])
     return files[0]
 
 

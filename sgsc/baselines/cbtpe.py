@@ -419,6 +419,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                    "bits": found.best["bits"], "widths": found.best["widths"]},
         "search": summary, "selected_epoch": trained.selected_epoch,
         "train_s": round(found.wall_s + trained.wall_s, 2),  # search + final training
+        "trained_by": trained.trained_by,  # the code that trained the final model
         "mean_bits": fixed.mean_bits(),
         "sensitivity": {layer.name: layer.mean_trace for layer in space},
         **packed_result(fixed.sc, out, ref),

@@ -197,7 +197,7 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
     fixed = to_fixed_bits(ref, trainer)
     result = {"params": {**dataclasses.asdict(config), "diffq": dataclasses.asdict(settings)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
-              **own_account,
+              "trained_by": trained.trained_by, **own_account,
               "mean_bits": fixed.mean_bits(), **packed_result(fixed.sc, out, ref)}
     return harness.finish("diffq", data_name, seed, result, start, out)
 

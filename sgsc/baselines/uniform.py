@@ -59,7 +59,8 @@ def _ptq(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     fixed = FixedBits(ref.copy(), bits)
     out = ref.run_folder(method, {"bits": bits})
     result = {"bits": bits, "params": {"bits": bits, "scheme": SCHEME, "training": "none"},
-              "selected_epoch": 0, "train_s": 0.0, **packed_result(fixed.sc, out, ref)}
+              "selected_epoch": 0, "train_s": 0.0, "trained_by": [],  # trains nothing
+              **packed_result(fixed.sc, out, ref)}
     return harness.finish(method, data_name, seed, result, start, out)
 
 
@@ -78,5 +79,5 @@ def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     result = {"bits": bits,
               "params": {"bits": bits, "scheme": SCHEME, **dataclasses.asdict(config)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
-              **packed_result(fixed.sc, out, ref)}
+              "trained_by": trained.trained_by, **packed_result(fixed.sc, out, ref)}
     return harness.finish(method, data_name, seed, result, start, out)
