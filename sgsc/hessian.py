@@ -92,12 +92,15 @@ def _rademacher(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return (signs.to(like.dtype) * 2 - 1).to(like.device)
 
 
+def exact_diagonal(loss_fn: Callable[[], Tensor], param: Tensor) -> Tensor:
+    """``diag(H)`` of one parameter block, with its shape, from the full Hessian's rows
+    (tiny blocks only: one backward pass per element)."""
+    flat_grad = torch.autograd.grad(loss_fn(), param, create_graph=True)[0].reshape(-1)
+    diagonal = [torch.autograd.grad(flat_grad[i], param, retain_graph=True)[0].reshape(-1)[i]
+                for i in range(flat_grad.numel())]
+    return torch.stack(diagonal).reshape(param.shape)
+
+
 def exact_trace(loss_fn: Callable[[], Tensor], param: Tensor) -> float:
     """``tr(H)`` of one parameter block from its full Hessian (tiny blocks only: O(n) passes)."""
-    flat_grad = torch.autograd.grad(loss_fn(), param, create_graph=True)[0].reshape(-1)
-    total = 0.0
-    for i in range(flat_grad.numel()):
-        row = torch.autograd.grad(flat_grad[i], param, retain_graph=True)[0].reshape(-1)
-        total += float(row[i])
-    return total
-
+    return float(exact_diagonal(loss_fn, param).sum())

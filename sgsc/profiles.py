@@ -79,17 +79,15 @@ PAPER_AXES = {"init_bits": (2, 32), "gamma": (0.05, 0.2), "lambda_pres": (0.25, 
 # 0.005) and below sc-feedback's (about 5 KB), so that each safety run interpolates on
 # sc's frontier of its seed instead of falling off its ends; sgsc's ask the same question
 # from the small sizes the targets are about to the large ones.
-FULL_GAMMAS = (0.005, 0.015, 0.15, 0.4)
+FRONTIER_GAMMAS = (0.005, 0.015, 0.15, 0.4)
 # DiffQ at a second penalty (its size term is weighted by gamma as sc's is; its default
-# is the data set's gamma, 0.05 on MNIST).
-PAPER_FRONTIER = {"sc": (0.002, *FULL_GAMMAS), "sgsc": FULL_GAMMAS, "diffq": (0.15,)}
-FULL_FRONTIER = PAPER_FRONTIER
+# is the data set's gamma, 0.05 on MNIST).  "paper" and "full" run the same frontiers.
+FRONTIER = {"sc": (0.002, *FRONTIER_GAMMAS), "sgsc": FRONTIER_GAMMAS, "diffq": (0.15,)}
 # The transformer's frontiers (names; the default gamma is 0.1): sc and sgsc at four
 # gammas each, from about 15 % of the float model's bits (0.03, past sgsc's size at the
 # default, about 65 KB) to under 5 % (0.3, 1.0), so that each sgsc run can be compared
 # with sc at matched size.
 TEXT_FRONTIER = {"sc": (0.03, 0.3, 1.0), "sgsc": (0.03, 0.3, 1.0)}
-PAPER_TEXT_FRONTIER = TEXT_FRONTIER
 # Tried on one seed and judged on validation: the L1 weight (default 0.3) in "paper";
 # also L1 1.0 and BatchNorm frozen in the preservation forward (default "eval") in "full".
 PAPER_TUNING = {"l1_weights": (0.0,)}
@@ -117,19 +115,19 @@ PROFILES: dict[str, Profile] = {
         methods=(*CORE_METHODS, "uniform-ptq-2", "uniform-ptq-4", "uniform-ptq-8",
                  "uniform-ptq-16", "uniform-qat-2", "uniform-qat-3", "uniform-qat-4",
                  "diffq", "cbtpe", "cbtpe-tpe"),
-        frontier=PAPER_FRONTIER, tuning=PAPER_TUNING,
+        frontier=FRONTIER, tuning=PAPER_TUNING,
         tuning_seeds=(0,),
         tutorial_float_epochs=20, tutorial_epochs=20,
         # names at seeds 0 and 2 (a names sgsc run is 10-25 minutes of a core: seed 1's
         # runs were left out to afford the frontiers; "full" runs five)
         text_data="names", text_seeds=(0, 2), text_float_epochs=None, text_epochs=None,
-        text_methods=CORE_METHODS, text_frontier=PAPER_TEXT_FRONTIER,
+        text_methods=CORE_METHODS, text_frontier=TEXT_FRONTIER,
         # the sweep and the search race on the 8x8 digits: 3 seeds in minutes, not hours
         sweep_seeds=(0, 1, 2), sweep_axes=PAPER_AXES, search_seeds=(0, 1, 2)),
     # Five seeds, for tighter error bars; the sweep and the search race on MNIST.
     "full": Profile(
         name="full", image_data="mnist", seeds=(0, 1, 2, 3, 4), float_epochs=None,
-        epochs=None, methods=None, frontier=FULL_FRONTIER, tuning=FULL_TUNING,
+        epochs=None, methods=None, frontier=FRONTIER, tuning=FULL_TUNING,
         tutorial_float_epochs=20, tutorial_epochs=20,
         text_data="names", text_seeds=(0, 1, 2, 3, 4), text_float_epochs=None,
         text_epochs=None, text_methods=CORE_METHODS, text_frontier=TEXT_FRONTIER,
