@@ -272,20 +272,27 @@ def one_thread():
 
 
 def test_gamma_trades_accuracy_for_size(digits_split, one_thread):
+    """Margins from seeds 0-4 (model, split and order seeded alike; another CPU gives other
+    numbers for the same seed), each bound 3.5 sd or more beyond the mean: plain accuracy
+    0.950-0.975 (sd 0.009); gamma 0.02 costs -0.013 to +0.106 of it (mean 0.022, sd 0.048);
+    size ratio 0.44-0.51 (sd 0.03); mean |move| of b in the last epoch at most 0.65 bits;
+    mean b over the last two epochs drifts 0.16-0.66 bits (mean 0.37, sd 0.19)."""
     plain, acc_plain, snaps_plain = train_digits(digits_split, gamma=0.0)
     small, acc_small, snaps_small = train_digits(digits_split, gamma=0.02)
-    assert acc_plain > 0.9 and acc_small > 0.9
+    assert acc_plain > 0.9 and acc_small > acc_plain - 0.2
     assert small.storage_bits() < 0.6 * plain.storage_bits()
     assert small.live_channels() < plain.live_channels() == 34
-    # without size pressure nothing pushes b down: it only grows where weights clip
-    assert snaps_plain[-1].min() >= 7.99
+    # Without size pressure nothing pushes b to zero.  It moves only through the clamp:
+    # up where weights clip, and down where clipping helps the task (a channel fell to
+    # 3.6 bits on seed 4), but on average it grows (mean 9.7-10.1 bits from 8).
+    assert snaps_plain[-1].min() > 0 and snaps_plain[-1].mean() > 8
     # b settles: Adam at lr 0.5 could move each b by 0.5 * 22 = 11 bits an epoch with a
-    # consistent gradient; once the task pushes back it moves well under one bit.
+    # consistent gradient; once the task pushes back it moves about a bit or less.
     steps = math.ceil(1400 / 64)
     for snaps in (snaps_plain, snaps_small):
         move = (snaps[-1] - snaps[-2]).abs()
         assert move.mean() < 1.0 < 0.5 * steps
-        assert abs(snaps[-1].mean() - snaps[-3].mean()) < 0.5
+        assert abs(snaps[-1].mean() - snaps[-3].mean()) < 1.05
 
 
 # ---- pruning keeps the function and the counted size ------------------------------------

@@ -22,11 +22,14 @@ def sgsc_digits(tmp_path_factory):
     return compressed, reference, out
 
 
-def test_sgsc_compresses_4x_and_keeps_accuracy(sgsc_digits):
+def test_sgsc_compresses_3_5x_and_keeps_accuracy(sgsc_digits):
+    """Over seeds 0-4 the counted size was 0.22-0.24 of the float model's (sd 0.009), the
+    file 0.24-0.26 (sd 0.008), and validation accuracy moved -0.007 to +0.007 (sd 0.006)
+    from the float model's; the bounds (1/3.5, -0.02) sit 3.5 sd or more beyond the mean."""
     compressed, reference, _ = sgsc_digits
-    assert compressed["storage_bits_counted"] * 4 <= reference["storage_bytes"] * 8
-    assert compressed["storage_bytes"] * 4 <= reference["storage_bytes"] * 1.1  # the real file
-    assert compressed["val_acc"] >= reference["val_acc"] - 0.01
+    assert compressed["storage_bits_counted"] * 3.5 <= reference["storage_bytes"] * 8
+    assert compressed["storage_bytes"] * 3.5 <= reference["storage_bytes"]  # the real file
+    assert compressed["val_acc"] >= reference["val_acc"] - 0.02
 
 
 

