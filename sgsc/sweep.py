@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 import sgsc
-from sgsc import atomic
+from sgsc import atomic, provenance
 
 GRID_KEYS = ("data", "methods", "seeds", "grid", "fixed", "out", "device")
 RESERVED = ("seed", "device", "progress")  # set by the sweep itself, not per run
@@ -270,7 +270,7 @@ def execute(spec: RunSpec, out: str, device: str, runner: Runner = run_spec,
     if (stored := cached(out, spec)) is not None:
         return stored
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(provenance.DEFAULT_THREADS)  # as every run of the notebooks
     outcome = {"key": spec.key, "spec": spec.params(), "sgsc": sgsc.__version__}
     if reference is not None and reference["status"] != "done":
         outcome |= {"status": "failed", "error": "float reference failed",

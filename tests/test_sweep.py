@@ -14,8 +14,9 @@ import cloudpickle
 import dask
 import distributed  # noqa: F401  (loads its config defaults before dask.config.set)
 import pytest
+import torch
 
-from sgsc import cli, sweep
+from sgsc import cli, provenance, sweep
 
 # Runners defined here travel to the workers by value (tests/ is not importable there).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -50,8 +51,15 @@ def test_parallel_sweep_matches_serial_runs(client, tmp_path):
     report = sweep.run_sweep(grid, client, progress=False)
     specs = grid.specs()
     assert len(specs) == 5 and not report.failed  # 1 float reference + 2 methods x 2 gammas
+    threads = torch.get_num_threads()
+    torch.set_num_threads(provenance.DEFAULT_THREADS)  # the workers' count: the same numbers
+    try:
+        serial_runs = {spec.key: sweep.run_spec(spec, str(tmp_path / "serial"), "cpu")
+                  for spec in specs}
+    finally:
+        torch.set_num_threads(threads)
     for spec in specs:
-        serial = sweep.run_spec(spec, str(tmp_path / "serial"), "cpu")
+        serial = serial_runs[spec.key]
         stored = json.loads((tmp_path / "parallel/sweep" / f"{spec.key}.json").read_text())
         assert _metrics(stored["result"]) == _metrics(serial), spec.label
     again = sweep.run_sweep(grid, client, progress=False)
