@@ -138,14 +138,26 @@ def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,
     return root / f"{method}-s{seed}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
+def trained_on(trained_by: list[dict]) -> str:
+    """The CPUs that trained a run, from its ``trained_by`` entries, joined by "; "."""
+    cpus = dict.fromkeys(entry.get("cpu") or "not recorded" for entry in trained_by)
+    return "; ".join(cpus)
+
+
 def finish(method: str, data_name: str, seed: int, result: dict, start: float,
            folder: Path) -> dict:
-    """The result row of a run: identity, ``result``, threads, code, wall time and folder,
-    also written to ``<folder>/result.json``."""
+    """The result row of a run: identity, ``result``, threads, code, machine, wall time and
+    folder, also written to ``<folder>/result.json``.
+
+    ``machine`` is where this call evaluated the model; ``trained_on`` names the CPUs of
+    ``result["trained_by"]`` (a flat column for tables: "not recorded" for code that did
+    not record its CPU, empty for a method that trains nothing)."""
     if isinstance(result.get("params"), dict):  # the settings that made it, threads too
         result = result | {"params": result["params"] | {"threads": provenance.threads()}}
     row = {"method": method, "data": data_name, "seed": seed, **result,
+           "trained_on": trained_on(result.get("trained_by", [])),
            "threads": provenance.threads(), "code": provenance.code_state(),
+           "machine": provenance.machine(),
            "wall_s": round(time.perf_counter() - start, 2), "run_dir": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_json(row, folder / "result.json")

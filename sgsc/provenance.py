@@ -1,15 +1,22 @@
-"""Which code made a result: the package version, the git commit, and its thread count.
+"""Which code and which machine made a result: the package version, the git commit, the
+thread count, the CPU and the math libraries torch computes with.
 
-Every result of :func:`sgsc.runs.run` carries :func:`code_state` and the torch thread
-count, and the run folder key includes both the version and the thread count, because on
+Every result of :func:`sgsc.runs.run` carries :func:`code_state`, the torch thread count
+and :func:`machine`, and each code that trained a run's epochs is recorded with
+:func:`training_state`.  The run folder key includes the version and the thread count: on
 a CPU the summation order of a parallel kernel -- and with it every later number --
-depends on how many threads share the work.
+depends on how many threads share the work.  The CPU is recorded but not keyed (a key
+would hide every cached run from a second machine): the same seed gives other numbers on
+another CPU (other BLAS/oneDNN kernels, other rounding), so a result says where it was
+made, and the report says which CPUs made its runs.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -52,3 +59,47 @@ def threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def training_state() -> dict[str, Any]:
+    """:func:`code_state` plus the CPU and thread count: who trained a run's epochs."""
+    return code_state() | {"cpu": machine()["cpu"], "threads": threads()}
+
+
+@functools.lru_cache(maxsize=1)
+def machine() -> dict[str, Any]:
+    """The CPU model, the instruction set torch dispatches to, and the BLAS and oneDNN
+    builds torch reports, plus the GPU when one is present."""
+    import torch
+
+    config = torch.__config__.show()
+    onednn = re.search(r"(?:MKL-DNN|oneDNN)\s+(v[\d.]+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\w.]+)", config)
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": (f"{blas.group(1)} {mkl.group(1)}" if blas and mkl and blas.group(1) == "mkl"
+                     else blas.group(1) if blas else "unknown"),
+            "onednn": onednn.group(1) if onednn else None, "torch": torch.__version__,
+            "gpu": gpu}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, sysctl on macOS), or the
+    architecture when the system does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, timeout=5, check=True)
+            if done.stdout.strip():
+                return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"

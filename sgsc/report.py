@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from sgsc import atomic
-from sgsc.provenance import git_state
+from sgsc.provenance import git_state, machine
 
 METRICS = "metrics"
 FIGURES = "figures"
 TIMINGS = "timings"  # metrics/timings.json, written by run_all.sh
+TRAINED_ON = "report_trained_on"  # metrics/report_trained_on.json, written by build_report
 PACKAGES = ("sgsc", "torch", "numpy", "scikit-learn", "pandas", "matplotlib", "seaborn",
             "papermill", "nbconvert", "ipykernel")
 
@@ -168,13 +169,34 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    """CPU count, torch threads and GPU (if any) of this process."""
+    """The CPU (model, instruction set, BLAS and oneDNN builds), CPU count, torch threads
+    and GPU (if any) of this process."""
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return machine() | {"gpu": machine()["gpu"] or "none", "machine": platform.machine(),
+                        "system": platform.system(), "python": platform.python_version(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def trained_on_table(report_dir: str | os.PathLike[str]) -> list[dict]:
+    """Which CPUs (and thread counts) trained the runs behind a report: one row per
+    ``(trained_on, threads)`` with its number of distinct runs, read from every metrics
+    table whose rows are runs (they carry ``run_dir``)."""
+    runs: dict[str, tuple[str, Any]] = {}
+    for path in sorted((Path(report_dir) / METRICS).glob("*.json")):
+        rows = _load(path)
+        if not isinstance(rows, list):
+            continue
+        for row in rows:
+            if isinstance(row, dict) and row.get("run_dir"):
+                cpu = row.get("trained_on")
+                runs[row["run_dir"]] = ("not recorded (older result)" if cpu is None
+                                        else cpu or "nothing trained", row.get("threads"))
+    counts: dict[tuple[str, Any], int] = {}
+    for key in runs.values():
+        counts[key] = counts.get(key, 0) + 1
+    return [{"trained_on": cpu, "threads": threads, "runs": n}
+            for (cpu, threads), n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
 def data_checksums(datasets: Sequence[str]) -> list[dict[str, Any]]:
@@ -447,6 +469,7 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
     save_json({"profile": profile,
                "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                "git": git_state(), "packages": package_versions()}, report_dir, "report")
+    save_json(trained_on_table(report_dir), report_dir, TRAINED_ON)
     stems = _notebooks(report_dir)
     build = f"{METRICS}/report.json"
     toc = "".join(f"<li><a href='#{html.escape(s)}'>{html.escape(s)}</a></li>" for s in stems)
@@ -458,6 +481,12 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None)
             _answer(report_dir),
             f"<h2>contents</h2><ul>{toc}</ul>",
             "<h2>build</h2>", render_mapping(_load(report_dir / build), build),
+            "<h2>the CPUs that trained these runs</h2><p class='note'>The same seed gives "
+            "other numbers on another CPU (its BLAS and oneDNN kernels round differently); "
+            "each notebook's provenance below names the CPU, BLAS and oneDNN builds that "
+            "made its tables.</p>",
+            render_table(_load(report_dir / METRICS / f"{TRAINED_ON}.json"),
+                         f"{METRICS}/{TRAINED_ON}.json"),
             "<h2>wall time per notebook</h2>", _timings(report_dir)]
     body += [_section(report_dir, stem) for stem in stems]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"

@@ -156,7 +156,7 @@ class TrainResult:
     selected: dict = field(default_factory=dict)  # metrics of the selected epoch
     feedback_events: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
-    trained_by: list[dict] = field(default_factory=list)  # code states that trained epochs
+    trained_by: list[dict] = field(default_factory=list)  # code and CPU that trained
 
 
 class Trainer:
@@ -193,7 +193,7 @@ class Trainer:
         self.selected_epoch = 0
         self.selected_state: dict | None = None
         self.shrinks: list[dict] = []  # one row per removal of dead channels
-        self.trained_by: list[dict] = []  # sgsc.provenance.code_state of each code that trained
+        self.trained_by: list[dict] = []  # provenance.training_state of each that trained
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ pieces
@@ -354,8 +354,8 @@ class Trainer:
             self.safety.start(self.optimizer)  # the first healthy snapshot
         start = time.perf_counter() - self.wall_s
         epochs = range(self.epoch, self.config.epochs)
-        if len(epochs) and provenance.code_state() not in self.trained_by:
-            self.trained_by.append(provenance.code_state())  # this code trains epochs now
+        if len(epochs) and provenance.training_state() not in self.trained_by:
+            self.trained_by.append(provenance.training_state())  # this code trains epochs now
         for _ in tqdm(epochs, desc="epochs", disable=not self.config.progress,
                       initial=self.epoch, total=self.config.epochs):
             train_metrics = self.train_epoch()

@@ -45,7 +45,9 @@ def _check_schema(result, method, out):
     saved = json.loads((files[0].parent / "result.json").read_text())
     assert saved["storage_bytes"] == result["storage_bytes"]
     # provenance: the code that trained it (PTQ trains nothing)
-    assert result["trained_by"] == ([] if result["train_s"] == 0 else [provenance.code_state()])
+    assert result["trained_by"] == ([] if result["train_s"] == 0 else [provenance.training_state()])
+    assert result["trained_on"] == ("" if result["train_s"] == 0 else provenance.cpu_model())
+    assert result["machine"]["cpu"] == provenance.cpu_model()
     return files[0]
 
 

@@ -1,4 +1,5 @@
-"""Which code made a result: version, commit, uncommitted changes, threads."""
+"""Which code and machine made a result: version, commit, uncommitted changes, threads,
+CPU, BLAS and oneDNN."""
 
 from __future__ import annotations
 
@@ -40,3 +41,29 @@ def test_threads_is_torchs_count():
         assert provenance.threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_machine_names_the_cpu_and_the_math_libraries_torch_reports():
+    info = provenance.machine()
+    assert info["cpu"] == provenance.cpu_model() and info["cpu"] not in ("", "unknown")
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["torch"] == torch.__version__
+    config = torch.__config__.show()
+    assert info["blas"].split()[0] in config  # e.g. "mkl 2024.2" from BLAS_INFO=mkl
+    assert info["onednn"] is None or info["onednn"] in config
+    assert provenance.machine() is info  # read once per process
+
+
+def test_training_state_is_the_code_state_with_cpu_and_threads():
+    state = provenance.training_state()
+    assert state == provenance.code_state() | {"cpu": provenance.cpu_model(),
+                                               "threads": torch.get_num_threads()}
+
+
+def test_a_run_says_which_cpu_trained_it_and_which_evaluated_it(tmp_path):
+    from sgsc import runs
+
+    row = runs.run("float", "digits", out_dir=tmp_path, progress=False, epochs=1)
+    assert row["trained_on"] == provenance.cpu_model()
+    assert row["machine"] == provenance.machine()
+    assert row["trained_by"] == [provenance.training_state()]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import report
+from sgsc import provenance, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -297,3 +297,24 @@ def test_the_committed_paper_report_matches_its_metrics():
     if not index.exists():
         pytest.skip("no committed paper report")
     assert check_index(index) == []
+
+
+def test_the_report_says_which_cpus_trained_its_runs(report_dir):
+    rows = [{"method": "sc", "seed": s, "run_dir": f"runs/digits/sc-s{s}-abc", "threads": 1,
+             "trained_on": cpu} for s, cpu in enumerate(["CPU A", "CPU A", "CPU B"])]
+    rows += [{"method": "uniform-ptq-4", "seed": 0, "run_dir": "runs/digits/p", "threads": 1,
+              "trained_on": ""},
+             {"method": "sc", "seed": 9, "run_dir": "runs/digits/old", "threads": 1}]
+    report.save_table(rows, report_dir, "03_sweeps__runs")
+    report.save_table(rows[:1], report_dir, "03_sweeps__again")  # one run, counted once
+    assert report.trained_on_table(report_dir) == [
+        {"trained_on": "CPU A", "threads": 1, "runs": 2},
+        {"trained_on": "CPU B", "threads": 1, "runs": 1},
+        {"trained_on": "nothing trained", "threads": 1, "runs": 1},
+        {"trained_on": "not recorded (older result)", "threads": 1, "runs": 1}]
+    text = report.build_report(report_dir, "quick").read_text()
+    assert "the CPUs that trained these runs" in text
+    assert 'data-src="metrics/report_trained_on.json#0/trained_on">CPU A<' in text
+    run_info = report.run_info("01_mnist_cnn", {}, [])
+    assert run_info["hardware"]["cpu"] == provenance.cpu_model()
+    assert {"blas", "onednn", "cpu_capability"} <= set(run_info["hardware"])

@@ -203,14 +203,18 @@ def test_a_killed_run_resumes_after_a_shrink_to_the_same_numbers(digits, tmp_pat
 
 
 def test_shrinking_moves_results_only_slightly_and_keeps_the_size_accounting(digits):
-    """Removal is exact in eval mode; train-mode BatchNorm lets the runs drift a little."""
+    """Removal is exact in eval mode; train-mode BatchNorm lets the runs drift a little.
+
+    Over seeds 0-4 (model and run seeded alike) the selected validation accuracy of the
+    shrinking run moved -0.041 to +0.015 from the other's (mean -0.002, sd 0.023: 0.08 is
+    3.5 sd), and the size ratio was 0.999-1.006."""
     trainer, shrunk = _shrinking_fit(digits, None, epochs=3)
     model = _cnn()
     sc = SelfCompression(model)
     config = dataclasses.replace(trainer.config, shrink_every=0)
     whole = Trainer(model, digits.train, digits.val, config, compression=sc).fit()
     assert trainer.compression.storage_bytes() == shrunk.selected["storage_bytes"]
-    assert abs(shrunk.selected["val_accuracy"] - whole.selected["val_accuracy"]) < 0.03
+    assert abs(shrunk.selected["val_accuracy"] - whole.selected["val_accuracy"]) < 0.08
     ratio = shrunk.selected["storage_bytes"] / whole.selected["storage_bytes"]
     assert 0.85 < ratio < 1.15
 
@@ -232,9 +236,11 @@ def test_every_code_that_trained_a_run_is_recorded(digits, tmp_path, monkeypatch
     from sgsc import provenance
 
     _killed_in_epoch(monkeypatch, 2, lambda: _fit(digits, tmp_path))
-    first = provenance.code_state()
-    later = first | {"git_sha": "f" * 40}
-    monkeypatch.setattr(provenance, "code_state", lambda: later)
+    first = provenance.training_state()
+    assert first["cpu"] == provenance.cpu_model() and first["threads"] == torch.get_num_threads()
+    other_code = provenance.code_state() | {"git_sha": "f" * 40}
+    monkeypatch.setattr(provenance, "code_state", lambda: other_code)
+    later = provenance.training_state()
     _, result = _fit(digits, tmp_path)  # resumed by other code
     assert result.trained_by == [first, later]
     assert json.loads((tmp_path / "history.json").read_text())["trained_by"] == [first, later]
