@@ -240,3 +240,56 @@ def test_a_model_without_quantizers_is_refused():
 def test_bad_config_is_rejected_naming_the_setting(bad, name):
     with pytest.raises(ValueError, match=name):
         FeedbackConfig(**bad)
+
+
+class _TwoPaths(torch.nn.Module):
+    """Two one-channel layers whose restores cost 8 bits (``wide``) and 1 bit (``narrow``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide = torch.nn.Linear(8, 1, bias=False)
+        self.narrow = torch.nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        return self.wide(x[:, :8]) + self.narrow(x[:, 8:])
+
+
+@pytest.mark.parametrize("allowance, chosen", [(8, {"narrow"}), (9, {"narrow", "wide"})])
+def test_the_allowance_goes_to_the_most_decrease_per_bit_first(allowance, chosen):
+    """Known decreases and costs: ``wide`` lowers the monitor loss more (0.1 against 0.05)
+    but per added bit less (0.0125 against 0.05), so within 8 bits only ``narrow`` is
+    refined; a controller that ranked by total decrease, or least per bit first, would
+    spend the 8 bits on ``wide``."""
+    model = _TwoPaths()
+    sc = SelfCompression(model, init_bits=2)
+    with torch.no_grad():
+        for layer in (model.wide, model.narrow):
+            layer.parametrizations.weight.original.fill_(0.75)
+        for q in sc.quantizers.values():  # 2 bits, step 0.5: 0.75 is stored as 0.5
+            q.bit_depth.fill_(2.0)
+            q.exponent.fill_(-1.0)
+    # A monitor loss linear in the quantized weights, so first order is exact: refining
+    # 0.5 -> 0.75 changes it by slope * 0.25 per weight.
+    slopes = {"wide": -0.05, "narrow": -0.2}
+
+    def monitor_loss():
+        return sum(s * model.get_submodule(n).weight.sum() for n, s in slopes.items())
+
+    def monitor():
+        with torch.no_grad():
+            return Reading(float(monitor_loss()))
+
+    total = sc.total_weights  # 9
+    fb = FeedbackController(sc, monitor, monitor_loss, float_level=-10.0,
+                            config=FeedbackConfig(threshold=0.0, event_budget=allowance / total,
+                                                  run_budget=1.0, backtracks=0))
+    bits = _bits(sc)
+    event = fb.check(1)
+    assert event is not None
+    changed = {n for n, q in sc.quantizers.items() if not torch.equal(q.bit_depth, bits[n])}
+    assert changed == chosen
+    costs = {"wide": 8, "narrow": 1}
+    assert event.bits_added == sum(costs[n] for n in chosen)
+    expected = sum(slopes[n] * 0.25 * costs[n] for n in chosen)
+    assert event.predicted_change == pytest.approx(expected)
+    assert event.monitor_loss_after - event.monitor_loss_before == pytest.approx(expected)
