@@ -30,3 +30,25 @@ def test_every_module_has_its_own_test_file():
     names |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
     missing = sorted(n for n in names if not (ROOT / "tests" / f"test_{n}.py").exists())
     assert not missing, f"modules without a test file: {missing}"
+
+
+BINARY = (".whl", ".pt", ".pth", ".ckpt", ".so", ".zip", ".tar.gz", ".tgz", ".npz", ".pkl")
+
+
+def _git(*args: str) -> str:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+
+
+def test_nothing_binary_is_tracked_and_gitignore_keeps_it_out():
+    """Wheels, checkpoints, archives and data never enter git (they are fetched or
+    generated); .gitignore keeps a new one out."""
+    tracked = _git("ls-files").splitlines()
+    assert not [f for f in tracked if f.endswith(BINARY)]
+    big = [f for f in tracked if (ROOT / f).is_file() and (ROOT / f).stat().st_size > 5 << 20]
+    assert not big, f"files over 5 MB are tracked: {big}"
+    probes = ["x.whl", "runs/a/checkpoint.pt", "data/mnist.npz", "a.ckpt", "a.tar.gz"]
+    ignored = _git("check-ignore", "--no-index", *probes).splitlines()
+    assert ignored == probes
