@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from sgsc import defaults
-from sgsc.compress import SelfCompression
-from sgsc.export import CODINGS, load_compressed, save_compressed
-from sgsc.models import build_model
-from sgsc.prune import load_state_resizing
-from sgsc.train import CHECKPOINT
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments import defaults
+from sgsc.experiments.models import build_model
+from sgsc.experiments.train import CHECKPOINT
+from sgsc.fileformat.export import CODINGS, load_compressed, save_compressed
+from sgsc.structure.prune import load_state_resizing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Training-step overhead of self-compression, and export/load time, on the MNIST CNN.
 
 One training step (forward, backward, Adam step) of the float model is timed against the
-same step of the model wrapped in :class:`sgsc.compress.SelfCompression` (loss
+same step of the model wrapped in :class:`sgsc.core.compress.SelfCompression` (loss
 ``cross_entropy + gamma * size_loss``).  The two are interleaved (alternating which goes
 first) so that drifting machine load hits both alike; the medians are compared.  Random
 MNIST-shaped data: only speed is measured.
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgsc.compress import SelfCompression
-from sgsc.export import entropy_coded_bytes, load_compressed, save_compressed
-from sgsc.models import build_model
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments.models import build_model
+from sgsc.fileformat.export import entropy_coded_bytes, load_compressed, save_compressed
 
 GOAL_RATIO = 1.3
 

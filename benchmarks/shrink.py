@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from sgsc import runs
-from sgsc.compress import SelfCompression
-from sgsc.train import Trainer, resolve_device
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments import runs
+from sgsc.experiments.train import Trainer, resolve_device
 
 GOAL_RATIO = 0.7
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sgsc import sweep
+from sgsc.experiments import sweep
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def grid(out: Path, seeds: int, epochs: int) -> sweep.Grid:
 
 def warm_up() -> None:
     """Import torch and sgsc and load the digits on a worker, so that is not timed."""
-    from sgsc import runs
+    from sgsc.experiments import runs
 
     runs.load_splits("digits")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from sgsc import data, provenance
+from sgsc.experiments import data, provenance
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -35,14 +35,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Faults of the input or the machine, each told in one ``error:`` line (exit 2)."""
-    from sgsc.atomic import WriteError
-    from sgsc.train import CheckpointError
+    from sgsc.experiments.train import CheckpointError
+    from sgsc.fileformat.atomic import WriteError
 
     return (ValueError, data.DataError, WriteError, CheckpointError)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sgsc import runs  # imported here: `data verify` should not pay for torch models
+    from sgsc.experiments import runs
 
     if args.threads < 1:
         print("error: --threads must be a positive count", file=sys.stderr)
@@ -67,11 +67,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from sgsc import atomic, profiles, report
+    from sgsc.experiments import profiles
+    from sgsc.fileformat import atomic
+    from sgsc.reporting import report
 
     try:
         folder = profiles.profile_report_dir(args.profile, args.reports)
-        path = report.build_report(folder, args.profile)
+        path = report.build_report(folder, args.profile, provenance.build_info())
     except (ValueError, FileNotFoundError, atomic.WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -138,7 +140,8 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sgsc import atomic, sweep
+    from sgsc.experiments import sweep
+    from sgsc.fileformat import atomic
 
     try:
         grid = sweep.load_grid(args.grid)
@@ -190,7 +193,8 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import time
 
-    from sgsc import atomic, profiles, studies, sweep
+    from sgsc.experiments import profiles, studies, sweep
+    from sgsc.fileformat import atomic
 
     try:
         prof = profiles.check_parameters(profile=args.profile, device=args.device)
@@ -219,7 +223,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_pretrain_parser(commands: argparse._SubParsersAction) -> None:
-    from sgsc.studies import PARTS
+    from sgsc.experiments.studies import PARTS
 
     cmd = commands.add_parser(
         "pretrain", allow_abbrev=False,

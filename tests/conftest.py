@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgsc import data
+from sgsc.experiments import data
 
 
 def _threads() -> int:

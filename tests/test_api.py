@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import sgsc
-from sgsc.models import build_model
+from sgsc.experiments.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_readme_safety_loop_runs_and_every_restore_helps(digits):
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from sgsc.models import CNNConfig
+    from sgsc.experiments.models import CNNConfig
 
     code = _readme_block("SafetyGuidance").replace("range(6)", "range(2)")
     model = build_model("mnist_cnn", **CNNConfig.for_digits().__dict__)
@@ -67,8 +67,8 @@ def test_readme_safety_loop_runs_and_every_restore_helps(digits):
 
 
 def test_readme_states_the_safety_defaults_that_run():
-    from sgsc import runs
-    from sgsc.feedback import FeedbackConfig
+    from sgsc.core.feedback import FeedbackConfig
+    from sgsc.experiments import runs
 
     text = " ".join((ROOT / "README.md").read_text().split())
     cfg = FeedbackConfig()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from sgsc import atomic
+from sgsc.fileformat import atomic
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     path = tmp_path / "checkpoint.pt"
     # a real process that starts a write and is killed (SIGKILL) before the rename
     code = ("import os, sys, tempfile\n"
-            "from sgsc import atomic\n"
+            "from sgsc.fileformat import atomic\n"
             "orig = atomic.os.replace\n"
             "atomic.os.replace = lambda *a: os.kill(os.getpid(), 9)\n"
             f"atomic.write_bytes({str(path)!r}, b'half')\n")

@@ -11,11 +11,12 @@ import optuna
 import pytest
 import torch
 
-from sgsc import cli, provenance, runs
-from sgsc.baselines import cbtpe, fixed
-from sgsc.export import load_compressed
-from sgsc.models import CNNConfig, MnistCNN
-from sgsc.train import TrainConfig, Trainer
+from sgsc import cli
+from sgsc.experiments import provenance, runs
+from sgsc.experiments.baselines import cbtpe, fixed
+from sgsc.experiments.models import CNNConfig, MnistCNN
+from sgsc.experiments.train import TrainConfig, Trainer
+from sgsc.fileformat.export import load_compressed
 
 FLOAT = {"epochs": 3}  # a quick float reference, shared by every run of this file
 SCHEMA = ("method", "data", "seed", "params", "val_acc", "val_loss", "test_acc", "test_loss",
@@ -111,7 +112,7 @@ def test_fixed_bits_zero_width_channels_are_removed_on_export(tmp_path):
     narrow = fixed.FixedBits(model, 4, dead={"conv1": dead})
     wide = fixed.FixedBits(MnistCNN(CNNConfig.for_digits()), 4)
     assert narrow.sc.storage_bytes() < wide.sc.storage_bytes()
-    from sgsc.export import save_compressed
+    from sgsc.fileformat.export import save_compressed
 
     save_compressed(narrow.sc, tmp_path / "m.sgsc")
     assert load_compressed(tmp_path / "m.sgsc").conv1.out_channels == 4
@@ -230,7 +231,7 @@ def test_baseline_dispatch_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         runs.run("magic", "digits")
     with pytest.raises(ValueError, match="B must be one of"):
-        from sgsc.baselines import uniform
+        from sgsc.experiments.baselines import uniform
 
         uniform.parse("uniform-ptq-5")
     assert np.isclose(cbtpe.CBTPEConfig(widths=[0.5, 1]).widths[0], 0.5)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sgsc.bitpack import (
+from sgsc.fileformat.bitpack import (
     BitReader,
     BitWriter,
     pack_rows,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgsc import claims
+from sgsc.reporting import claims
 
 
 def _image(method, seed, acc, size, weights=1000, entropy=None):

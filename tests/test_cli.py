@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from sgsc import atomic, runs
 from sgsc.cli import build_parser, main
-from sgsc.train import CHECKPOINT
+from sgsc.experiments import runs
+from sgsc.experiments.train import CHECKPOINT
+from sgsc.fileformat import atomic
 
 
 def _no_training(monkeypatch):
@@ -115,7 +116,7 @@ def test_threads_default_to_one_and_are_recorded(tmp_path, capsys):
 
 
 def test_pretrain_trains_the_notebook_runs_where_the_notebook_finds_them(tmp_path, capsys):
-    from sgsc import cache, profiles, studies
+    from sgsc.experiments import profiles, store, studies
 
     out = tmp_path / "runs"
     assert main(["pretrain", "--profile", "quick", "--parts", "ablation", "--workers", "1",
@@ -127,14 +128,14 @@ def test_pretrain_trains_the_notebook_runs_where_the_notebook_finds_them(tmp_pat
     assert folders == {"float", "sc-pres", "sc-feedback"}
     # the notebook's own call reloads them: nothing left to train
     before = {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")}
-    cache.run_grid(request["methods"], "digits", request["seeds"], out_dir=out / "quick",
+    store.run_grid(request["methods"], "digits", request["seeds"], out_dir=out / "quick",
                    device="auto", **profiles.budget(quick))
     assert {p: p.stat().st_mtime for p in out.rglob("checkpoint.pt")} == before
     assert main(["pretrain", "--profile", "nope", "--out", str(out)]) == 2
 
 
 def test_a_report_into_a_read_only_folder_is_one_error_line(tmp_path, monkeypatch, capsys):
-    from sgsc import report
+    from sgsc.reporting import report
 
     folder = tmp_path / "quick"
     report.save_json({"a": 1}, folder, "01_mnist_cnn__x")

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from sgsc.compare import (
+from sgsc.reporting.compare import (
     interpolate_log_size,
     matched_differences,
     seeds_to_resolve,

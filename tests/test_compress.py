@@ -1,4 +1,4 @@
-"""sgsc.compress: wrapping, hand-computed sizes, optimizer groups, and the gamma trade-off."""
+"""sgsc.core.compress: wrapping, hand-computed sizes, optimizer groups, and the gamma trade-off."""
 
 import math
 
@@ -8,10 +8,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 
-from sgsc.compress import SelfCompression
-from sgsc.graph import ChannelDependency, ChannelGraph, HeadDependency
-from sgsc.models import build_model
-from sgsc.quant import quantize
+from sgsc.core.compress import SelfCompression
+from sgsc.core.quant import quantize
+from sgsc.experiments.models import build_model
+from sgsc.structure.graph import ChannelDependency, ChannelGraph, HeadDependency
 
 
 class Tiny(nn.Module):
@@ -373,7 +373,7 @@ def test_prune_remaps_adam_state():
 
 
 def test_prune_dead_heads_of_a_transformer():
-    from sgsc.models import CharTransformer, TransformerConfig
+    from sgsc.experiments.models import CharTransformer, TransformerConfig
 
     model = CharTransformer(TransformerConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2,
                                               n_layer=1))
@@ -410,8 +410,8 @@ def test_prune_removes_only_the_dead_rows_asked_for():
 def test_a_block_whose_every_head_is_cut_still_trains_counts_and_exports(tmp_path):
     """All heads of a block dead: q, k and v keep no row at all; the size term, the
     counted size and the file must still agree (a names sgsc run at gamma 0.3 hit this)."""
-    from sgsc.export import load_compressed, save_compressed
-    from sgsc.models import CharTransformer, TransformerConfig
+    from sgsc.experiments.models import CharTransformer, TransformerConfig
+    from sgsc.fileformat.export import load_compressed, save_compressed
 
     torch.manual_seed(0)
     model = CharTransformer(TransformerConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2,

@@ -8,8 +8,8 @@ import gzip
 import numpy as np
 import pytest
 
-from sgsc import data
 from sgsc.cli import main
+from sgsc.experiments import data
 
 
 def _names_file() -> data.DataFile:

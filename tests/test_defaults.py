@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sgsc import defaults
-from sgsc.baselines import METHODS as BASELINES
+from sgsc.experiments import defaults
+from sgsc.experiments.baselines import METHODS as BASELINES
 
 
 def test_every_data_set_names_its_model_budgets_and_preservation_size():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgsc import entropy
+from sgsc.fileformat import entropy
 
 
 def _ideal_bytes(codes: np.ndarray) -> float:

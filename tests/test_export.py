@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from sgsc.compress import SelfCompression
-from sgsc.export import (
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.fileformat.export import (
     FLAG_ENTROPY,
     FLAG_LZMA,
     CorruptFileError,
@@ -22,7 +23,6 @@ from sgsc.export import (
     read_metadata,
     save_compressed,
 )
-from sgsc.models import CNNConfig, build_model
 
 MODELS = {"mnist_cnn": {}, "char_transformer": {"vocab_size": 27}}
 
@@ -229,7 +229,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("sgsc.export.os.replace", crash)
+    monkeypatch.setattr("sgsc.fileformat.export.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         save_compressed(_compressed("mnist_cnn"), path)
     assert path.read_bytes() == b"old contents"
@@ -365,7 +365,7 @@ def test_a_crafted_file_cannot_set_other_attributes(cnn_file, tmp_path, attribut
 
 def test_the_attributes_a_file_carries_are_the_shapes_pruning_changed(cnn_file, tmp_path):
     path = _write(tmp_path, cnn_file)
-    from sgsc.export import SHAPE_ATTRIBUTES, read_metadata
+    from sgsc.fileformat.export import SHAPE_ATTRIBUTES, read_metadata
 
     attributes = read_metadata(path)["attributes"]
     assert attributes and all(a in SHAPE_ATTRIBUTES for v in attributes.values() for a in v)
@@ -390,7 +390,7 @@ def _peak_mib_loading(path: Path) -> tuple[float, str]:
     import sys
 
     code = ("import resource, sys\n"
-            "from sgsc.export import CorruptFileError, load_compressed\n"
+            "from sgsc.fileformat.export import CorruptFileError, load_compressed\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n"
             f"    load_compressed({str(path)!r}); message = 'loaded'\n"

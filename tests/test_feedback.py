@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from sgsc.compress import SelfCompression
-from sgsc.feedback import FeedbackConfig, FeedbackController, Reading
-from sgsc.models import CNNConfig, build_model
-from sgsc.quant import quantize
-from sgsc.tasks import evaluate, task_loss
-from sgsc.train import TrainConfig, Trainer
+from sgsc.core.compress import SelfCompression
+from sgsc.core.feedback import FeedbackConfig, FeedbackController, Reading
+from sgsc.core.quant import quantize
+from sgsc.core.tasks import evaluate, task_loss
+from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.experiments.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

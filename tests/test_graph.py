@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sgsc.graph import ChannelDependency, ChannelGraph, HeadDependency
+from sgsc.structure.graph import ChannelDependency, ChannelGraph, HeadDependency
 
 
 def test_a_link_lists_all_its_producers():

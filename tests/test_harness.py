@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sgsc import defaults, harness
+from sgsc.experiments import defaults, harness
 
 
 def test_a_run_folder_key_changes_with_the_thread_count(tmp_path):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgsc.hessian import exact_diagonal, exact_trace, hutchinson
+from sgsc.experiments.hessian import exact_diagonal, exact_trace, hutchinson
 
 
 @pytest.fixture

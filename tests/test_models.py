@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sgsc.models import (
+from sgsc.experiments.models import (
     MODEL_REGISTRY,
     CharTransformer,
     CNNConfig,

@@ -16,7 +16,8 @@ import nbformat
 import pytest
 from test_report import check_index
 
-from sgsc import data, report
+from sgsc.experiments import data
+from sgsc.reporting import report
 
 papermill = pytest.importorskip("papermill")
 
@@ -158,7 +159,7 @@ def test_invalid_parameters_stop_before_any_training(tmp_path, name):
 def test_figures_are_saved_as_png_and_svg(tmp_path):
     from matplotlib.figure import Figure
 
-    from sgsc import plots
+    from sgsc.reporting import plots
 
     history = {"history": [{"epoch": 1, "step": 10, "val_accuracy": 0.9, "Q": 7.0,
                             "storage_bytes": 900},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.lines import Line2D
 
-from sgsc import plots
+from sgsc.reporting import plots
 
 
 def _runs(method: str, points: dict[float, tuple[float, float]], seeds=(0, 1)) -> list[dict]:
@@ -64,7 +64,7 @@ def test_pareto_draws_one_mean_per_method_with_the_seed_spread():
 
 
 def test_method_colors_are_fixed_and_save_figure_writes_png_and_svg(tmp_path):
-    from sgsc.defaults import METHODS
+    from sgsc.experiments.defaults import METHODS
 
     # the frontier figure shows every method but float: no two alike
     colors = {m: plots.method_color(m) for m in METHODS if m != "float"}

@@ -1,4 +1,4 @@
-"""sgsc.preservation: critical training examples, chosen and read back correctly.
+"""sgsc.core.preservation: critical training examples, chosen and read back correctly.
 
 The reference is a small MnistCNN trained for a few epochs on the 8x8 digits; every rule
 is checked against an independent recomputation in this file (Grad-CAM through
@@ -22,9 +22,8 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 from torch.utils.data import TensorDataset
 
-from sgsc import preservation
-from sgsc.models import CharTransformer, CNNConfig, MnistCNN, TransformerConfig
-from sgsc.preservation import (
+from sgsc.core import preservation
+from sgsc.core.preservation import (
     ExampleScores,
     PreservationSet,
     allocate,
@@ -33,6 +32,7 @@ from sgsc.preservation import (
     score_examples,
     select,
 )
+from sgsc.experiments.models import CharTransformer, CNNConfig, MnistCNN, TransformerConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -280,7 +280,8 @@ def test_layering_no_data_or_training_imports():
     tree = ast.parse(Path(preservation.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"sgsc.data", "sgsc.train", "sgsc.runs"}
+    assert not imported & {"sgsc.experiments.data", "sgsc.experiments.train",
+                           "sgsc.experiments.runs"}
 
 
 # ----------------------------------------------------------------------------- text
@@ -291,7 +292,7 @@ NAMES = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "ame
 
 
 def name_rows(names: list[str], block_size: int) -> tuple[TensorDataset, int]:
-    """The sgsc.data names format: '.' + name + '.', targets shifted, padding -1."""
+    """The sgsc.experiments.data names format: '.' + name + '.', targets shifted, padding -1."""
     vocab = "." + "".join(sorted(set("".join(names))))
     x = torch.zeros(len(names), block_size, dtype=torch.long)
     y = torch.full((len(names), block_size), -1, dtype=torch.long)
@@ -348,7 +349,7 @@ def test_grid_figure(pres, train, digits):
 
 @pytest.mark.slow
 def test_mnist_set_comes_from_training_rows_only(mnist, monkeypatch):
-    from sgsc import data
+    from sgsc.experiments import data
 
     # the function gets the training split only; it must not load anything itself
     def refuse(*args, **kwargs):

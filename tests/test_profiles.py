@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgsc import profiles
+from sgsc.experiments import profiles
 
 
 def test_check_parameters_names_every_bad_value():
@@ -24,7 +24,7 @@ def test_check_parameters_names_every_bad_value():
 
 
 def test_selected_methods():
-    from sgsc.runs import METHODS
+    from sgsc.experiments.runs import METHODS
 
     assert profiles.selected_methods(["sc"]) == ["sc"]
     assert profiles.selected_methods([]) == list(METHODS)

@@ -10,11 +10,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgsc import sweep
-from sgsc.bitpack import BitReader, BitWriter, packed_size
-from sgsc.compress import SelfCompression
-from sgsc.export import CorruptFileError, load_compressed, save_compressed
-from sgsc.models import CNNConfig, build_model
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments import sweep
+from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.fileformat.bitpack import BitReader, BitWriter, packed_size
+from sgsc.fileformat.export import CorruptFileError, load_compressed, save_compressed
 
 # ----------------------------------------------------------------------------- bit packer
 

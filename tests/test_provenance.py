@@ -8,7 +8,7 @@ import subprocess
 import torch
 
 import sgsc
-from sgsc import provenance
+from sgsc.experiments import provenance
 
 
 def test_code_state_names_version_commit_and_changes():
@@ -61,7 +61,7 @@ def test_training_state_is_the_code_state_with_cpu_and_threads():
 
 
 def test_a_run_says_which_cpu_trained_it_and_which_evaluated_it(tmp_path):
-    from sgsc import runs
+    from sgsc.experiments import runs
 
     row = runs.run("float", "digits", out_dir=tmp_path, progress=False, epochs=1)
     assert row["trained_on"] == provenance.cpu_model()

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sgsc.graph import ChannelDependency, ChannelGraph
-from sgsc.models import CharTransformer, MnistCNN, TransformerConfig
-from sgsc.prune import count_flops, prune_channels, replace_tensor
+from sgsc.experiments.models import CharTransformer, MnistCNN, TransformerConfig
+from sgsc.structure.graph import ChannelDependency, ChannelGraph
+from sgsc.structure.prune import count_flops, prune_channels, replace_tensor
 
 ATOL = 1e-5
 
@@ -263,7 +263,7 @@ def test_parametrized_cnn_pruning():
 
 
 def test_channel_quantizer_cnn_pruning():
-    quant = pytest.importorskip("sgsc.quant")
+    quant = pytest.importorskip("sgsc.core.quant")
 
     def set_dead(q, rows):
         with torch.no_grad():
@@ -277,7 +277,7 @@ def test_channel_quantizer_cnn_pruning():
 
 
 def test_channel_quantizer_transformer_pruning():
-    quant = pytest.importorskip("sgsc.quant")
+    quant = pytest.importorskip("sgsc.core.quant")
 
     def set_dead(q, rows):
         with torch.no_grad():
@@ -369,8 +369,8 @@ def test_replace_tensor_on_parametrized_and_missing():
 
 
 def test_a_pruned_state_loads_into_a_fresh_model_and_back():
-    from sgsc.compress import SelfCompression
-    from sgsc.prune import load_state_resizing
+    from sgsc.core.compress import SelfCompression
+    from sgsc.structure.prune import load_state_resizing
 
     torch.manual_seed(0)
     pruned = MnistCNN()

@@ -1,4 +1,4 @@
-"""sgsc.quant: hand-computed quantisation, straight-through gradients, integer codes."""
+"""sgsc.core.quant: hand-computed quantisation, straight-through gradients, integer codes."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sgsc.quant import (
+from sgsc.core.quant import (
     MAX_BITS,
     ChannelQuantizer,
     RoundSTE,

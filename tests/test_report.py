@@ -1,4 +1,4 @@
-"""sgsc.report: parameters, metrics files, and an index.html whose numbers are the files'.
+"""sgsc.reporting.report: parameters, metrics files, and an index.html whose numbers are the files'.
 
 The page is checked with an independent HTML parser: every number shown must be a
 ``<span class="num">`` whose text is the value its ``data-src`` names (file and key), every
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import provenance, report
+from sgsc.experiments import provenance
+from sgsc.reporting import report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 
@@ -207,7 +208,7 @@ def test_the_checker_catches_a_number_without_a_source(report_dir):
 
 
 def test_provenance_and_timings_are_shown(report_dir):
-    text = report.build_report(report_dir, "quick").read_text()
+    text = report.build_report(report_dir, "quick", provenance.build_info()).read_text()
     for verbatim in ("0123abc", "2025-01-02T03:04:05+00:00", "ab12", "torch"):
         assert verbatim in text
     assert 'data-src="metrics/timings.json#0/wall_s">12.5<' in text
@@ -315,6 +316,6 @@ def test_the_report_says_which_cpus_trained_its_runs(report_dir):
     text = report.build_report(report_dir, "quick").read_text()
     assert "the CPUs that trained these runs" in text
     assert 'data-src="metrics/report_trained_on.json#0/trained_on">CPU A<' in text
-    run_info = report.run_info("01_mnist_cnn", {}, [])
+    run_info = provenance.run_info("01_mnist_cnn", {}, [])
     assert run_info["hardware"]["cpu"] == provenance.cpu_model()
     assert {"blas", "onednn", "cpu_capability"} <= set(run_info["hardware"])

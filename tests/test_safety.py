@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgsc.compress import SelfCompression
-from sgsc.feedback import FeedbackConfig
-from sgsc.models import CNNConfig, build_model
-from sgsc.preservation import PreservationSet
-from sgsc.safety import SafetyGuidance
-from sgsc.tasks import evaluate
-from sgsc.train import TrainConfig, Trainer
+from sgsc.core.compress import SelfCompression
+from sgsc.core.feedback import FeedbackConfig
+from sgsc.core.preservation import PreservationSet
+from sgsc.core.safety import SafetyGuidance
+from sgsc.core.tasks import evaluate
+from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.experiments.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -262,12 +262,12 @@ def test_a_given_set_of_another_size_is_refused(digits, float_state):
 
 
 def test_bad_inputs_fail_before_any_scoring(digits, float_state, monkeypatch):
-    import sgsc.safety
+    import sgsc.core.safety
 
     def never(*args, **kwargs):
         raise AssertionError("the preservation set was scored before validation")
 
-    monkeypatch.setattr(sgsc.safety, "build_preservation_set", never)
+    monkeypatch.setattr(sgsc.core.safety, "build_preservation_set", never)
     with pytest.raises(ValueError, match="bn"):
         _guard(digits, float_state, bn="nope")
     with pytest.raises(ValueError, match="TensorDataset"):

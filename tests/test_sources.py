@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sgsc import data, sources
 from sgsc.cli import main
+from sgsc.experiments import data, sources
 
 
 def _names_file() -> data.DataFile:

@@ -1,4 +1,4 @@
-"""The one-at-a-time sweep and the search race (sgsc.studies)."""
+"""The one-at-a-time sweep and the search race (sgsc.experiments.studies)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sgsc import studies, sweep
-from sgsc.baselines import cbtpe
+from sgsc.experiments import studies, sweep
+from sgsc.experiments.baselines import cbtpe
 
 
 def _grids(tmp_path, axes, fixed=None):
@@ -109,7 +109,7 @@ def test_load_search_names_the_folder(tmp_path):
 
 def _row(method, seed, gamma, acc, size, **kw):
     """A row as studies.study_rows makes it, from a result with these params."""
-    from sgsc import runs
+    from sgsc.experiments import runs
 
     config = runs.train_config(method, "digits")
     params = {"gamma": gamma, "l1_weights": kw.get("l1_weights", config.l1_weights),
@@ -124,7 +124,7 @@ def _row(method, seed, gamma, acc, size, **kw):
 
 
 def test_image_study_lists_the_ablation_frontier_and_tuning_runs():
-    from sgsc import profiles
+    from sgsc.experiments import profiles
 
     paper = profiles.PROFILES["paper"]
     parts = studies.image_study(paper)
@@ -155,7 +155,7 @@ def test_study_rows_mark_the_default_gamma_of_every_method_that_weighs_one():
 
 
 def test_study_grids_hold_the_same_runs_as_the_notebook(tmp_path):
-    from sgsc import profiles
+    from sgsc.experiments import profiles
 
     quick = profiles.PROFILES["quick"]
     parts = studies.image_study(quick)
@@ -196,7 +196,7 @@ def test_matched_size_compares_with_sc_at_the_same_size_and_seed():
 
 def test_matched_size_of_a_loss_counts_lower_as_better():
     """The text frontier: results with a test loss and no per-class rows."""
-    from sgsc import runs
+    from sgsc.experiments import runs
 
     g0 = studies.default_value("names", "gamma")
     results = []
@@ -217,7 +217,7 @@ def test_matched_size_of_a_loss_counts_lower_as_better():
 
 
 def test_text_study_lists_each_methods_gammas_on_the_text_seeds():
-    from sgsc import profiles
+    from sgsc.experiments import profiles
 
     full = profiles.PROFILES["full"]
     parts = studies.text_study(full)["frontier"]

@@ -23,13 +23,16 @@ def test_ruff_is_clean():
 
 
 def test_every_module_has_its_own_test_file():
-    """``sgsc/<name>.py`` is tested in ``tests/test_<name>.py``; a subpackage (baselines)
-    in ``tests/test_<package>.py``.  The entry points are tested through the CLI's."""
+    """``sgsc/<room>/<name>.py`` is tested in ``tests/test_<name>.py``; the baselines
+    package in ``tests/test_baselines.py``.  The entry points are tested through the CLI's."""
     package = ROOT / "sgsc"
-    names = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
-    names |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    names = {p.stem for p in package.rglob("*.py") if p.parent.name != "baselines"}
+    names -= {"__init__", "__main__"}
+    names |= {"baselines"}
     missing = sorted(n for n in names if not (ROOT / "tests" / f"test_{n}.py").exists())
     assert not missing, f"modules without a test file: {missing}"
+    stems = [p.stem for p in package.rglob("*.py") if p.stem not in ("__init__", "__main__")]
+    assert len(stems) == len(set(stems)), "two modules share a name: one test file each"
 
 
 BINARY = (".whl", ".pt", ".pth", ".ckpt", ".so", ".zip", ".tar.gz", ".tgz", ".npz", ".pkl")

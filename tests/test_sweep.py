@@ -16,7 +16,8 @@ import distributed  # noqa: F401  (loads its config defaults before dask.config.
 import pytest
 import torch
 
-from sgsc import cli, provenance, sweep
+from sgsc import cli
+from sgsc.experiments import provenance, sweep
 
 # Runners defined here travel to the workers by value (tests/ is not importable there).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

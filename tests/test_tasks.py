@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from sgsc.models import build_model
-from sgsc.tasks import evaluate, is_language_model, logits_of, score, task_loss
+from sgsc.core.tasks import evaluate, is_language_model, logits_of, score, task_loss
+from sgsc.experiments.models import build_model
 
 
 def test_a_classifier_loss_and_accuracy():

@@ -16,10 +16,10 @@ import torchvision
 from torch import nn
 
 import sgsc
-from sgsc.compress import SelfCompression
-from sgsc.graph import ChannelDependency
-from sgsc.models import build_model
-from sgsc.trace import trace_channel_graph
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments.models import build_model
+from sgsc.structure.graph import ChannelDependency
+from sgsc.structure.trace import trace_channel_graph
 
 
 def lenet5() -> nn.Module:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sgsc.cli import main
-from sgsc.compress import SelfCompression
-from sgsc.models import CNNConfig, build_model
-from sgsc.train import CHECKPOINT, TrainConfig, Trainer, resolve_device
+from sgsc.core.compress import SelfCompression
+from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.experiments.train import CHECKPOINT, TrainConfig, Trainer, resolve_device
 
 
 def _cnn():
@@ -233,7 +233,7 @@ def test_batches_are_the_data_loaders_without_its_overhead(digits):
 
 
 def test_every_code_that_trained_a_run_is_recorded(digits, tmp_path, monkeypatch):
-    from sgsc import provenance
+    from sgsc.experiments import provenance
 
     _killed_in_epoch(monkeypatch, 2, lambda: _fit(digits, tmp_path))
     first = provenance.training_state()

@@ -1,0 +1,487 @@
+"""Self-compression: learn a bit depth per output channel and let the unneeded ones reach 0.
+
+:class:`SelfCompression` wraps a model in place: every selected Conv1d/Conv2d/Linear
+(and, on request, Embedding) weight gets a :class:`~sgsc.core.quant.ChannelQuantizer`
+parametrization.  Training minimises ``task_loss + gamma * sc.size_loss()``; channels whose
+bit depth hits 0 are exact zeros, :meth:`SelfCompression.prune` removes them physically,
+and :meth:`SelfCompression.storage_bits` says what the exported file will cost.
+
+Sizes use the model's :class:`~sgsc.structure.graph.ChannelGraph`: a zero-bit producer channel also
+frees the consumer's input columns that read it, and a head whose q, k and v rows are all
+zero frees its columns of the output projection (SCNN's refined size term).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from sgsc.core.quant import ChannelQuantizer, effective_bits
+from sgsc.structure.graph import ChannelDependency, ChannelGraph, HeadDependency
+from sgsc.structure.prune import PruneResult, prune_channels
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+HEADER_BITS = 8 + 32
+"""Per stored row: the bit depth as uint8 plus the exponent as float32."""
+
+
+def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def _raw_weight(module: nn.Module) -> Tensor:
+    """The stored (unquantised) weight, without running the parametrization."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def _or(mask: Tensor | None, other: Tensor) -> Tensor:
+    return other if mask is None else mask | other
+
+
+class SelfCompression:
+    """Per-channel learnable quantisation of a model, with size accounting and pruning.
+
+    Args:
+        model: wrapped in place (parametrizations are registered on its modules).
+        init_bits: starting bit depth of every channel (above ``quant.MAX_BITS`` = 24,
+            the widest code float32 computes exactly, it starts at 24).
+        init: ``"maxabs"`` -- exponents put each channel's ``max|w|`` at the top of the
+            ``init_bits`` range (near-lossless start); ``"scnn"`` -- every exponent is
+            ``init_exponent`` (the original study's fixed start, e.g. b=2, e=-8).
+        init_exponent: the exponent for ``init="scnn"``.
+        include: fnmatch patterns on module names to quantise (None: all).
+        exclude: fnmatch patterns on module names to leave alone.
+        quantize_embeddings: also quantise ``nn.Embedding`` (a channel is a token's row).
+        graph: channel links; default ``model.channel_graph()`` if the model declares
+            one, else traced from ``example_input``
+            (:func:`sgsc.structure.trace.trace_channel_graph`), else empty (nothing is
+            removed; zero-bit rows are stored as headers).
+        example_input: one input batch (a tuple is unpacked) for tracing the graph and
+            for the probe pass of pruning; default ``model.example_input()`` if it exists.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        init_bits: float = 8.0,
+        init: str = "maxabs",
+        init_exponent: float = -8.0,
+        include: tuple[str, ...] | list[str] | None = None,
+        exclude: tuple[str, ...] | list[str] = (),
+        quantize_embeddings: bool = False,
+        graph: ChannelGraph | None = None,
+        example_input: Any = None,
+    ) -> None:
+        if init not in ("maxabs", "scnn"):
+            raise ValueError(f"init must be 'maxabs' or 'scnn', got {init!r}")
+        self.model = model
+        self.example_input = example_input
+        if graph is None and hasattr(model, "channel_graph"):
+            graph = model.channel_graph()
+        elif graph is None and example_input is not None:
+            from sgsc.structure.trace import trace_channel_graph
+
+            graph = trace_channel_graph(model, example_input)
+        self.graph = graph if graph is not None else ChannelGraph()
+        kinds = QUANTIZABLE + ((nn.Embedding,) if quantize_embeddings else ())
+        self.names: list[str] = []
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, kinds) or _matches(name, exclude):
+                continue
+            if include is not None and not _matches(name, include):
+                continue
+            if parametrize.is_parametrized(module, "weight"):
+                raise ValueError(f"{name or 'model'}.weight is already parametrized")
+            weight = module.weight
+            if init == "maxabs":
+                quantizer = ChannelQuantizer.maxabs(weight, init_bits)
+            else:
+                quantizer = ChannelQuantizer.constant(
+                    weight.shape[0], init_bits, init_exponent, like=weight
+                )
+            parametrize.register_parametrization(module, "weight", quantizer)
+            self.names.append(name)
+        # Fixed at wrap time: Q and removed_fraction stay relative to the original model
+        # after pruning shrinks it.
+        self.total_weights = sum(_raw_weight(self._module(n)).numel() for n in self.names)
+        self.total_channels = sum(_raw_weight(self._module(n)).shape[0] for n in self.names)
+
+    # ---- access -------------------------------------------------------------------------
+
+    def _module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def _quantizer(self, name: str) -> ChannelQuantizer:
+        return self._module(name).parametrizations.weight[0]
+
+    @property
+    def quantizers(self) -> dict[str, ChannelQuantizer]:
+        """Module name -> its ChannelQuantizer."""
+        return {n: self._quantizer(n) for n in self.names}
+
+    def bit_depths(self) -> dict[str, nn.Parameter]:
+        """Module name -> live bit-depth Parameter (edit under ``torch.no_grad()``)."""
+        return {n: q.bit_depth for n, q in self.quantizers.items()}
+
+    def exponents(self) -> dict[str, nn.Parameter]:
+        """Module name -> live exponent Parameter."""
+        return {n: q.exponent for n, q in self.quantizers.items()}
+
+    def quantized_weights(self) -> dict[str, Tensor]:
+        """Module name -> the weight exactly as the forward pass uses it."""
+        return {n: self._module(n).weight for n in self.names}
+
+    def raw_weights(self) -> dict[str, Tensor]:
+        """Module name -> the stored (unquantized) weight Parameter the quantizer reads."""
+        return {n: _raw_weight(self._module(n)) for n in self.names}
+
+    # ---- which rows and columns pruning would remove ------------------------------------
+
+    @torch.no_grad()
+    def _dead(self, name: str) -> Tensor:
+        """Rows with ``b <= 0`` (exact zeros) of quantised module ``name``."""
+        return self._quantizer(name).bit_depth <= 0
+
+    def _dead_heads(self, block: HeadDependency) -> Tensor | None:
+        """Heads whose q, k and v rows are all zero; None if q, k or v is not quantised."""
+        parts = (block.queries, block.keys, block.values)
+        if not all(p in self.names for p in parts):
+            return None
+        dead = [self._dead(p).view(-1, block.head_size).all(dim=1) for p in parts]
+        return dead[0] & dead[1] & dead[2]
+
+    def _linked(self, link: ChannelDependency) -> bool:
+        """Whether every producer of ``link`` is quantized (else nothing of it is removed)."""
+        return all(p in self.names for p in link.producers)
+
+    def _dead_in_all(self, link: ChannelDependency) -> Tensor:
+        """Channels of a ChannelDependency that are zero-bit in every producer of it."""
+        dead = self._dead(link.producer)
+        for other in link.coupled:
+            dead = dead & self._dead(other)
+        return dead
+
+    def _removable(self, link: ChannelDependency) -> Tensor:
+        """Channels of a ChannelDependency that pruning removes: those zero-bit in every
+        producer of the link, except that one channel stays when all are (torch has no
+        zero-channel conv)."""
+        dead = self._dead_in_all(link)
+        if dead.all():
+            dead = dead.clone()
+            dead[0] = False
+        return dead
+
+    def _removed_rows(self) -> dict[str, Tensor]:
+        """Module name -> dim-0 entries that pruning removes (producers, followers, q/k/v)."""
+        out: dict[str, Tensor] = {}
+        for link in self.graph.channels:
+            if self._linked(link):
+                dead = self._removable(link)
+                for m in (*link.producers, *link.followers):
+                    out[m] = _or(out.get(m), dead)
+        for block in self.graph.heads:
+            heads = self._dead_heads(block)
+            if heads is not None:
+                rows = heads.repeat_interleave(block.head_size)
+                for m in (block.queries, block.keys, block.values):
+                    out[m] = _or(out.get(m), rows)
+        return out
+
+    def _removed_cols(self) -> dict[str, Tensor]:
+        """Module name -> dim-1 columns that pruning removes (consumers, output projections)."""
+        out: dict[str, Tensor] = {}
+        for link in self.graph.channels:
+            if not self._linked(link):
+                continue
+            dead = self._removable(link)
+            for consumer in link.consumers:
+                cols = _raw_weight(self._module(consumer)).shape[1]
+                if cols % dead.numel() or cols < dead.numel():
+                    raise ValueError(
+                        f"{consumer} has {cols} input columns, which cannot be split over "
+                        f"the {dead.numel()} channels of {link.producer}"
+                    )
+                out[consumer] = _or(
+                    out.get(consumer), dead.repeat_interleave(cols // dead.numel())
+                )
+        for block in self.graph.heads:
+            heads = self._dead_heads(block)
+            if heads is not None:
+                cols = heads.repeat_interleave(block.head_size)
+                out[block.output] = _or(out.get(block.output), cols)
+        return out
+
+    def _stored_inputs(self, name: str, removed_cols: dict[str, Tensor]) -> int:
+        """Weights per row of ``name`` left after pruning its input columns."""
+        weight = _raw_weight(self._module(name))
+        # kernel size (1 for Linear / Embedding); from the shape, since a layer whose
+        # every channel was cut has no row to look at
+        per_col = math.prod(weight.shape[2:])
+        cols = removed_cols.get(name)
+        live_cols = weight.shape[1] if cols is None else int((~cols).sum())
+        return live_cols * per_col
+
+    # ---- sizes --------------------------------------------------------------------------
+
+    def size_loss(self) -> Tensor:
+        """Q: differentiable average bits per weight, over the ORIGINAL weight count.
+
+        ``sum_layers sum_c clamp(b_c, 0, 24) * live_inputs_per_row / total_weights``, where
+        ``live_inputs_per_row`` leaves out input columns fed by zero-bit producer channels
+        and columns of dead heads (the columns :meth:`storage_bits` does not store).  That
+        count is a constant (no gradient): the gradient on ``b_c`` is the number of
+        weights the channel currently pays for.
+        """
+        if not self.names:
+            return torch.zeros(())
+        removed_cols = self._removed_cols()
+        total = 0.0
+        for name in self.names:
+            b = effective_bits(self._quantizer(name).bit_depth)
+            total = total + b.sum() * self._stored_inputs(name, removed_cols)
+        return total / self.total_weights
+
+    @torch.no_grad()
+    def storage_bits(self) -> int:
+        """Exact size in bits of what the export writes for the model as it is now.
+
+        The rule (export must match it, and pruning must not change it):
+
+        1. Quantised weights, per row that is STORED: ``HEADER_BITS`` = 40 (uint8 bit
+           depth + float32 exponent) plus ``ceil(clamp(b, 0, 24))`` bits per stored input.
+           Stored input elements exclude columns that pruning removes (inputs fed by
+           zero-bit producer channels of a ChannelDependency, columns of dead heads).
+        2. Rows that pruning removes are not stored at all: zero-bit producer rows of a
+           ChannelDependency (but when ALL of a producer's rows are zero-bit, its first
+           row stays, as pruning keeps it), and the q/k/v rows of a head whose q, k and v
+           rows are all zero-bit.  Other zero-bit rows (e.g. classifier rows, q rows of a
+           live head) are stored as a 40-bit header with no codes.
+        3. Every other ``state_dict`` tensor (biases, BatchNorm weight/bias/running stats/
+           num_batches_tracked, LayerNorm, unquantised weights and embeddings) costs
+           ``element_size * 8`` bits per element it keeps after pruning: entries of removed
+           rows (a producer's bias, its followers' per-channel entries, q/k/v biases of
+           dead heads) and removed input columns (of an unquantised consumer) are dropped.
+        4. The bit depths and exponents themselves are counted only as the headers of 1.
+
+        Not foreseen: pruning creates a bias for a bias-less consumer when removed channels
+        feed it a non-zero constant; keep such constants at 0 (``dead_bias_l1``) or give
+        consumers a bias (all models in :mod:`sgsc.experiments.models` do, or feed them zeros).
+        """
+        if self.graph.exact_only:  # what pruning keeps depends on a probe: prune a copy
+            pruned = copy.deepcopy(self)
+            pruned.prune()
+            return pruned._bits({}, {})
+        return self._bits(self._removed_rows(), self._removed_cols())
+
+    def _bits(self, rows: dict[str, Tensor], cols: dict[str, Tensor]) -> int:
+        """The size rule of :meth:`storage_bits` with these rows and columns removed."""
+        bits = 0
+        for name in self.names:
+            quantizer = self._quantizer(name)
+            b = torch.ceil(effective_bits(quantizer.bit_depth)).long()
+            stored = ~rows[name] if name in rows else torch.ones_like(b, dtype=torch.bool)
+            bits += HEADER_BITS * int(stored.sum())
+            bits += int(b[stored].sum()) * self._stored_inputs(name, cols)
+        skip = tuple(f"{n}.parametrizations.weight." if n else "parametrizations.weight."
+                     for n in self.names)
+        for key, tensor in self.model.state_dict().items():
+            if key.startswith(skip):
+                continue
+            module = key.rpartition(".")[0]
+            bits += _kept_numel(tensor, rows.get(module), cols.get(module)) * (
+                tensor.element_size() * 8
+            )
+        return bits
+
+    def storage_bytes(self) -> int:
+        """``ceil(storage_bits / 8)``."""
+        return math.ceil(self.storage_bits() / 8)
+
+    @torch.no_grad()
+    def live_weights(self) -> int:
+        """Quantised weights that cost bits: stored inputs of rows with ``ceil(b) > 0``."""
+        cols = self._removed_cols()
+        return sum(
+            int((self._quantizer(n).bit_depth > 0).sum()) * self._stored_inputs(n, cols)
+            for n in self.names
+        )
+
+    @torch.no_grad()
+    def live_channels(self) -> int:
+        """Quantised rows with ``b > 0``."""
+        return sum(int((self._quantizer(n).bit_depth > 0).sum()) for n in self.names)
+
+    def removed_fraction(self) -> float:
+        """Fraction of the original quantised weights that no longer cost bits."""
+        return _removed(self.live_weights(), self.total_weights)
+
+    def size_report(self) -> dict[str, float | int]:
+        """Every size number in one dict (for logs and result tables)."""
+        bits = self.storage_bits()
+        live = self.live_weights()
+        return {
+            "Q": float(self.size_loss().detach()),
+            "storage_bits": bits,
+            "storage_bytes": math.ceil(bits / 8),
+            "live_weights": live,
+            "total_weights": self.total_weights,
+            "live_channels": self.live_channels(),
+            "total_channels": self.total_channels,
+            "removed_fraction": _removed(live, self.total_weights),
+        }
+
+    # ---- training helpers ---------------------------------------------------------------
+
+    def param_groups(
+        self,
+        lr_quant: float = 0.5,
+        eps_quant: float = 1e-3,
+        lr_weights: float = 1e-3,
+        eps_weights: float = 1e-5,
+        weight_decay: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """Parameter groups for ``torch.optim.Adam``/``AdamW``; each parameter in one group.
+
+        ``"quant"``: all bit depths and exponents (SCNN's large lr; the big eps keeps
+        tiny, noisy gradients from moving them at full lr).  ``"weights"``: every
+        parameter with 2+ dims (quantised originals, other matrices, embeddings), with
+        ``weight_decay``.  ``"other"``: biases and norm parameters, no weight decay.
+        Empty groups are left out.
+        """
+        quant = [p for q in self.quantizers.values() for p in (q.bit_depth, q.exponent)]
+        seen = {id(p) for p in quant}
+        weights, other = [], []
+        for p in self.model.parameters():
+            if id(p) not in seen:
+                (weights if p.dim() >= 2 else other).append(p)
+        groups = [
+            {"name": "quant", "params": quant, "lr": lr_quant, "eps": eps_quant,
+             "weight_decay": 0.0},
+            {"name": "weights", "params": weights, "lr": lr_weights, "eps": eps_weights,
+             "weight_decay": weight_decay},
+            {"name": "other", "params": other, "lr": lr_weights, "eps": eps_weights,
+             "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def dead_bias_l1(self) -> Tensor:
+        """Sum of ``|bias|`` over zero-bit channels (differentiable).
+
+        A zero-bit channel still outputs its bias; pushing that to 0 makes removing the
+        channel exact.  Counts the quantised module's own bias and, for producers of a
+        ChannelDependency, the bias (BatchNorm beta) of its followers.
+        """
+        pairs = [(n, self._dead(n)) for n in self.names]
+        for link in self.graph.channels:
+            if self._linked(link):
+                pairs += [(f, self._dead_in_all(link)) for f in link.followers]
+        terms = []
+        for name, dead in pairs:
+            bias = getattr(self._module(name), "bias", None)
+            if isinstance(bias, Tensor):
+                terms.append(bias[dead].abs().sum())
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    # ---- pruning ------------------------------------------------------------------------
+
+    def prune(
+        self, example_input: Any = None, optimizer: torch.optim.Optimizer | None = None,
+        dead_rows: dict[str, Tensor] | None = None,
+    ) -> PruneResult:
+        """Remove zero-bit channels in place (``sgsc.structure.prune.prune_channels``).
+
+        If ``optimizer`` is given, its parameters are swapped for the pruned ones and their
+        per-element state (Adam's ``exp_avg``, ``exp_avg_sq``, ...) is sliced with
+        ``PruneResult.kept`` so training continues where it was.  ``dead_rows`` (module
+        name -> bool mask, a subset of the zero-bit rows) limits what is removed; by
+        default every zero-bit row goes.  Returns the PruneResult.
+        """
+        if example_input is None:
+            example_input = self.example_input
+        if example_input is None:
+            if not hasattr(self.model, "example_input"):
+                raise ValueError(f"pruning {type(self.model).__name__} needs one input batch "
+                                 "for its probe pass: SelfCompression(model, example_input=x) "
+                                 "or prune(x)")
+            example_input = self.model.example_input()
+        before = dict(self.model.named_parameters())
+        zero = {n: self._dead(n) for n in self.names}
+        if dead_rows is not None:
+            unknown = sorted(set(dead_rows) - set(zero))
+            if unknown:
+                raise ValueError(f"dead_rows names layers that are not quantized: {unknown}")
+            alive = [n for n, m in dead_rows.items() if (m.to(zero[n].device) & ~zero[n]).any()]
+            if alive:
+                raise ValueError(f"dead_rows marks channels with bits left in {alive}; only "
+                                 "zero-bit channels can be removed exactly")
+            zero = {n: dead_rows.get(n, torch.zeros_like(m)) for n, m in zero.items()}
+        result = prune_channels(self.model, zero, self.graph, example_input)
+        if optimizer is not None:
+            _remap_optimizer(optimizer, before, self.model, result)
+        return result
+
+    def kept_rows(self, result: PruneResult, name: str) -> Tensor | None:
+        """The rows of quantized layer ``name`` that a prune kept (None: all of them), to cut
+        per-channel state held elsewhere (snapshots of bit depths) the same way."""
+        kept = result.kept.get(f"{name}.parametrizations.weight.original", {})
+        return kept.get(0)
+
+
+def _removed(live: int, total: int) -> float:
+    return 1.0 - live / total if total else 0.0
+
+
+def _kept_numel(tensor: Tensor, rows: Tensor | None, cols: Tensor | None) -> int:
+    """Elements of ``tensor`` left after dropping removed dim-0 rows and dim-1 columns."""
+    shape = list(tensor.shape)
+    if rows is not None and tensor.dim() >= 1 and shape[0] == rows.numel():
+        shape[0] = int((~rows).sum())
+    if cols is not None and tensor.dim() >= 2 and shape[1] == cols.numel():
+        shape[1] = int((~cols).sum())
+    return math.prod(shape)
+
+
+def _remap_optimizer(
+    optimizer: torch.optim.Optimizer,
+    before: dict[str, nn.Parameter],
+    model: nn.Module,
+    result: PruneResult,
+) -> None:
+    """Point ``optimizer`` at the pruned parameters and cut their state like the parameters.
+
+    State entries shaped like the old parameter (Adam's ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``) are cut with ``result.select``; scalars such as ``step`` are kept.
+    Biases that pruning created join the group named "other" (else the last group).
+    """
+    after = dict(model.named_parameters())
+    name_of = {id(p): n for n, p in before.items()}
+    for group in optimizer.param_groups:
+        new_params = []
+        for old in group["params"]:
+            name = name_of.get(id(old))
+            new = after.get(name, old) if name is not None else old
+            state = optimizer.state.pop(old, None)
+            if state is not None:
+                optimizer.state[new] = {
+                    k: result.select(name, v) if _shaped_like(v, old) else v
+                    for k, v in state.items()
+                }
+            new_params.append(new)
+        group["params"] = new_params
+    created = [after[n] for n in result.new_parameters if n in after]
+    if created:
+        groups = [g for g in optimizer.param_groups if g.get("name") == "other"]
+        (groups or optimizer.param_groups)[-1]["params"].extend(created)
+
+
+def _shaped_like(value: Any, param: Tensor) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape == param.shape

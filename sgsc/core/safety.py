@@ -1,0 +1,363 @@
+"""Safety guidance (Zbeeb et al. 2025) as one object for any training loop.
+
+:class:`SafetyGuidance` is to the preservation set what :class:`~sgsc.SelfCompression`
+is to the size term: built once from the float model, the compressed one and the
+training set, it gives the loss a term and the loop a hook::
+
+    sc = SelfCompression(model)
+    guard = SafetyGuidance(float_model, sc, train_set, size=1000)
+    for x, y in DataLoader(guard.task_dataset, batch_size=128, shuffle=True):
+        loss = task_loss + gamma * sc.size_loss() + lam * guard.preservation_loss()
+        ...; optimizer.step()
+        guard.step(optimizer)          # monitor + feedback every `every` steps
+
+What it does, and why:
+
+* **Preservation set** (:func:`sgsc.core.preservation.build_preservation_set`): critical
+  training examples the float model picks by Grad-CAM saliency, top-2 margin and k-means
+  diversity.
+* **Monitor held out from every loss.**  With feedback on, a seeded share
+  (``monitor_fraction``) of the set becomes the monitor; the rest is the loss part.  The
+  monitor rows are also removed from the task data (``task_dataset``), so no loss term ever
+  trains on them: a monitor of examples the loss fits would be memorised and could not
+  see damage.
+* **A fair float level.**  The trigger is relative to the float model's monitor loss --
+  but the float model trained on those rows, and any model that stops seeing them
+  forgets some of that (on MNIST a float fine-tune without them takes the monitor loss
+  from 0.18 to about 0.45 in 200 steps, with no compression at all).  So the level is
+  measured on a copy of the float model fine-tuned for ``calibration_steps`` with the
+  run's learning rate and batch size on ``task_dataset``: the float model in the
+  compressed model's situation, minus the compression (or the float model's own level,
+  when that is higher: compression is never asked to beat the model it starts from).
+* **BatchNorm left alone.**  The preservation forward runs in eval mode (``bn="eval"``):
+  BatchNorm normalises with the running statistics the task batches maintain, and the
+  64 hard examples never enter those statistics; dropout is off for them.  ``bn="frozen"``
+  normalises with the preservation batch's own statistics instead and puts the running
+  statistics back afterwards.
+* **Feedback** (:class:`sgsc.core.feedback.FeedbackController`): refines the quantization of
+  the channels whose change lowers the monitor loss, within a bit budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import TensorDataset
+
+from sgsc.core.compress import SelfCompression
+from sgsc.core.feedback import FeedbackConfig, FeedbackController, FeedbackEvent, Reading
+from sgsc.core.preservation import PreservationSet, build_preservation_set
+from sgsc.core.tasks import evaluate, is_language_model, task_loss
+from sgsc.structure.prune import PruneResult
+
+BN_MODES = ("eval", "frozen")
+
+
+class SafetyGuidance:
+    """The preservation term and the feedback controller of one compressed model.
+
+    Args:
+        float_model: the float reference (same architecture as ``compression.model``);
+            it picks the preservation set and sets the monitor's reference level.
+        compression: the :class:`SelfCompression` being trained.
+        train_set: the training split (a ``TensorDataset(x, y)``); never validation/test.
+        size: preservation-set size, when ``preservation`` is not given.
+        preservation: an already chosen :class:`PreservationSet` of ``train_set``.
+        feedback: a :class:`FeedbackConfig`, or None for the preservation term alone (then
+            the whole set enters the loss and no monitor is held out).
+        batch_size: preservation examples per :meth:`preservation_loss` call.
+        augment: shift each preservation image by up to one pixel per call.
+        bn: ``"eval"`` or ``"frozen"`` (see the module docstring).
+        seed: seeds the set's choice, its split and the batch sampling.
+        device: where the examples go (default: the compressed model's device).
+        lr, task_batch_size: the weights' learning rate and the batch size of the run,
+            which the calibration fine-tune of the float level uses.
+        float_level: the calibrated float level, when it is already known (the
+            :attr:`float_level` of an earlier build with the same arguments, e.g. to
+            reopen a finished run); None calibrates it.
+    """
+
+    def __init__(self, float_model: nn.Module, compression: SelfCompression,
+                 train_set: TensorDataset, *, size: int | None = None,
+                 preservation: PreservationSet | None = None,
+                 feedback: FeedbackConfig | None = None, batch_size: int = 64,
+                 augment: bool = False, bn: str = "eval", seed: int = 0,
+                 device: str | torch.device | None = None, lr: float = 1e-3,
+                 task_batch_size: int = 128, progress: bool = False,
+                 float_level: float | None = None) -> None:
+        _check_inputs(float_model, compression, train_set, size, preservation, feedback,
+                      batch_size, bn, lr, task_batch_size)
+        if float_level is not None and feedback is None:
+            raise ValueError("float_level is the feedback's monitor level; without feedback "
+                             "there is no monitor: drop float_level")
+        self.compression = compression
+        self.model = compression.model
+        self.train_set = train_set
+        self.batch_size, self.augment, self.bn = batch_size, augment, bn
+        self.device = torch.device(device) if device is not None else _device_of(self.model)
+        if preservation is None:
+            preservation = build_preservation_set(float_model, train_set, size, seed=seed,
+                                                  device=_device_of(float_model),
+                                                  progress=progress)
+        self.preservation = preservation
+        if feedback is None:
+            self.loss_part, self.monitor_part = preservation, None
+        else:
+            self.loss_part, self.monitor_part = preservation.split(
+                feedback.monitor_fraction, seed=seed)
+        self.loss_set = self.loss_part.subset(train_set)
+        self.monitor_set = self.monitor_part.subset(train_set) if self.monitor_part else None
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.steps = 0
+        self.controller = None
+        self.float_monitor_loss = None  # the float model's own level, before calibration
+        if feedback is not None:
+            self.float_monitor_loss = self._monitor_reading(float_model).loss
+            level = float_level if float_level is not None else self._calibrated_level(
+                float_model, feedback.calibration_steps, lr, task_batch_size, seed)
+            self.controller = FeedbackController(compression, self.monitor,
+                                                 self._monitor_loss, level, feedback)
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def monitor_indices(self) -> np.ndarray:
+        """Rows of ``train_set`` held out as the monitor (empty without feedback)."""
+        return (self.monitor_part.indices if self.monitor_part is not None
+                else np.zeros(0, dtype=np.int64))
+
+    @functools.cached_property
+    def task_dataset(self) -> TensorDataset:
+        """``train_set`` without the monitor rows: what the task loss may train on."""
+        if self.monitor_part is None:
+            return self.train_set
+        keep = np.ones(len(self.train_set), dtype=bool)
+        keep[self.monitor_indices] = False
+        rows = torch.from_numpy(np.flatnonzero(keep))
+        return TensorDataset(*(t[rows] for t in self.train_set.tensors))
+
+    def _batch(self) -> tuple[Tensor, Tensor]:
+        n = len(self.loss_set)
+        idx = torch.randint(n, (min(self.batch_size, n),), generator=self.generator)
+        x, y = self.loss_set.tensors[0][idx], self.loss_set.tensors[1][idx]
+        if self.augment and x.dim() == 4:  # images: shift by up to one pixel
+            dx, dy = torch.randint(-1, 2, (2,), generator=self.generator).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        return x.to(self.device), y.to(self.device)
+
+    # ------------------------------------------------------------------ the loss term
+
+    def preservation_loss(self) -> Tensor:
+        """The task loss on a batch of the loss part, differentiable, BatchNorm untouched."""
+        x, y = self._batch()
+        with _batchnorm_guard(self.model, self.bn):
+            return task_loss(self.model, x, y)
+
+    # ------------------------------------------------------------------ the monitor
+
+    def _monitor_reading(self, model: nn.Module) -> Reading:
+        metrics = evaluate(model, self.monitor_set, _device_of(model))
+        return Reading(metrics["loss"], metrics.get("accuracy"))
+
+    def monitor(self) -> Reading:
+        """The compressed model's loss (and accuracy) on the monitor, in eval mode."""
+        if self.monitor_set is None:
+            raise ValueError("this SafetyGuidance has no monitor: it was built with "
+                             "feedback=None")
+        return self._monitor_reading(self.model)
+
+    def _calibrated_level(self, float_model: nn.Module, steps: int, lr: float,
+                          batch_size: int, seed: int) -> float:
+        """The monitor loss of a float copy trained ``steps`` steps on ``task_dataset``, or
+        the float model's own when that is higher."""
+        if steps == 0:
+            return self.float_monitor_loss
+        model = copy.deepcopy(float_model).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        data = self.task_dataset
+        generator = torch.Generator().manual_seed(seed + 2)
+        device = _device_of(model)
+        for _ in range(steps):
+            idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator)
+            x, y = (t[idx].to(device) for t in data.tensors[:2])
+            loss = task_loss(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        # A float model that was still improving does not set the bar below where
+        # compression starts: the compressed model is never asked to beat it.
+        return max(self._monitor_reading(model).loss, self.float_monitor_loss)
+
+    def _monitor_loss(self) -> Tensor:
+        """The monitor loss with gradients, in eval mode (the controller prices restores)."""
+        was_training = self.model.training
+        self.model.eval()
+        x, y = (t.to(self.device) for t in self.monitor_set.tensors)
+        loss = task_loss(self.model, x, y)
+        self.model.train(was_training)
+        return loss
+
+    # ------------------------------------------------------------------ the hook
+
+    @property
+    def float_level(self) -> float | None:
+        """The calibrated float level of the monitor loss (None without feedback)."""
+        return None if self.controller is None else self.controller.float_level
+
+    @property
+    def events(self) -> list[FeedbackEvent]:
+        return [] if self.controller is None else self.controller.events
+
+    @property
+    def checks(self) -> list[dict]:
+        return [] if self.controller is None else self.controller.checks
+
+    def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Read the monitor before training (the first healthy snapshot); the first
+        :meth:`step` does it if nobody did."""
+        if self.controller is not None and not self.controller.checks:
+            self.controller.check(0, optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> FeedbackEvent | None:
+        """Call after every optimizer step: every ``every`` steps it reads the monitor and
+        restores precision when needed (pass the optimizer so restored entries lose
+        their Adam moments).  Returns the event, if one happened."""
+        if self.controller is None:
+            self.steps += 1
+            return None
+        self.start(optimizer)  # no-op once the monitor has been read
+        self.steps += 1
+        return self.controller.maybe_check(self.steps, optimizer)
+
+    def removable(self) -> dict[str, Tensor]:
+        """Module name -> zero-bit channels nothing can bring back (training may remove
+        them): the optimizer cannot, since a bit depth at or below 0 gets no gradient, and
+        the controller only revives channels of its last healthy snapshot."""
+        zero = {n: b.detach() <= 0 for n, b in self.compression.bit_depths().items()}
+        if self.controller is None:
+            return zero
+        revivable = self.controller.revivable()
+        return {n: m & ~revivable[n] if n in revivable else m for n, m in zero.items()}
+
+    def pruned(self, result: PruneResult) -> None:
+        """Tell the controller which channels a prune removed."""
+        if self.controller is not None:
+            self.controller.pruned(result)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "generator": self.generator.get_state(),
+                "monitor_indices": self.monitor_indices.tolist(),
+                "controller": None if self.controller is None else self.controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["monitor_indices"] != self.monitor_indices.tolist():
+            raise ValueError("this state was saved with another monitor split; build the "
+                             "SafetyGuidance with the same preservation set and seed")
+        self.steps = int(state["steps"])
+        self.generator.set_state(state["generator"])
+        if self.controller is not None and state["controller"] is not None:
+            self.controller.load_state_dict(state["controller"])
+
+
+@contextmanager
+def _batchnorm_guard(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run a forward without touching BatchNorm running statistics (see module doc)."""
+    if mode == "eval":
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+        return
+    # The forward updates the running statistics in place, and autograd keeps those tensors
+    # for the backward, so they cannot be written back afterwards: the forward updates
+    # throw-away copies and the originals are put back untouched.
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    saved = [dict(m._buffers) for m in norms]
+    for m, buffers in zip(norms, saved, strict=True):
+        for k, v in buffers.items():
+            if v is not None:
+                m._buffers[k] = v.clone()
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, saved, strict=True):
+            m._buffers.update(buffers)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape, by name as the unwrapped model spells it."""
+    shapes = {}
+    for name, param in model.named_parameters():
+        name = name.replace(".parametrizations.weight.original", ".weight")
+        if name.startswith("parametrizations.weight.original"):
+            name = "weight"
+        if ".parametrizations." in name or name.startswith("parametrizations."):
+            continue  # bit depths and exponents
+        shapes[name] = tuple(param.shape)
+    return shapes
+
+
+def _check_inputs(float_model: nn.Module, compression: SelfCompression,
+                  train_set: TensorDataset, size: int | None,
+                  preservation: PreservationSet | None, feedback: FeedbackConfig | None,
+                  batch_size: int, bn: str, lr: float, task_batch_size: int) -> None:
+    """Every bad setting named before anything is computed."""
+    if not isinstance(compression, SelfCompression):
+        raise ValueError("compression must be a SelfCompression wrapping the model being "
+                         f"trained, got {type(compression).__name__}")
+    if float_model is compression.model:
+        raise ValueError("float_model is the compressed model itself; pass a separate copy "
+                         "of the float reference (copy.deepcopy before wrapping)")
+    ours, theirs = _architecture(compression.model), _architecture(float_model)
+    if ours != theirs or is_language_model(float_model) != is_language_model(compression.model):
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise ValueError("the float reference has another architecture than the compressed "
+                         f"model (parameters that differ: {', '.join(differ[:5]) or 'kind'}); "
+                         "pass the float model the compressed one was copied from")
+    if not isinstance(train_set, TensorDataset) or len(train_set.tensors) < 2 \
+            or len(train_set) == 0:
+        raise ValueError("train_set must be a non-empty TensorDataset(x, y) of the training "
+                         f"split, got {type(train_set).__name__}")
+    if preservation is None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size (of the preservation set) must be a positive integer, "
+                             f"got {size!r}")
+        if size > len(train_set):
+            raise ValueError(f"size={size}: the preservation set cannot be larger than the "
+                             f"training split ({len(train_set)} rows)")
+    elif size is not None and size != len(preservation):
+        raise ValueError(f"size={size} but the given preservation set has {len(preservation)} "
+                         "rows; pass one of them")
+    if feedback is not None:
+        if not isinstance(feedback, FeedbackConfig):
+            raise ValueError(f"feedback must be a FeedbackConfig or None, got {feedback!r}")
+        if not compression.names:
+            raise ValueError("feedback needs quantized layers, but the SelfCompression wraps "
+                             "no Conv/Linear layer; set feedback=None")
+        n = len(preservation) if preservation is not None else size
+        if n * feedback.monitor_fraction < 1 or n * (1 - feedback.monitor_fraction) < 1:
+            raise ValueError(f"monitor_fraction={feedback.monitor_fraction} of a preservation "
+                             f"set of {n} leaves no monitor or no loss part; use a larger set")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a positive finite learning rate, got {lr!r}")
+    if isinstance(task_batch_size, bool) or not isinstance(task_batch_size, int) \
+            or task_batch_size < 1:
+        raise ValueError(f"task_batch_size must be a positive integer, got {task_batch_size!r}")

@@ -1,0 +1,202 @@
+"""Methods as named runs: defaults per data set, the result schema, and the run folder.
+
+``run("sgsc", "mnist", seed=0)`` trains what the method needs (a float reference first,
+for the compressed methods), selects on validation, exports the compressed model to a
+real packed file, and returns one flat result dict:
+
+    method, data, seed, val_acc/test_acc (classifiers) or val_loss/test_loss (text),
+    storage_bytes (size of the packed file), entropy_coded_bytes, live_weights, Q,
+    selected_epoch, feedback_events (and feedback_bits, feedback_monitor_change: the
+    bits restored and the mean monitor-loss change per event), preservation_size,
+    monitor_size, train_s, wall_s, params, threads, trained_by (the code states that
+    trained its epochs) and code (version, git_sha, sgsc_dirty of the code that exported and
+    evaluated it)
+
+``train_s`` is the method's own training time, summed over resumes (the float
+reference's for ``float``; never the shared float reference's for the others), so it
+survives a rerun that only reloads a finished run; ``wall_s`` is the time of this call.
+
+Test metrics are computed once, on the selected model, for reporting only.  A run
+folder holds checkpoints, so a killed run resumes; the float reference of a seed is
+shared by the compressed methods of that seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from sgsc.core.compress import SelfCompression
+from sgsc.core.preservation import PreservationSet, build_preservation_set
+from sgsc.core.safety import SafetyGuidance
+from sgsc.core.tasks import evaluate
+from sgsc.experiments import provenance
+from sgsc.experiments.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
+from sgsc.experiments.defaults import (  # noqa: F401  (the defaults, where users look for them)
+    DEFAULTS,
+    METHODS,
+    SAFETY_METHODS,
+    SC_EXTRA,
+    SGSC_EXTRA,
+    check_method,
+    train_config,
+)
+from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as runs.* for users)
+    build_data_model,
+    check_run,
+    finish,
+    load_splits,
+    prefixed,
+    run_folder,
+    train_float,
+)
+from sgsc.experiments.train import Trainer, count_weights, float_storage_bytes
+from sgsc.fileformat import atomic
+from sgsc.fileformat.export import entropy_coded_bytes, load_compressed, save_compressed
+
+
+def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
+        device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
+        preservation_size: int | None = None, **overrides) -> dict:
+    """Run ``method`` on ``data_name``; see the module docstring for the result."""
+    check_method(method, data_name)
+    # --- baselines: uniform PTQ/QAT, DiffQ, CB-TPE (sgsc.experiments.baselines) -------------------
+    if method in BASELINE_METHODS:
+        if preservation_size is not None:
+            raise ValueError(f"{method} uses no preservation set; drop preservation_size")
+        return _run_baseline(method, data_name, seed=seed, out_dir=out_dir, device=device,
+                             progress=progress, float_overrides=float_overrides, **overrides)
+    # --- end baselines ----------------------------------------------------------------
+    start = time.perf_counter()
+    provenance.code_state()  # read before training: the code as it is loaded now
+    root = Path(out_dir) / data_name
+    if method == "float":  # the method's own settings are the float model's
+        float_overrides = (float_overrides or {}) | overrides
+    config, size = check_run(method, data_name, seed=seed, device=device, progress=progress,
+                             float_overrides=float_overrides,
+                             preservation_size=preservation_size, **overrides)
+    atomic.ensure_writable(root)  # an unwritable output fails now, not after training
+    splits = load_splits(data_name)
+    float_model, float_info = train_float(data_name, splits, seed, root, device, progress,
+                                          **(float_overrides or {}))
+    dev = next(float_model.parameters()).device
+    if method == "float":
+        result = {"storage_bytes": float_storage_bytes(float_model),
+                  "live_weights": count_weights(float_model),
+                  "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
+                  "train_s": round(float_info["wall_s"], 2),
+                  "trained_by": float_info["trained_by"],
+                  **prefixed("val", evaluate(float_model, splits.val, dev)),
+                  **prefixed("test", evaluate(float_model, splits.test, dev))}
+        return finish(method, data_name, seed, result, start, float_info["run_dir"])
+
+    chosen, pres_info = None, {}
+    if method in SAFETY_METHODS:
+        chosen = preservation_set(float_model, splits.train, size, seed, float_info["run_dir"],
+                                  device=dev, progress=progress)
+        # the monitor SafetyGuidance will hold out (the same seeded split), for the folder key
+        monitor = (chosen.split(config.feedback.monitor_fraction, seed=seed)[1].indices.tolist()
+                   if config.feedback is not None else [])
+        pres_info = {"preservation_size": len(chosen.indices),
+                     "preservation_counts": chosen.counts(), "monitor_size": len(monitor)}
+    out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
+    model = build_data_model(data_name, splits).to(dev)
+    model.load_state_dict(float_model.state_dict())
+    compression = SelfCompression(model, init_bits=config.init_bits)
+    safety = None
+    if chosen is not None:
+        saved = _read_json(out / "preservation.json")
+        if saved.get("monitor_indices") != monitor:
+            saved = {}  # written for another monitor: calibrate again
+        safety = SafetyGuidance(float_model, compression, splits.train, preservation=chosen,
+                                feedback=config.feedback, batch_size=config.pres_batch_size,
+                                augment=config.pres_augment, bn=config.pres_bn, seed=seed,
+                                lr=config.lr, task_batch_size=config.batch_size,
+                                # the calibration (a float fine-tune) is done once per run
+                                float_level=saved.get("float_level") if config.feedback
+                                else None)
+        # which examples guided the run, for figures and audits
+        atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist(),
+                                              "float_level": safety.float_level},
+                          out / "preservation.json")
+    trainer = Trainer(model, splits.train, splits.val, config, compression=compression,
+                      safety=safety, out_dir=out)
+    trained = trainer.fit()
+
+    model.eval()
+    packed = out / "model.sgsc"
+    save_compressed(compression, packed)
+    loaded = load_compressed(packed).to(dev)
+    report = compression.size_report()
+    result = {
+        "storage_bytes": packed.stat().st_size,
+        "entropy_coded_bytes": entropy_coded_bytes(compression),
+        "storage_bits_counted": int(report["storage_bits"]),
+        "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
+        "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
+        "trained_by": trained.trained_by,
+        "feedback_events": len(trained.feedback_events),
+        **feedback_effect(trained.feedback_events),
+        "params": dataclasses.asdict(config),
+        "float_val": prefixed("val", evaluate(float_model, splits.val, dev)),
+        **pres_info,
+        # measured on the model loaded back from the packed file: what a user would ship
+        **prefixed("val", evaluate(loaded, splits.val, dev)),
+        **prefixed("test", evaluate(loaded, splits.test, dev)),
+    }
+    return finish(method, data_name, seed, result, start, out)
+
+
+def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, *,
+                     device, progress: bool = True) -> PreservationSet:
+    """The preservation set of ``size`` rows the float model of ``float_dir`` picks, built
+    once per float run and read back from ``float_dir`` after that (Grad-CAM and k-means
+    over the training split take about a minute on MNIST)."""
+    path = Path(float_dir) / f"preservation-n{size}-s{seed}.json"
+    try:
+        chosen = PreservationSet.from_dict(_read_json(path))
+        chosen.subset(train)  # it was chosen from this split
+        if len(chosen) == size:
+            return chosen
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or unreadable: choose it again
+    chosen = build_preservation_set(float_model, train, size, seed=seed, device=str(device),
+                                    progress=progress)
+    atomic.write_json(chosen.to_dict(), path)
+    return chosen
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing or unreadable."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _run_baseline(method: str, data_name: str, **kw) -> dict:
+    """Run baseline ``method`` (its module is imported only when it runs)."""
+    if method.startswith("uniform-"):
+        from sgsc.experiments.baselines import uniform
+
+        return uniform.run(method, data_name, **kw)
+    if method == "diffq":
+        from sgsc.experiments.baselines import diffq
+
+        return diffq.run(data_name, **kw)
+    from sgsc.experiments.baselines import cbtpe
+
+    return cbtpe.run(method, data_name, **kw)
+
+
+def feedback_effect(events: list[dict]) -> dict:
+    """What the feedback did, summed over a run's events: bits it gave back and the mean
+    change of the monitor loss per event (negative: each restore lowered it)."""
+    if not events:
+        return {"feedback_bits": 0, "feedback_monitor_change": None}
+    changes = [e["monitor_loss_after"] - e["monitor_loss_before"] for e in events]
+    return {"feedback_bits": sum(e["bits_added"] for e in events),
+            "feedback_monitor_change": sum(changes) / len(changes)}

@@ -1,0 +1,284 @@
+"""Runs on disk, for the notebooks: run a grid, find each run's folder, reload what it made.
+
+:func:`sgsc.experiments.runs.run` checkpoints every run in a folder under ``out_dir/<data>/`` and
+resumes from it, so running a finished grid again only reloads and re-evaluates it.
+This module adds what the notebooks need on top: ``force`` (delete and retrain),
+the folder of each result (for its ``history.json`` and ``model.sgsc``), the models
+themselves, the stored bit depths of a packed file and per-class accuracies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from sgsc.core.preservation import PreservationSet, build_preservation_set
+from sgsc.experiments import defaults, harness, models, runs
+from sgsc.experiments.train import CHECKPOINT, HISTORY
+from sgsc.fileformat import export
+
+PACKED = "model.sgsc"
+
+
+def run_grid(methods: Sequence[str], data_name: str, seeds: Sequence[int], *,
+             out_dir: str | os.PathLike[str], device: str = "auto", force: bool = False,
+             float_epochs: int | None = None, epochs: int | None = None,
+             progress: bool = False, **overrides: Any) -> list[dict]:
+    """Run every method for every seed (float references are shared per seed).
+
+    Each result dict of :func:`sgsc.experiments.runs.run` gains ``run_dir``: its folder (or None
+    when a method keeps no folder).  With ``force`` the grid's folders are deleted first.
+    """
+    if force:
+        clear_runs(out_dir, data_name, methods, seeds)
+    results = []
+    for seed in seeds:
+        for method in methods:
+            result = runs.run(method, data_name, seed=seed, out_dir=out_dir, device=device,
+                              progress=progress, float_overrides={"epochs": float_epochs},
+                              **training_overrides(method, epochs=epochs, **overrides))
+            folder = find_run_dir(out_dir, result)
+            result["run_dir"] = None if folder is None else str(folder)
+            results.append(result)
+    return results
+
+
+def run_requests(requests: Sequence[dict], data_name: str, *,
+                 out_dir: str | os.PathLike[str], device: str = "auto",
+                 float_epochs: int | None = None, epochs: int | None = None) -> list[dict]:
+    """:func:`run_grid` for each request ``{"methods", "seeds", "overrides"}`` (the parts
+    of :func:`sgsc.experiments.studies.image_study` and
+    :func:`sgsc.experiments.studies.text_study`), in order."""
+    return [result for request in requests
+            for result in run_grid(request["methods"], data_name, request["seeds"],
+                                   out_dir=out_dir, device=device, float_epochs=float_epochs,
+                                   epochs=epochs, **request["overrides"])]
+
+
+def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str, dict]:
+    """From now on (in this process), ``sgsc.experiments.runs`` builds the model of
+    ``data_name`` with ``config`` fields overridden -- e.g. a one-layer transformer for a
+    quick profile.
+    Returns the previous ``(model name, config)`` entry, to restore it.
+
+    The architecture is part of each run's folder key (:func:`sgsc.experiments.runs.run_folder`), so
+    such runs never resume or reuse runs of another architecture.
+    """
+    entry = defaults.DEFAULTS[data_name]
+    previous = entry["model"]
+    if config:
+        name, base = previous
+        fields = {f.name for f in dataclasses.fields(models.MODEL_REGISTRY[name].config_class)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(f"unknown {name} setting(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(fields))}")
+        entry["model"] = (name, base | config)
+    return previous
+
+
+@contextmanager
+def model_overrides(data_name: str, config: dict[str, Any] | None) -> Iterator[None]:
+    """:func:`configure_model` for the duration of a ``with`` block."""
+    previous = configure_model(data_name, config)
+    try:
+        yield
+    finally:
+        defaults.DEFAULTS[data_name]["model"] = previous
+
+
+def trains(method: str) -> bool:
+    """Whether ``method`` trains beyond the float reference (and so takes ``epochs``)."""
+    return method != "float" and not method.startswith("uniform-ptq-")
+
+
+def training_overrides(method: str, **overrides: Any) -> dict[str, Any]:
+    """The overrides ``method`` accepts: none for the float model (its budget is
+    ``float_overrides``) or for post-training quantization, all of them otherwise."""
+    return {k: v for k, v in overrides.items() if v is not None} if trains(method) else {}
+
+
+def _folders(root: Path, method: str, seed: int) -> list[Path]:
+    """Folders that may hold a run of ``method`` and ``seed`` (see runs.run_folder)."""
+    return sorted(p for p in root.glob(f"{method}-s{seed}-*") if p.is_dir())
+
+
+def clear_runs(out_dir: str | os.PathLike[str], data_name: str, methods: Sequence[str],
+               seeds: Sequence[int]) -> list[Path]:
+    """Delete the folders (checkpoints included) of these methods and seeds, and of their
+    float references; return what was deleted."""
+    root = Path(out_dir) / data_name
+    gone = []
+    for seed in seeds:
+        folders = _folders(root, "float", seed)
+        for method in methods:
+            folders += _folders(root, method, seed)
+        for folder in folders:
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                gone.append(folder)
+    return gone
+
+
+def find_run_dir(out_dir: str | os.PathLike[str], result: dict) -> Path | None:
+    """The folder a result of :func:`sgsc.experiments.runs.run` was written to.
+
+    A run lives in ``<data>/<method>-s<seed>-<key>`` (see :func:`sgsc.experiments.runs.run_folder`);
+    without a ``run_dir`` in ``result``, it is the newest such folder whose
+    ``result.json`` has the same settings.
+    """
+    if result.get("run_dir"):
+        return Path(result["run_dir"])
+    root = Path(out_dir) / result["data"]
+    candidates = sorted((f / "result.json" for f in _folders(root, result["method"],
+                                                              result["seed"])
+                         if (f / "result.json").exists()),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if json.loads(path.read_text()).get("params") == result.get("params"):
+            return path.parent
+    return None
+
+
+def load_history(run_dir: str | os.PathLike[str]) -> dict:
+    """A run's ``history.json``: config, per-epoch rows, selected epoch, and (with feedback)
+    ``feedback`` events and ``feedback_checks``."""
+    return json.loads((Path(run_dir) / HISTORY).read_text())
+
+
+def flat(results: Sequence[dict]) -> list[dict]:
+    """Results without their nested fields (params, counts), ready for a table."""
+    return [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in results]
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def has_model(result: dict) -> bool:
+    """Whether the run left a model to reload (a packed file, or a float checkpoint)."""
+    if not result.get("run_dir"):
+        return False
+    name = CHECKPOINT if result["method"] == "float" else PACKED
+    return (Path(result["run_dir"]) / name).exists()
+
+
+def load_model(result: dict, splits: Any) -> nn.Module:
+    """The model a run selected, in eval mode on the CPU.
+
+    Compressed runs: loaded back from the packed ``model.sgsc`` (what a user would ship).
+    Float runs: the selected state of the float checkpoint.
+    """
+    folder = Path(result["run_dir"])
+    if result["method"] != "float":
+        return export.load_compressed(folder / PACKED)
+    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+    model = harness.build_data_model(result["data"], splits)
+    model.load_state_dict(state["selected_state"] or state["model"])
+    return model.eval()
+
+
+def stored_bit_depths(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Per quantized layer of a packed file: the bit depth of every stored channel, and
+    how many channels the layer had before pruning (``channels``).
+
+    Read from the file's first payload section (one uint8 per stored row; see
+    :mod:`sgsc.fileformat.export`); pruned channels are not stored and count as 0 bits.
+    """
+    container = export.read_container(Path(path))
+    meta, payload = container.meta, container.payload
+    original = models.build_model(meta["model"], **meta["config"]).state_dict()
+    layers, offset = {}, 0
+    for key, kind, _dtype, shape in meta["tensors"]:
+        if kind != "q":
+            continue
+        rows = int(shape[0])
+        bits = np.frombuffer(payload[offset:offset + rows], dtype=np.uint8).astype(int)
+        offset += rows
+        name = key.removesuffix(".weight")
+        layers[name] = {"bits": bits, "channels": int(original[key].shape[0])}
+    return layers
+
+
+def bit_depth_table(layers: dict[str, dict[str, Any]]) -> list[dict]:
+    """Per layer: channels before/after pruning, mean and max bits of stored channels."""
+    rows = []
+    for name, layer in layers.items():
+        bits = layer["bits"]
+        rows.append({"layer": name, "channels": layer["channels"], "stored": len(bits),
+                     "removed": layer["channels"] - len(bits),
+                     "mean_bits": float(bits.mean()) if len(bits) else 0.0,
+                     "max_bits": int(bits.max()) if len(bits) else 0})
+    return rows
+
+
+@torch.no_grad()
+def per_class_accuracy(model: nn.Module, dataset: TensorDataset,
+                       num_classes: int) -> list[float]:
+    """Accuracy on each class of ``dataset`` (NaN for a class with no examples)."""
+    model.eval()
+    correct = torch.zeros(num_classes)
+    total = torch.zeros(num_classes)
+    for x, y in DataLoader(dataset, batch_size=1000):
+        predicted = model(x).argmax(1)
+        total += torch.bincount(y, minlength=num_classes).float()
+        correct += torch.bincount(y[predicted == y], minlength=num_classes).float()
+    return (correct / total).tolist()
+
+
+def preservation_set(result: dict, splits: Any, float_model: nn.Module) -> PreservationSet:
+    """The preservation set an sgsc run trained with, chosen again the same way.
+
+    The choice is deterministic for a seed; the counts per rule are checked against the
+    ones the run recorded.
+    """
+    chosen = build_preservation_set(float_model, splits.train, result["preservation_size"],
+                                    seed=result["seed"])
+    expected = result.get("preservation_counts")
+    if expected is not None and chosen.counts() != expected:
+        raise RuntimeError(f"rebuilt preservation set {chosen.counts()} differs from the "
+                           f"run's {expected}")
+    return chosen
+
+
+def per_class_rows(results: Sequence[dict], splits: Any, num_classes: int = 10) -> list[dict]:
+    """Per run: test accuracy of each class (``class_0`` ...) of its selected model."""
+    rows = []
+    for result in results:
+        if not has_model(result):
+            continue
+        model = load_model(result, splits)
+        accuracy = per_class_accuracy(model, splits.test, num_classes)
+        rows.append({"method": result["method"], "seed": result["seed"],
+                     "run_dir": result["run_dir"],
+                     **{f"class_{c}": a for c, a in enumerate(accuracy)}})
+    return rows
+
+
+@torch.no_grad()
+def sample_names(model: nn.Module, splits: Any, n: int, seed: int,
+                 temperature: float = 1.0) -> list[str]:
+    """``n`` names sampled from a character model of the ``names`` data (seeded).
+
+    Each sample starts from the boundary token ``.`` (index 0) and ends at the next one,
+    as the training rows do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.zeros((n, 1), dtype=torch.long)
+    tokens = model.eval().generate(start, splits.block_size - 1, temperature=temperature,
+                                   generator=generator)
+    names = []
+    for row in tokens[:, 1:].tolist():
+        end = row.index(0) if 0 in row else len(row)
+        names.append(splits.decode(row[:end]))
+    return names

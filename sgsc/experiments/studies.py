@@ -1,0 +1,435 @@
+"""The studies behind notebooks 01, 03 and 04: safety guidance against plain
+self-compression, a one-at-a-time sweep, and a search race.
+
+**Safety guidance** (``01_mnist_cnn``).  :func:`image_study` lists the runs the notebook
+adds to its main grid: the ablation halves ``sc-pres`` and ``sc-feedback`` at the default
+gamma, sc and sgsc at more gammas (a frontier each), and a few settings tried on one seed
+and judged on validation (:func:`tuning_rows`).  :func:`study_rows` gives every run one
+row with its gamma and worst-class accuracy; :func:`ablation_summary` compares the four
+variants at the same gamma and :func:`matched_size` at the same size, against sc's
+frontier of the same seed (:func:`sgsc.reporting.compare.matched_differences`), with a 95 %
+confidence interval over seeds.
+
+**Sweep** (``03_sweeps``).  The SGSC paper varies the initial bit depth, gamma, lambda,
+batch size and learning rate.  A full product of those axes is thousands of runs, so
+:func:`axis_grids` varies *one setting at a time* around the data set's defaults: one grid
+at the defaults, plus one grid per axis holding that axis's other values.  Each grid is an
+ordinary :class:`sgsc.experiments.sweep.Grid` (cached by key, run on Dask), so a rerun is free and a
+``full`` profile can hand the same study to a cluster.  :func:`sweep_rows` flattens the
+outcomes into one row per run, labelled with the axis and value it tests, and
+:func:`epoch_swing` measures how much a run's validation accuracy jumps between epochs --
+the instability the preservation set is meant to damp.
+
+**Search race** (``04_cbtpe_search``).  :func:`best_so_far` turns a CB-TPE search log
+(``search.json`` of a ``cbtpe`` / ``cbtpe-tpe`` run) into best-objective-so-far curves
+against trials and against training time; :func:`sgsc.experiments.baselines.cbtpe.objective` scores
+any other compressed model -- a self-compression run -- the same way, so it lands on the
+same axes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sgsc.experiments import sweep
+from sgsc.experiments.defaults import SAFETY_METHODS, train_config
+from sgsc.reporting import compare
+
+LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
+
+
+# ----------------------------------------------------------------------------- safety study
+
+
+def image_study(profile: Any) -> dict[str, list[dict]]:
+    """The runs ``01_mnist_cnn`` adds to its main grid, by part; each request is
+    ``{"methods", "seeds", "overrides"}`` for :func:`sgsc.experiments.store.run_grid`.  The tuning
+    runs change one setting of sgsc at a time, on the profile's tuning seeds."""
+    seeds = list(profile.seeds)
+    return {
+        "ablation": [{"methods": list(profile.ablation_methods), "seeds": seeds,
+                      "overrides": {}}],
+        "frontier": frontier_requests(profile.frontier, seeds),
+        "tuning": [{"methods": ["sgsc"], "seeds": list(profile.tuning_seeds or seeds),
+                    "overrides": {setting: value}}
+                   for setting, values in profile.tuning.items() for value in values],
+    }
+
+
+def text_study(profile: Any) -> dict[str, list[dict]]:
+    """The runs ``02_char_transformer`` adds to its main grid: sc and sgsc at more gammas
+    (``profile.text_frontier``), for the comparison of test loss at matched size."""
+    return {"frontier": frontier_requests(profile.text_frontier, list(profile.text_seeds))}
+
+
+def frontier_requests(frontier: dict[str, Sequence[float]], seeds: list[int]) -> list[dict]:
+    """One run request per (method, gamma) of ``frontier`` (method: gammas), on ``seeds``."""
+    return [{"methods": [method], "seeds": seeds, "overrides": {"gamma": gamma}}
+            for method, gammas in frontier.items() for gamma in gammas]
+
+
+def study_grids(parts: dict[str, list[dict]], data_name: str, out: str | os.PathLike,
+                budget: dict[str, int | None], device: str = "auto") -> list[sweep.Grid]:
+    """The same runs as :class:`sgsc.experiments.sweep.Grid` objects, to train them on Dask workers
+    first (the notebook then finds every run in its folder)."""
+    fixed = {k: v for k, v in {"epochs": budget.get("epochs"),
+                               "float_epochs": budget.get("float_epochs")}.items()
+             if v is not None}
+    grids = []
+    for requests in parts.values():
+        for request in requests:
+            grid = {k: [v] for k, v in request["overrides"].items()}
+            grids.append(sweep.parse_grid({"data": data_name, "methods": request["methods"],
+                                           "seeds": request["seeds"], "grid": grid,
+                                           "fixed": fixed, "out": str(out),
+                                           "device": device}))
+    return grids
+
+
+PARTS = ("main", "ablation", "frontier", "tuning", "text")
+
+
+def profile_grids(profile: Any, out: str | os.PathLike, parts: Sequence[str] = PARTS,
+                  device: str = "auto") -> list[sweep.Grid]:
+    """The training runs of notebooks 01 and 02 for ``profile`` as sweep grids, so that
+    they can be trained on parallel workers before the notebooks (which then find every
+    run in its folder): ``main`` (01's methods), ``ablation``, ``frontier``, ``tuning``
+    (01's safety study) and ``text`` (02's methods; left to the notebook when the profile
+    changes the text model's shape, which a worker process would not see)."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    from sgsc.experiments.profiles import budget
+
+    study = image_study(profile)
+    study["main"] = [{"methods": list(profile.methods), "seeds": list(profile.seeds),
+                      "overrides": {}}]
+    grids = study_grids({name: study[name] for name in parts if name != "text"},
+                        profile.image_data, out, budget(profile), device)
+    if "text" in parts and not profile.text_model:
+        text = {"text": [{"methods": list(profile.text_methods),
+                          "seeds": list(profile.text_seeds), "overrides": {}}],
+                **text_study(profile)}
+        grids += study_grids(text, profile.text_data, out, budget(profile, "text"), device)
+    return grids
+
+
+# Methods whose size term gamma weighs (DiffQ's too: sgsc.experiments.baselines.diffq); the others
+# (float, uniform, CB-TPE) have no gamma of their own.
+GAMMA_METHODS = ("sc", *SAFETY_METHODS, "diffq")
+
+
+def study_rows(results: Sequence[dict], per_class: Sequence[dict],
+               data_name: str) -> list[dict]:
+    """One row per run (each run once): method, seed, gamma, the tuned settings, whether
+    it is a tuning run (``tuning``: a setting other than its method's default) and at the
+    default gamma (``default_gamma``), test and validation accuracy, worst-class test
+    accuracy, size, and the feedback's effect."""
+    worst = {row["run_dir"]: min(v for k, v in row.items() if k.startswith("class_"))
+             for row in per_class}
+    rows, seen = [], set()
+    for r in results:
+        if r.get("run_dir") in seen:
+            continue
+        seen.add(r.get("run_dir"))
+        params = r.get("params", {})
+        tuned = r["method"] in SAFETY_METHODS and any(
+            params.get(s) != getattr(train_config(r["method"], data_name), s) for s in TUNED)
+        weighs_gamma = r["method"] in GAMMA_METHODS
+        rows.append({"method": r["method"], "data": r.get("data", data_name), "seed": r["seed"],
+                     "gamma": params.get("gamma"),
+                     "tuning": tuned, "default_gamma": not weighs_gamma or
+                     params.get("gamma") == default_value(data_name, "gamma"),
+                     "l1_weights": params.get("l1_weights"), "pres_bn": params.get("pres_bn"),
+                     "val_acc": r.get("val_acc"), "test_acc": r.get("test_acc"),
+                     "val_loss": r.get("val_loss"), "test_loss": r.get("test_loss"),
+                     "worst_class_acc": worst.get(r.get("run_dir")),
+                     "storage_bytes": r.get("storage_bytes"),
+                     "entropy_coded_bytes": r.get("entropy_coded_bytes"),
+                     "feedback_events": r.get("feedback_events"),
+                     "feedback_bits": r.get("feedback_bits"),
+                     "feedback_monitor_change": r.get("feedback_monitor_change"),
+                     "train_s": r.get("train_s"), "run_dir": r.get("run_dir")})
+    return rows
+
+
+def at_defaults(rows: Sequence[dict], data_name: str, *, gamma: bool = False) -> list[dict]:
+    """Rows of :func:`study_rows` that are not tuning runs; with ``gamma``, only those at
+    the default gamma too (and the methods without one, such as float)."""
+    return [r for r in rows if not r["tuning"] and (not gamma or r["default_gamma"])]
+
+
+TUNED = ("l1_weights", "pres_bn")  # what the tuning runs vary
+
+
+ABLATION_COLUMNS = ("test_acc", "worst_class_acc", "storage_bytes", "feedback_events",
+                    "feedback_bits", "feedback_monitor_change")
+
+
+def ablation_summary(rows: Sequence[dict], data_name: str,
+                     methods: Sequence[str] = ("sc", "sc-pres", "sc-feedback", "sgsc")
+                     ) -> list[dict]:
+    """Mean and std over seeds of :data:`ABLATION_COLUMNS`, per method, at the default
+    gamma (``<column>_std`` beside each ``<column>``)."""
+    gamma = default_value(data_name, "gamma")
+    chosen = at_defaults(rows, data_name, gamma=True)
+    out = []
+    for method in methods:
+        mine = [r for r in chosen if r["method"] == method]
+        if not mine:
+            continue
+        row = {"method": method, "gamma": gamma, "seeds": len(mine)}
+        for column in ABLATION_COLUMNS:
+            stats_ = compare.t_interval([r[column] for r in mine if r[column] is not None])
+            row[column], row[f"{column}_std"] = stats_["mean"], stats_["std"]
+        out.append(row)
+    return out
+
+
+def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
+                 reference: str = "sc", metrics: Sequence[str] = ("test_acc",
+                                                                  "worst_class_acc"),
+                 all_gammas: Sequence[str] = ("sgsc",), better: str = "above") -> list[dict]:
+    """Each method's metric minus ``reference``'s at the same size and seed, with a 95 %
+    t interval over seeds: one row per (method, gamma, metric).  Methods in
+    ``all_gammas`` are compared at every gamma they ran; the others at the default.
+    ``better`` is the side of 0 where the method wins: "above" for accuracy, "below" for
+    a loss; the verdict is for "better than the reference at the same size"."""
+    usable = at_defaults(rows, data_name)
+    gamma0 = default_value(data_name, "gamma")
+    out = []
+    for method in methods:
+        gammas = sorted({r["gamma"] for r in usable if r["method"] == method}
+                        if method in all_gammas else {gamma0})
+        for gamma in gammas:
+            subset = [r for r in usable if r["method"] == reference
+                      or (r["method"] == method and r["gamma"] == gamma)]
+            for metric in metrics:
+                pairs = compare.matched_differences(subset, method, reference,
+                                                    metric=metric)
+                diffs = [p["difference"] for p in pairs if p["difference"] is not None]
+                interval = compare.t_interval(diffs)
+                out.append({"method": method, "gamma": gamma, "metric": metric,
+                            "size_mean": _mean([p["size"] for p in pairs]),
+                            "runs": len(pairs), "matched": len(diffs),
+                            "difference": interval["mean"], "std": interval["std"],
+                            "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
+                            "confidence": compare.CONFIDENCE,
+                            "verdict": compare.verdict(interval, 0.0, better),
+                            "seeds_to_resolve": compare.seeds_to_resolve(interval)})
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def tuning_rows(rows: Sequence[dict], data_name: str, tuning: dict[str, Sequence]
+                ) -> list[dict]:
+    """sgsc at the default gamma: the default settings and each tried one (the others at
+    their defaults), with validation accuracy -- the basis of the choice -- and size as
+    mean and std over seeds; ``best`` marks each setting's highest validation accuracy.
+    The values of a setting are compared on the seeds they all ran (the default usually
+    ran more), so that a choice is never a seed's luck.  Test accuracy is deliberately
+    absent."""
+    gamma = default_value(data_name, "gamma")
+    defaults = {s: default_value(data_name, s) for s in tuning}
+    mine = [r for r in rows if r["method"] == "sgsc" and r["gamma"] == gamma]
+    out = []
+    for setting, values in tuning.items():
+        others = {s: v for s, v in defaults.items() if s != setting}
+        by_value = {value: [r for r in mine if r[setting] == value
+                            and all(r[s] == v for s, v in others.items())]
+                    for value in dict.fromkeys([defaults[setting], *values])}
+        by_value = {value: runs for value, runs in by_value.items() if runs}
+        common = set.intersection(*({r["seed"] for r in runs} for runs in by_value.values())
+                                  ) if by_value else set()
+        for value, runs in by_value.items():
+            runs = [r for r in runs if r["seed"] in common]
+            if not runs:
+                continue
+            val = compare.t_interval([r["val_acc"] for r in runs])
+            size = compare.t_interval([r["storage_bytes"] for r in runs])
+            out.append({"setting": setting, "value": value, "default": value == defaults[setting],
+                        "seeds": len(runs), "val_acc": val["mean"], "val_acc_std": val["std"],
+                        "storage_bytes": size["mean"], "storage_bytes_std": size["std"]})
+    for setting in tuning:
+        candidates = [r for r in out if r["setting"] == setting]
+        best = max(candidates, key=lambda r: r["val_acc"], default=None)
+        for r in candidates:
+            r["best"] = r is best
+    return out
+
+
+def tuning_verdicts(table: Sequence[dict]) -> list[str]:
+    """One sentence per setting of a :func:`tuning_rows` table: which value validation
+    prefers, against the default, on how many seeds."""
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in table):
+        rows = [r for r in table if r["setting"] == setting]
+        best = next(r for r in rows if r["best"])
+        default = next((r for r in rows if r["default"]), None)
+        tried = ", ".join(f"{r['value']!r}: {r['val_acc']:.4f}" for r in rows)
+        if default is None:
+            lines.append(f"{setting}: the default did not run; validation accuracy {tried}")
+        elif best is default:
+            lines.append(f"{setting}: validation keeps the default {default['value']!r} "
+                         f"({tried}; {best['seeds']} seed(s))")
+        else:
+            lines.append(f"{setting}: validation prefers {best['value']!r} over the default "
+                         f"{default['value']!r} ({tried}; {best['seeds']} seed(s))")
+    return lines
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def default_value(data_name: str, setting: str) -> Any:
+    """The value ``setting`` takes in an sgsc run on ``data_name`` by default."""
+    return getattr(train_config("sgsc", data_name), setting)
+
+
+def axis_grids(data_name: str, methods: Sequence[str], seeds: Sequence[int],
+               axes: dict[str, Sequence[Any]], fixed: dict[str, Any], out: str | os.PathLike,
+               device: str = "auto") -> dict[str, sweep.Grid]:
+    """One grid at the defaults (``"defaults"``) and one per axis with its other values.
+
+    ``lambda_pres`` is swept for sgsc only (sc has no preservation loss).  Values equal to
+    the default are dropped from an axis: the ``defaults`` grid already holds that run.
+    Raises :class:`sgsc.experiments.sweep.GridError` for an unknown setting or a bad value.
+    """
+    base = {"data": data_name, "seeds": list(seeds), "fixed": dict(fixed), "out": str(out),
+            "device": device}
+    grids = {"defaults": sweep.parse_grid(base | {"methods": list(methods)})}
+    for axis, values in axes.items():
+        if axis in fixed:
+            raise sweep.GridError(f"{axis} is both an axis and a fixed setting; keep one")
+        others = [v for v in values if v != _default(data_name, axis)]
+        chosen = [m for m in methods if axis != LAMBDA or m == "sgsc"]
+        if others and chosen:
+            grids[axis] = sweep.parse_grid(base | {"methods": chosen, "grid": {axis: others}})
+    return grids
+
+
+def _default(data_name: str, axis: str) -> Any:
+    try:
+        return default_value(data_name, axis)
+    except AttributeError:  # not a training setting: parse_grid names what is valid
+        return None
+
+
+def sweep_rows(reports: dict[str, sweep.SweepReport], data_name: str,
+               axes: Sequence[str]) -> list[dict]:
+    """One row per finished run: method, seed, the ``axis`` it tests and its ``value``,
+    its metrics and :func:`epoch_swing`.  Runs of the ``defaults`` grid appear once per
+    axis (as that axis's default value), so every axis reads as a complete curve; their
+    ``run_dir`` tells such repeats apart from distinct runs (count runs by it)."""
+    rows = []
+    for name, report in reports.items():
+        for outcome in report.outcomes.values():
+            if outcome["status"] != "done" or outcome["spec"]["method"] == "float":
+                continue
+            result, overrides = outcome["result"], outcome["spec"]["overrides"]
+            tested = [name] if name != "defaults" else [
+                a for a in axes if a != LAMBDA or result["method"] == "sgsc"]
+            for axis in tested:
+                value = overrides.get(axis, default_value(data_name, axis))
+                rows.append({"axis": axis, "value": value, "method": result["method"],
+                             "seed": result["seed"], "setting": f"{axis}={value}",
+                             **{k: result.get(k) for k in SWEEP_COLUMNS},
+                             "epoch_swing": epoch_swing(result.get("run_dir")),
+                             "run_dir": result.get("run_dir")})
+    return sorted(rows, key=lambda r: (r["axis"], r["value"], r["method"], r["seed"]))
+
+
+def _sweep_groups(rows: Sequence[dict], column: str) -> dict[str, dict[str, dict]]:
+    """Sweep rows by setting, then method, then seed: the value of ``column``."""
+    groups: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if row["method"] in ("sc", "sgsc") and row.get(column) is not None:
+            groups.setdefault(row["setting"], {}).setdefault(row["method"], {})[
+                row["seed"]] = float(row[column])
+    return groups
+
+
+def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
+    """Per setting (``axis=value``, rows of :func:`sweep_rows`) run by sc and sgsc with two
+    seeds or more each: the standard deviation over seeds of ``column`` for both, side by
+    side, and whether sgsc's is lower."""
+    out = []
+    for setting, by_method in _sweep_groups(rows, column).items():
+        sc, sgsc = by_method.get("sc", {}), by_method.get("sgsc", {})
+        if len(sc) > 1 and len(sgsc) > 1:
+            sc_std = compare.t_interval(list(sc.values()))["std"]
+            sgsc_std = compare.t_interval(list(sgsc.values()))["std"]
+            out.append({"setting": setting, "n": min(len(sc), len(sgsc)),
+                        f"sc_{column}_std": sc_std, f"sgsc_{column}_std": sgsc_std,
+                        "sgsc_lower": sgsc_std < sc_std})
+    return out
+
+
+SWEEP_COLUMNS = ("val_acc", "test_acc", "storage_bytes", "Q", "feedback_events",
+                 "selected_epoch", "train_s")
+
+
+def epoch_swing(run_dir: str | os.PathLike | None) -> float | None:
+    """Mean absolute change of validation accuracy from one epoch to the next (None
+    without a history of at least two epochs)."""
+    if not run_dir or not (Path(run_dir) / "history.json").exists():
+        return None
+    rows = json.loads((Path(run_dir) / "history.json").read_text())["history"]
+    accs = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+    if len(accs) < 2:
+        return None
+    return sum(abs(b - a) for a, b in zip(accs, accs[1:], strict=False)) / (len(accs) - 1)
+
+
+# ----------------------------------------------------------------------------- search race
+
+
+def load_search(run_dir: str | os.PathLike) -> dict:
+    """The ``search.json`` log of a ``cbtpe`` or ``cbtpe-tpe`` run."""
+    path = Path(run_dir) / "search.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a cbtpe run folder?")
+    return json.loads(path.read_text())
+
+
+def search_rows(results: Sequence[dict]) -> list[dict]:
+    """One row per cbtpe / cbtpe-tpe / sc run of notebook 04: accuracy, size, search time
+    and trials from its ``search.json`` (sc searches nothing: one trial, no search time),
+    training time (CB-TPE: search plus final training) and its folder."""
+    rows = []
+    for r in results:
+        log = load_search(r["run_dir"]) if r["method"].startswith("cbtpe") else None
+        rows.append({"method": r["method"], "seed": r["seed"], "val_acc": r["val_acc"],
+                     "test_acc": r["test_acc"], "storage_bytes": r["storage_bytes"],
+                     "search_s": log["search_wall_s"] if log else 0.0,
+                     "train_s": r["train_s"],
+                     "trials": log["n_trials"] if log else 1,
+                     "distinct_trials": log["distinct_trials"] if log else 1,
+                     "trials_to_target": log["trials_to_target"] if log else None,
+                     "run_dir": r["run_dir"]})
+    return rows
+
+
+def best_so_far(trials: Sequence[dict]) -> list[dict]:
+    """Per trial, in order: the best objective so far and the training time spent so
+    far (a repeated configuration is answered from the cache and costs nothing)."""
+    best, spent, curve = float("-inf"), 0.0, []
+    for number, trial in enumerate(trials, start=1):
+        best = max(best, trial["value"])
+        spent += trial["wall_s"]
+        curve.append({"trial": number, "best_value": best, "train_s": spent})
+    return curve
+
+
+def counted_bytes(result: dict) -> int:
+    """The storage a search trial would count for a run's model (``ceil(bits / 8)``, as
+    :meth:`sgsc.SelfCompression.storage_bytes`), not the packed file's size."""
+    return -(-int(result["storage_bits_counted"]) // 8)

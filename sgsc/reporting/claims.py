@@ -1,0 +1,323 @@
+"""The papers' claims at their own terms, and this project's targets, from a profile's
+metrics files.
+
+Each :class:`Claim` quotes a paper (``../shared/PAPERS.md`` gives the figures), names the
+per-seed quantity that tests it, the value the paper claims and on which side of it the
+claim lies.  :func:`assess_claims` measures every claim, puts a 95 % Student-t interval
+around the mean (:mod:`sgsc.reporting.compare`) and reads a verdict off it: *supported* when the
+whole interval lies on the claimed side, *refuted* when it lies wholly on the other,
+*inconclusive* otherwise -- with the number of seeds that would decide it at the observed
+spread.  Each seed (or, for the variance claim, each gamma) enters a claim once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sgsc.reporting import compare
+from sgsc.reporting.report import METRICS, compare_to_float, load_table, mean_std
+
+VERDICTS = ("supported", "refuted", "inconclusive", "not measured")
+SCNN = "Cséfalvay & Imber 2023 (SCNN)"
+SGSC = "Zbeeb et al. 2025 (SGSC)"
+CBTPE = "Azizi et al. 2023 (CB-TPE)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim in the paper's words, the quantity that tests it, the claimed value."""
+
+    id: str
+    source: str
+    quote: str  # the paper's words (PAPERS.md)
+    measurement: str  # what one value of the measurement is
+    claimed: float
+    side: str  # "above" or "below": where the claim puts the measurement
+    measure: Callable[[dict[str, list[dict]]], list[float]]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def _by(rows: Sequence[dict], method: str, **match) -> dict[int, dict]:
+    """Rows of ``method`` (and the given column values), by seed."""
+    return {r["seed"]: r for r in rows if r["method"] == method
+            and all(r.get(k) == v for k, v in match.items())}
+
+
+def _paired(a: dict[int, dict], b: dict[int, dict], column: str,
+            combine=lambda x, y: x - y) -> list[float]:
+    return [combine(a[s][column], b[s][column]) for s in sorted(set(a) & set(b))
+            if a[s].get(column) is not None and b[s].get(column) is not None]
+
+
+def _float_fraction_bits(tables: dict[str, list[dict]]) -> list[float]:
+    runs = tables.get("image_runs", [])
+    return _paired(_by(runs, "sc"), _by(runs, "float"), "storage_bytes", lambda x, y: x / y)
+
+
+def _float_fraction_weights(tables: dict[str, list[dict]]) -> list[float]:
+    runs = tables.get("image_runs", [])
+    return _paired(_by(runs, "sc"), _by(runs, "float"), "live_weights", lambda x, y: x / y)
+
+
+def _vs_float(method: str) -> Callable[[dict], list[float]]:
+    def measure(tables: dict[str, list[dict]]) -> list[float]:
+        runs = tables.get("image_runs", [])
+        return _paired(_by(runs, method), _by(runs, "float"), "test_acc")
+    return measure
+
+
+def _study(tables: dict[str, list[dict]], **match) -> list[dict]:
+    """01's study rows that are not tuning runs (and match the given columns)."""
+    return [r for r in tables.get("study_runs", []) if not r.get("tuning")
+            and all(r.get(k) == v for k, v in match.items())]
+
+
+def _matched(metric: str) -> Callable[[dict], list[float]]:
+    """sgsc - sc at matched size, per seed, at sgsc's default gamma (01's study)."""
+    def measure(tables: dict[str, list[dict]]) -> list[float]:
+        rows = [r for r in _study(tables) if r["method"] == "sc"
+                or (r["method"] == "sgsc" and r["default_gamma"])]
+        pairs = compare.matched_differences(rows, "sgsc", "sc", metric=metric)
+        return [p["difference"] for p in pairs if p["difference"] is not None]
+    return measure
+
+
+def _variance_at_matched_size(tables: dict[str, list[dict]]) -> list[float]:
+    """Per gamma of sgsc: std over seeds of sgsc's test accuracy minus the std of sc's at
+    the same sizes (interpolated on each seed's sc frontier)."""
+    rows = [r for r in _study(tables) if r["method"] in ("sc", "sgsc")]
+    out = []
+    for gamma in sorted({r["gamma"] for r in rows if r["method"] == "sgsc"}):
+        subset = [r for r in rows if r["method"] == "sc" or r["gamma"] == gamma]
+        pairs = [p for p in compare.matched_differences(subset, "sgsc", "sc")
+                 if p["reference_value"] is not None]
+        if len(pairs) > 1:
+            sgsc_std = mean_std([p["value"] for p in pairs])[1]
+            sc_std = mean_std([p["reference_value"] for p in pairs])[1]
+            out.append(sgsc_std - sc_std)
+    return out
+
+
+def _text_loss_change(tables: dict[str, list[dict]]) -> list[float]:
+    runs = tables.get("text_runs", [])
+    return _paired(_by(runs, "sgsc"), _by(runs, "float"), "test_loss")
+
+
+def _feedback_effect(tables: dict[str, list[dict]]) -> list[float]:
+    return [r["feedback_monitor_change"] for r in _study(tables, method="sgsc",
+                                                         default_gamma=True)
+            if r.get("feedback_monitor_change") is not None]
+
+
+def _search(tables: dict[str, list[dict]], column: str, combine) -> list[float]:
+    """CB-TPE against standard TPE, same seed and trial budget: on notebook 01's runs
+    (MNIST in "paper") where the profile runs both there, else on notebook 04's race."""
+    for key in ("image_search_runs", "search_runs"):
+        runs = tables.get(key, [])
+        pairs = _paired(_by(runs, "cbtpe"), _by(runs, "cbtpe-tpe"), column, combine)
+        if pairs:
+            return pairs
+    return []
+
+
+CLAIMS = (
+    Claim("sgsc-accuracy-vs-float", SGSC,
+          "\u201cup to a 2.5 % enhancement in test accuracy relative to the original "
+          "unquantized models\u201d, \u201cmaintaining 60 % of the initial model size\u201d",
+          "uniform PTQ at 16 bits (of the quantized models, the one nearest 60 % of the "
+          "float size) minus float test accuracy, same seed", 0.0, "above",
+          _vs_float("uniform-ptq-16")),
+    Claim("sgsc-small-vs-float", SGSC, "the same claim, at sgsc's own size",
+          "sgsc minus float test accuracy, same seed",
+          0.0, "above", _vs_float("sgsc")),
+    Claim("sgsc-vs-sc-matched", SGSC, "safety guidance keeps the critical examples, so the "
+          "compressed model is better than plain self-compression",
+          "sgsc minus sc test accuracy at sgsc's size (sc interpolated on its frontier), "
+          "same seed", 0.0, "above", _matched("test_acc")),
+    Claim("sgsc-worst-class-matched", SGSC, "the same, for the hardest class",
+          "sgsc minus sc worst-class test accuracy at sgsc's size, same seed", 0.0, "above",
+          _matched("worst_class_acc")),
+    Claim("sgsc-variance", SGSC, "\u201creduces variance and eliminates parameter noise\u201d",
+          "per gamma: std over seeds of sgsc's test accuracy minus sc's at the same sizes",
+          0.0, "below", _variance_at_matched_size),
+    Claim("sgsc-feedback", SGSC, "a feedback loop \u201crestores precision of the affected "
+          "components when [the preservation set's] performance drops\u201d",
+          "sgsc: mean change of the monitor loss per restore, per run (negative: restores "
+          "help)", 0.0, "below", _feedback_effect),
+    Claim("sgsc-text-loss", SGSC, "the character model's test loss falls, 1.8 \u2192 1.6",
+          "sgsc minus float test loss (nats per character), same seed", 0.0, "below",
+          _text_loss_change),
+    Claim("scnn-accuracy", SCNN, "\u201cfloating-point accuracy with about 3 % of the bits "
+          "and 18 % of the weights\u201d",
+          "sc minus float test accuracy, same seed (within half a point counts as float "
+          "accuracy)", -0.005, "above", _vs_float("sc")),
+    Claim("scnn-bits", SCNN, "\u201cabout 3 % of the bits\u201d",
+          "sc packed file size / float32 size, same seed", 0.03, "below",
+          _float_fraction_bits),
+    Claim("scnn-weights", SCNN, "\u201c18 % of the weights\u201d",
+          "sc weights left / float weights, same seed", 0.18, "below",
+          _float_fraction_weights),
+    Claim("cbtpe-smaller", CBTPE, "\u201cabout 20 % smaller models at no accuracy loss\u201d",
+          "1 - CB-TPE size / standard TPE size, same seed and trial budget (notebook "
+          "01's runs, MNIST in paper; else 04's race)", 0.2, "above",
+          lambda t: _search(t, "storage_bytes", lambda a, b: 1 - a / b)),
+    Claim("cbtpe-no-loss", CBTPE, "\u201cat no accuracy loss\u201d",
+          "CB-TPE minus standard TPE test accuracy, same seed (within half a point; "
+          "notebook 01's runs, MNIST in paper; else 04's race)",
+          -0.005, "above", lambda t: _search(t, "test_acc", lambda a, b: a - b)),
+    Claim("cbtpe-faster", CBTPE, "search \u201cabout 12\u00d7 faster\u201d",
+          "standard TPE search time / CB-TPE search time, same seed and trial budget "
+          "(notebook 01's runs, MNIST in paper; else 04's race)",
+          12.0, "above", lambda t: _search(t, "search_s", lambda a, b: b / a)),
+)
+
+
+def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
+    """The claims table: quote, measurement, n, mean, 95 % CI, verdict, seeds to decide."""
+    rows = []
+    for claim in CLAIMS:
+        values = [v for v in claim.measure(tables) if v is not None and math.isfinite(v)]
+        interval = compare.t_interval(values)
+        verdict = ("not measured" if not values else
+                   compare.verdict(interval, claim.claimed, claim.side))
+        rows.append({"id": claim.id, "source": claim.source, "quote": claim.quote,
+                     "measurement": claim.measurement, "n": interval["n"],
+                     "mean": interval["mean"], "std": interval["std"],
+                     "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
+                     "confidence": compare.CONFIDENCE, "claimed": claim.claimed,
+                     "side": claim.side, "verdict": verdict,
+                     "seeds_to_resolve": (compare.seeds_to_resolve(interval, claim.claimed)
+                                          if verdict == "inconclusive" else None)})
+    return rows
+
+
+TABLES = {"image_runs": "01_mnist_cnn__runs", "study_runs": "01_mnist_cnn__study_runs",
+          "text_runs": "02_char_transformer__runs",
+          "text_study_runs": "02_char_transformer__frontier_runs", "sweep_runs": "03_sweeps__runs",
+          "image_search_runs": "01_mnist_cnn__search_runs", "search_runs": "04_cbtpe_search__runs"}
+# each notebook's runs: every table that lists some (a run in two is counted once)
+COST_TABLES = {"01_mnist_cnn": ("study_runs",),
+               "02_char_transformer": ("text_runs", "text_study_runs"),
+               "03_sweeps": ("sweep_runs",), "04_cbtpe_search": ("search_runs",)}
+
+
+def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
+    """What the profile's results cost to train from scratch: per notebook, its distinct
+    runs (by folder; a run shared by two notebooks is counted once, where first seen) and
+    their training seconds (``train_s``: each run's own, summed over resumes), and the
+    total over all notebooks."""
+    seen: set = set()
+    rows = []
+    for notebook, keys in COST_TABLES.items():
+        runs = 0
+        seconds = 0.0
+        for row in (row for key in keys for row in tables.get(key, [])):
+            folder = row.get("run_dir")
+            if folder is None or folder in seen or row.get("train_s") is None:
+                continue
+            seen.add(folder)
+            runs += 1
+            seconds += float(row["train_s"])
+        rows.append({"notebook": notebook, "runs": runs, "train_s": round(seconds, 1)})
+    rows.append({"notebook": "all", "runs": sum(r["runs"] for r in rows),
+                 "train_s": round(sum(r["train_s"] for r in rows), 1)})
+    return rows
+
+
+def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:
+    """The tables :func:`assess_claims` reads, from a report folder (absent: empty)."""
+    folder = Path(report_dir) / METRICS
+    return {key: load_table(report_dir, name) if (folder / f"{name}.json").exists() else []
+            for key, name in TABLES.items()}
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _column(rows: Sequence[dict], method: str, column: str) -> list[float]:
+    return [float(r[column]) for r in rows if r["method"] == method
+            and r.get(column) is not None]
+
+
+def size_at_accuracy(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
+    """Per method (01 runs): mean test accuracy and packed size over seeds, whether the
+    mean reaches ``target``, and which of those that do is the smallest."""
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        members = [r for r in rows if r["method"] == method]
+        acc, acc_std = mean_std(_column(members, method, "test_acc"))
+        size, size_std = mean_std(_column(members, method, "storage_bytes"))
+        table.append({"method": method, "n": len(members), "test_acc_mean": acc,
+                      "test_acc_std": acc_std, "storage_bytes_mean": size,
+                      "storage_bytes_std": size_std, "target": target,
+                      "reaches_target": acc is not None and acc >= target})
+    sizes = [r["storage_bytes_mean"] for r in table if r["reaches_target"]]
+    for row in table:
+        row["smallest_at_target"] = bool(sizes) and row["reaches_target"] and \
+            row["storage_bytes_mean"] == min(sizes)
+    return table
+
+
+# The project's own targets (DEVELOPERS.md): what a compressed model must reach to count.
+IMAGE_TARGET = {"test_acc": 0.99, "storage_bytes": 3_000, "entropy_coded_bytes": 1_500}
+TEXT_TARGET = {"test_loss_rise": 0.02, "float_fraction": 0.05}
+
+
+def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
+    """Per compressed method and gamma, mean ± std over seeds against the project's targets:
+    image data -- test accuracy >= 99.0 % in a packed file <= 3,000 bytes (<= 1,500
+    entropy-coded); text -- test loss within 0.02 nats of float at <= 5 % of its bits.
+
+    Every gamma of the studies' frontiers (``study_runs``, ``text_study_runs``; tuning
+    runs left out) is a row of its own, so the table shows how close each operating point
+    comes; without those tables, the main runs (``image_runs``, ``text_runs``)."""
+    image = [r for r in tables.get("study_runs") or tables.get("image_runs", [])
+             if not r.get("tuning")]
+    study = tables.get("text_study_runs")  # rise and size against the same seed's float
+    text = (compare_to_float(study, score="test_loss", lower_is_better=True) if study
+            else tables.get("text_runs", []))
+    rows = []
+    for method in ("sc", "sgsc"):
+        for gamma, members in _by_gamma(image, method):
+            stats = {k: mean_std(_column(members, method, k)) for k in IMAGE_TARGET}
+            means = {k: v[0] for k, v in stats.items()}
+            met = all(v is not None for v in means.values()) and \
+                means["test_acc"] >= IMAGE_TARGET["test_acc"] and \
+                means["storage_bytes"] <= IMAGE_TARGET["storage_bytes"] and \
+                means["entropy_coded_bytes"] <= IMAGE_TARGET["entropy_coded_bytes"]
+            rows.append({"data": members[0].get("data", "mnist"), "method": method,
+                         "gamma": gamma, "n": len(members),
+                         **{f"{k}_mean": v[0] for k, v in stats.items()},
+                         **{f"{k}_std": v[1] for k, v in stats.items()}, "met": met})
+        for gamma, members in _by_gamma(text, method):
+            rise, rise_std = mean_std(_column(members, method, "test_loss_rise"))
+            fraction, fraction_std = mean_std([1 / c for c in _column(members, method,
+                                                                       "compression") if c])
+            met = rise is not None and fraction is not None and \
+                rise <= TEXT_TARGET["test_loss_rise"] and \
+                fraction <= TEXT_TARGET["float_fraction"]
+            rows.append({"data": members[0].get("data", "names"), "method": method,
+                         "gamma": gamma, "n": len(members),
+                         "test_loss_rise_mean": rise, "test_loss_rise_std": rise_std,
+                         "float_fraction_mean": fraction, "float_fraction_std": fraction_std,
+                         "met": met})
+    return rows
+
+
+def _gamma(row: dict) -> float | None:
+    return row["gamma"] if "gamma" in row else (row.get("params") or {}).get("gamma")
+
+
+def _by_gamma(rows: Sequence[dict], method: str) -> list[tuple[float | None, list[dict]]]:
+    """``method``'s rows grouped by gamma, in increasing gamma (unknown gamma first)."""
+    groups: dict[float | None, list[dict]] = {}
+    for r in rows:
+        if r["method"] == method:
+            groups.setdefault(_gamma(r), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0.0))

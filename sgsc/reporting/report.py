@@ -1,0 +1,497 @@
+"""Metrics files, provenance and the HTML report of a profile.
+
+The notebooks in ``notebooks/`` write everything they measure through this module
+(their parameters are checked by :mod:`sgsc.experiments.profiles`):
+
+* :func:`save_table` / :func:`save_json` write ``<report_dir>/metrics/<name>.json`` (and
+  ``.csv`` for tables); :func:`sgsc.experiments.provenance.save_run_info` records how a
+  notebook ran (parameters, git SHA, package versions, data checksums, hardware);
+* :func:`build_report` (``python -m sgsc report --profile P``) renders
+  ``reports/<profile>/index.html`` from those files alone: every number on the page is
+  read from a metrics file, and each carries the file and key it came from
+  (``<span class="num" data-src="metrics/f.json#3/test_acc">``) so that tests can check it;
+  strings, SHAs and checksums likewise (``span.val``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sgsc.fileformat import atomic
+
+METRICS = "metrics"
+FIGURES = "figures"
+TIMINGS = "timings"  # metrics/timings.json, written by run_all.sh
+TRAINED_ON = "report_trained_on"  # metrics/report_trained_on.json, written by build_report
+
+
+# ----------------------------------------------------------------------------- metrics files
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, numpy scalars become Python numbers."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def metrics_dir(report_dir: str | os.PathLike[str]) -> Path:
+    """``<report_dir>/metrics``, created if missing."""
+    path = Path(report_dir) / METRICS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_json(obj: Any, report_dir: str | os.PathLike[str], name: str) -> Path:
+    """Write ``obj`` to ``<report_dir>/metrics/<name>.json``."""
+    path = metrics_dir(report_dir) / f"{name}.json"
+    atomic.write_bytes(path, (json.dumps(_clean(obj), indent=1, default=str) + "\n").encode())
+    return path
+
+
+def save_table(rows: Any, report_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write a table (list of flat dicts, or a pandas DataFrame) as JSON and CSV.
+
+    Nested values (dicts, lists) are kept in the JSON and written as JSON text in the CSV.
+    """
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    records = [_clean(dict(r)) for r in records]
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    json_path = save_json(records, report_dir, name)
+    csv_path = json_path.with_suffix(".csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                         for k, v in record.items()})
+    atomic.write_bytes(csv_path, text.getvalue().encode())
+    return [json_path, csv_path]
+
+
+def load_table(report_dir: str | os.PathLike[str], name: str) -> list[dict]:
+    """Read back a table written by :func:`save_table`."""
+    return json.loads((Path(report_dir) / METRICS / f"{name}.json").read_text())
+
+
+def summarize(rows: Sequence[dict], by: str, columns: Sequence[str]) -> list[dict]:
+    """Per value of ``by`` (in first-seen order): n and mean/std of each column.
+
+    ``std`` is the sample standard deviation (ddof=1; 0 for a single row); rows where a
+    column is missing or None are left out of that column's statistics.
+    """
+    groups: dict[Any, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row[by], []).append(row)
+    table = []
+    for key, members in groups.items():
+        out: dict[str, Any] = {by: key, "n": len(members)}
+        for column in columns:
+            values = [float(r[column]) for r in members if r.get(column) is not None]
+            mean, std = mean_std(values)
+            out[f"{column}_mean"], out[f"{column}_std"] = mean, std
+        table.append(out)
+    return table
+
+
+def compare_to_float(rows: Sequence[dict], *, size: str = "storage_bytes",
+                     score: str = "test_acc", lower_is_better: bool = False) -> list[dict]:
+    """Rows with ``compression`` (float size / size) and how much worse than the float
+    run of the same data and seed the score is (None without one): ``<score>_drop``
+    (float - score) for accuracies, ``<score>_rise`` (score - float) for losses."""
+    reference = {(r["data"], r["seed"]): r for r in rows if r["method"] == "float"}
+    column = f"{score}_rise" if lower_is_better else f"{score}_drop"
+    out = []
+    for row in rows:
+        ref = reference.get((row["data"], row["seed"]))
+        row = dict(row)
+        row["compression"] = (ref[size] / row[size]) if ref and row.get(size) else None
+        worse = None
+        if ref and row.get(score) is not None:
+            worse = row[score] - ref[score] if lower_is_better else ref[score] - row[score]
+        row[column] = worse
+        out.append(row)
+    return out
+
+
+def average(rows: Sequence[dict], by: str, columns: Sequence[str]) -> list[dict]:
+    """Per value of ``by``: the mean of each column (a compact table for figures)."""
+    return [{by: r[by], **{c: r[f"{c}_mean"] for c in columns}}
+            for r in summarize(rows, by, columns)]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None for none)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def trained_on_table(report_dir: str | os.PathLike[str]) -> list[dict]:
+    """Which CPUs (and thread counts) trained the runs behind a report: one row per
+    ``(trained_on, threads)`` with its number of distinct runs, read from every metrics
+    table whose rows are runs (they carry ``run_dir``)."""
+    runs: dict[str, tuple[str, Any]] = {}
+    for path in sorted((Path(report_dir) / METRICS).glob("*.json")):
+        rows = _load(path)
+        if not isinstance(rows, list):
+            continue
+        for row in rows:
+            if isinstance(row, dict) and row.get("run_dir"):
+                cpu = row.get("trained_on")
+                runs[row["run_dir"]] = ("not recorded (older result)" if cpu is None
+                                        else cpu or "nothing trained", row.get("threads"))
+    counts: dict[tuple[str, Any], int] = {}
+    for key in runs.values():
+        counts[key] = counts.get(key, 0) + 1
+    return [{"trained_on": cpu, "threads": threads, "runs": n}
+            for (cpu, threads), n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def fmt(value: Any) -> str:
+    """How the report prints a number: ints with thousands separators, floats to 4
+    significant digits (from 1,000 on, as whole numbers with separators), booleans as
+    yes/no, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 1e3:
+            return f"{value:,.0f}"
+        text = f"{value:.4g}"
+        return text if "e" not in text else f"{value:.2e}"
+    return str(value)
+
+
+def lookup(obj: Any, key: str) -> Any:
+    """Follow ``a/0/b`` through dicts and lists (the ``#`` part of a ``data-src``)."""
+    for part in key.split("/") if key else ():
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: Any, src: str) -> str:
+    """One value with its source: numbers as ``span.num`` (text :func:`fmt`), everything
+    else as ``span.val`` (strings as they are, lists and dicts as JSON)."""
+    if _is_number(value):
+        return f'<span class="num" data-src="{html.escape(src)}">{fmt(value)}</span>'
+    if value is None or isinstance(value, bool):
+        return fmt(value)
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return f'<span class="val" data-src="{html.escape(src)}">{html.escape(text)}</span>'
+
+
+def _paired(columns: list[str]) -> list[tuple[str, str | None]]:
+    """Merge ``x_mean`` with ``x_std`` into one ``x`` column shown as mean ± std."""
+    merged: list[tuple[str, str | None]] = []
+    for column in columns:
+        if column.endswith("_std") and f"{column[:-4]}_mean" in columns:
+            continue
+        std = f"{column[:-5]}_std" if column.endswith("_mean") else None
+        merged.append((column, std if std in columns else None))
+    return merged
+
+
+def render_table(records: list[dict], file: str, max_rows: int = 40, prefix: str = "") -> str:
+    """An HTML table of a metrics table; ``file`` is its path relative to index.html and
+    ``prefix`` the key of the table inside that file (empty: the file is the table)."""
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    pairs = _paired(columns)
+    head = "".join(f"<th>{html.escape(c[:-5] if s else c)}</th>" for c, s in pairs)
+    body = []
+    for i, record in enumerate(records[:max_rows]):
+        cells = []
+        for column, std in pairs:
+            text = _cell(record.get(column), f"{file}#{prefix}{i}/{column}")
+            if std is not None and record.get(std) is not None:
+                text += " ± " + _cell(record.get(std), f"{file}#{prefix}{i}/{std}")
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    # said in words: every number on the page must come from a metrics file
+    more = ("<p class='note'>the table is cut here; the JSON and CSV files hold every row</p>"
+            if len(records) > max_rows else "")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def render_mapping(obj: dict, file: str, prefix: str = "") -> str:
+    """A two-column table of a (nested) dict, numbers with their source."""
+    rows = []
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.append(f"<tr><th>{html.escape(str(key))}</th><td>"
+                        f"{render_mapping(value, file, path + '/')}</td></tr>")
+        else:
+            rows.append(f"<tr><th>{html.escape(str(key))}</th>"
+                        f"<td>{_cell(value, f'{file}#{path}')}</td></tr>")
+    return f"<table class='kv'>{''.join(rows)}</table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+span.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0; }
+.note { color: #666; font-size: 0.85em; }
+code { font-size: 0.85em; }
+"""
+
+
+def _notebooks(report_dir: Path) -> list[str]:
+    """Notebook stems that left metrics files (``<stem>__<table>.json``) or outputs."""
+    stems = {p.name.split("__")[0] for p in (report_dir / METRICS).glob("*__*.json")}
+    stems |= {p.stem for p in report_dir.glob("[0-9]*.ipynb")}
+    return sorted(stems)
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _section(report_dir: Path, stem: str) -> str:
+    """Links, tables, figures and provenance of one notebook."""
+    parts = [f"<h2 id='{html.escape(stem)}'>{html.escape(stem)}</h2>"]
+    links = [f"<a href='{name}'>{label}</a>" for name, label in
+             ((f"{stem}.html", "executed notebook (HTML)"), (f"{stem}.ipynb", "notebook"))
+             if (report_dir / name).exists()]
+    if links:
+        parts.append("<p>" + " · ".join(links) + "</p>")
+    tables = sorted((report_dir / METRICS).glob(f"{stem}__*.json"))
+    # Summaries first: they are the headline numbers.
+    tables.sort(key=lambda p: (0 if "summary" in p.stem else 1, p.stem))
+    for path in tables:
+        table = path.stem.split("__", 1)[1]
+        if table == "run":
+            continue
+        file = f"{METRICS}/{path.name}"
+        obj = _load(path)
+        csv_link = f" · <a href='{METRICS}/{path.stem}.csv'>CSV</a>" \
+            if path.with_suffix(".csv").exists() else ""
+        parts.append(f"<h3>{html.escape(table.replace('_', ' '))}</h3>"
+                     f"<p class='note'><a href='{file}'>JSON</a>{csv_link}</p>")
+        if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
+            parts.append(render_table(obj, file))
+        elif isinstance(obj, dict):
+            parts.append(render_mapping(obj, file))
+    for png in sorted((report_dir / FIGURES).glob(f"{stem}*.png")):
+        svg = png.with_suffix(".svg")
+        svg_link = f" · <a href='{FIGURES}/{svg.name}'>SVG</a>" if svg.exists() else ""
+        parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{png.stem}'>"
+                     f"<figcaption><code>{html.escape(png.stem)}</code>{svg_link}"
+                     "</figcaption></figure>")
+    run = report_dir / METRICS / f"{stem}__run.json"
+    if run.exists():
+        parts.append(f"<h3>provenance</h3><p class='note'><a href='{METRICS}/{run.name}'>JSON"
+                     "</a></p>" + _provenance(_load(run), f"{METRICS}/{run.name}"))
+    return "\n".join(parts)
+
+
+def _provenance(info: dict, file: str) -> str:
+    """Parameters, git, packages, hardware and data checksums of one notebook run."""
+    blocks = {k: v for k, v in info.items() if k != "data"}
+    text = render_mapping(blocks, file)
+    data = info.get("data") or []
+    if data:
+        text += "<h4>data</h4>" + render_table(data, file, prefix="data/")
+    return text
+
+
+def _timings(report_dir: Path) -> str:
+    path = report_dir / METRICS / f"{TIMINGS}.json"
+    if not path.exists():
+        return "<p class='note'>no timings recorded (run_all.sh writes them)</p>"
+    obj = _load(path)
+    file = f"{METRICS}/{path.name}"
+    return render_mapping(obj, file) if isinstance(obj, dict) else render_table(obj, file)
+
+
+# The first screen: the study's answer, before any detail (file stem, title, columns).
+_MATCHED_COLUMNS = ("method", "gamma", "metric", "size_mean", "matched", "difference",
+                    "ci_low", "ci_high", "confidence", "verdict", "seeds_to_resolve")
+ANSWER = (
+    ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
+     "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
+    ("02_char_transformer__matched_size", "The same on the character transformer: test "
+     "loss at the same size (negative: sgsc's loss is lower)", _MATCHED_COLUMNS),
+    ("05_paper_claims__claims", "The papers' claims", ("source", "quote", "n", "mean",
+                                                       "ci_low", "ci_high", "side", "claimed",
+                                                       "verdict", "seeds_to_resolve")),
+    ("05_paper_claims__targets", "This project's targets", None),
+    ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
+)
+ANSWER_FIGURES = ("01_mnist_cnn_frontier", "02_char_transformer_frontier")
+
+
+def _answer(report_dir: Path) -> str:
+    """The frontier figure, the equal-size answer, the claims, the targets and the cost."""
+    parts = ["<h2 id='answer'>The answer</h2>"]
+    for stem in ANSWER_FIGURES:
+        png = report_dir / FIGURES / f"{stem}.png"
+        if png.exists():
+            parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{stem}'>"
+                         f"<figcaption><code>{html.escape(stem)}</code></figcaption></figure>")
+    for stem, title, columns in ANSWER:
+        path = report_dir / METRICS / f"{stem}.json"
+        if not path.exists():
+            continue
+        rows = _load(path)
+        if columns is not None:
+            rows = [{c: r.get(c) for c in columns if c in r} for r in rows]
+        parts.append(f"<h3>{html.escape(title)}</h3>"
+                     f"<p class='note'><a href='{METRICS}/{path.name}'>JSON</a></p>"
+                     + render_table(rows, f"{METRICS}/{path.name}"))
+    parts.append("<h3>wall time of the last run_all.sh</h3>" + _timings(report_dir))
+    return "\n".join(parts) if len(parts) > 2 else ""
+
+
+def build_report(report_dir: str | os.PathLike[str], profile: str | None = None,
+                 build: dict[str, Any] | None = None) -> Path:
+    """Write ``<report_dir>/index.html`` from the metrics files there; return its path.
+
+    Writes ``metrics/report.json`` first -- the profile, the build time and ``build``
+    (what the caller knows of the process building the report: its git state and package
+    versions, :func:`sgsc.experiments.provenance.build_info`) -- so that it, too, is shown
+    from a file.
+    """
+    report_dir = Path(report_dir)
+    if not (report_dir / METRICS).is_dir():
+        raise FileNotFoundError(f"{report_dir / METRICS} does not exist: run the notebooks "
+                                "first (./run_all.sh --profile ...)")
+    profile = profile or report_dir.name
+    save_json({"profile": profile,
+               "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+               **(build or {})}, report_dir, "report")
+    save_json(trained_on_table(report_dir), report_dir, TRAINED_ON)
+    stems = _notebooks(report_dir)
+    build = f"{METRICS}/report.json"
+    toc = "".join(f"<li><a href='#{html.escape(s)}'>{html.escape(s)}</a></li>" for s in stems)
+    body = [f"<h1>sgsc report: profile <code>{html.escape(profile)}</code></h1>",
+            "<p>Every number on this page is read from a file under <code>metrics/</code>; "
+            "each carries the file and key it came from in its <code>data-src</code> "
+            "attribute. The answer comes first; each notebook's detail, with the standard "
+            "deviation over seeds beside every mean, follows.</p>",
+            _answer(report_dir),
+            f"<h2>contents</h2><ul>{toc}</ul>",
+            "<h2>build</h2>", render_mapping(_load(report_dir / build), build),
+            "<h2>the CPUs that trained these runs</h2><p class='note'>The same seed gives "
+            "other numbers on another CPU (its BLAS and oneDNN kernels round differently); "
+            "each notebook's provenance below names the CPU, BLAS and oneDNN builds that "
+            "made its tables.</p>",
+            render_table(_load(report_dir / METRICS / f"{TRAINED_ON}.json"),
+                         f"{METRICS}/{TRAINED_ON}.json"),
+            "<h2>wall time per notebook</h2>", _timings(report_dir)]
+    body += [_section(report_dir, stem) for stem in stems]
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>sgsc report ({html.escape(profile)})</title><style>{_STYLE}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+    path = report_dir / "index.html"
+    atomic.write_bytes(path, page.encode())
+    return path
+
+
+# ----------------------------------------------------------------------------- browser check
+
+_CHECKER = """<!DOCTYPE html><html><body>
+<iframe id="page" src="report/index.html" style="width:1280px;height:900px"></iframe>
+<script>
+document.getElementById("page").onload = () => {
+  const doc = document.getElementById("page").contentDocument;
+  const images = [...doc.images];
+  const done = () => {
+    if (!images.every(i => i.complete)) { setTimeout(done, 50); return; }
+    const out = document.createElement("pre");
+    out.id = "result";
+    out.textContent = JSON.stringify({
+      title: doc.title, images: images.length, tables: doc.querySelectorAll("table").length,
+      broken: images.filter(i => !(i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+      headings: [...doc.querySelectorAll("h2")].map(h => h.textContent)});
+    document.body.appendChild(out);
+  };
+  done();
+};
+</script></body></html>"""
+
+
+def check_in_browser(report_dir: str | os.PathLike[str], browser: str = "chromium",
+                     timeout_s: float = 60) -> dict[str, Any]:
+    """Open ``<report_dir>/index.html`` in a real (headless) browser over HTTP and report
+    what rendered: ``title``, ``images``, ``tables``, ``headings`` and the ``broken``
+    images (those that did not load).  Raises FileNotFoundError without the browser."""
+    import functools
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class _QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # the server's log is not the report's
+            pass
+
+    executable = shutil.which(browser)
+    if executable is None:
+        raise FileNotFoundError(f"no {browser} on this machine (Debian: apt install chromium)")
+    with tempfile.TemporaryDirectory() as root:
+        (Path(root) / "report").symlink_to(Path(report_dir).resolve())
+        (Path(root) / "check.html").write_text(_CHECKER)
+        handler = functools.partial(_QuietHandler, directory=root)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            done = subprocess.run(
+                [executable, "--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", f"--user-data-dir={root}/profile",
+                 "--virtual-time-budget=20000", "--dump-dom",
+                 f"http://127.0.0.1:{server.server_port}/check.html"],
+                capture_output=True, text=True, timeout=timeout_s)
+        finally:
+            server.shutdown()
+    found = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
+    if found is None:
+        raise RuntimeError(f"the page did not finish rendering in {browser}: "
+                           f"{done.stderr[-500:]}")
+    return json.loads(html.unescape(found.group(1)))

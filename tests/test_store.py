@@ -1,0 +1,110 @@
+"""Runs on disk for the notebooks: folders found and cleared, models and bit depths
+reloaded, per-class accuracy, model overrides undone."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_stored_bit_depths_read_the_packed_file(tmp_path):
+    import torch
+
+    from sgsc.core.compress import SelfCompression
+    from sgsc.experiments import store
+    from sgsc.experiments.models import CNNConfig, MnistCNN
+    from sgsc.fileformat.export import save_compressed
+
+    torch.manual_seed(0)
+    sc = SelfCompression(MnistCNN(CNNConfig.for_digits()), init_bits=6)
+    with torch.no_grad():
+        sc.bit_depths()["conv2"][:3] = 0.0  # pruned from the file
+        sc.bit_depths()["fc"][1] = 2.5  # stored at ceil(b) = 3 bits
+    save_compressed(sc, tmp_path / "m.sgsc")
+    layers = store.stored_bit_depths(tmp_path / "m.sgsc")
+    assert list(layers) == ["conv1", "conv2", "conv3", "conv4", "fc"]
+    assert layers["conv2"]["channels"] == 16 and len(layers["conv2"]["bits"]) == 13
+    assert layers["fc"]["bits"].tolist() == [6, 3] + [6] * 8
+    table = {r["layer"]: r for r in store.bit_depth_table(layers)}
+    assert table["conv2"]["removed"] == 3 and table["fc"]["max_bits"] == 6
+
+
+
+def test_run_folders_are_found_and_cleared(tmp_path):
+    import json
+
+    from sgsc.experiments import store
+
+    root = tmp_path / "digits"
+    for folder, params in (("float-s0-fff", {"epochs": 3}), ("sc-s0-aaa", {"gamma": 1}),
+                           ("sc-s0-bbb", {"gamma": 2}), ("sgsc-s0-ccc", {"gamma": 1}),
+                           ("uniform-ptq-4-s0-eee", {"bits": 4}), ("sc-s1-ddd", {"gamma": 1})):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "result.json").write_text(json.dumps({"params": params}))
+    find = store.find_run_dir
+    assert find(tmp_path, {"method": "sc", "data": "digits", "seed": 0,
+                           "params": {"gamma": 2}}) == root / "sc-s0-bbb"
+    assert find(tmp_path, {"method": "float", "data": "digits", "seed": 0,
+                           "params": {"epochs": 3}}) == root / "float-s0-fff"
+    assert find(tmp_path, {"method": "uniform-ptq-4", "data": "digits", "seed": 0,
+                           "params": {"bits": 4}}) == root / "uniform-ptq-4-s0-eee"
+    assert find(tmp_path, {"method": "sc", "data": "digits", "seed": 0,
+                           "params": {"gamma": 3}}) is None
+    gone = store.clear_runs(tmp_path, "digits", ["sc", "uniform-ptq-4"], [0])
+    assert sorted(p.name for p in gone) == ["float-s0-fff", "sc-s0-aaa", "sc-s0-bbb",
+                                            "uniform-ptq-4-s0-eee"]
+    assert sorted(p.name for p in root.iterdir()) == ["sc-s1-ddd", "sgsc-s0-ccc"]
+
+
+
+def test_model_overrides_are_checked_and_undone():
+    from sgsc.experiments import runs, store
+
+    before = runs.DEFAULTS["names"]["model"]
+    with store.model_overrides("names", {"n_layer": 1}):
+        assert runs.DEFAULTS["names"]["model"][1]["n_layer"] == 1
+    assert runs.DEFAULTS["names"]["model"] == before
+    with pytest.raises(ValueError, match="unknown char_transformer setting"):
+        store.configure_model("names", {"layers": 1})
+    assert runs.DEFAULTS["names"]["model"] == before
+
+
+
+def test_training_overrides_skip_methods_that_do_not_train():
+    from sgsc.experiments import store
+
+    assert store.training_overrides("float", epochs=3) == {}
+    assert store.training_overrides("uniform-ptq-4", epochs=3) == {}
+    assert store.training_overrides("sc", epochs=3, gamma=None) == {"epochs": 3}
+
+
+def test_per_class_accuracy_counts_each_class():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from sgsc.experiments import store
+
+    class Fixed(torch.nn.Module):  # predicts class 0 for every input
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1)
+
+    data = TensorDataset(torch.zeros(5, 1), torch.tensor([0, 0, 1, 1, 1]))
+    assert store.per_class_accuracy(Fixed(), data, 3)[:2] == [1.0, 0.0]
+    assert store.per_class_accuracy(Fixed(), data, 3)[2] != store.per_class_accuracy(
+        Fixed(), data, 3)[2]  # NaN: no example of class 2
+
+
+def test_run_requests_train_each_request_with_its_overrides_in_order(tmp_path):
+    from sgsc.experiments import defaults, store
+
+    requests = [{"methods": ["sc"], "seeds": [0], "overrides": {"gamma": 0.5}},
+                {"methods": ["sc", "uniform-ptq-4"], "seeds": [0], "overrides": {}}]
+    budget = {"float_epochs": 1, "epochs": 1}
+    results = store.run_requests(requests, "digits", out_dir=tmp_path, device="cpu", **budget)
+    assert [(r["method"], r["params"].get("gamma")) for r in results][:2] == [
+        ("sc", 0.5), ("sc", defaults.train_config("sc", "digits").gamma)]
+    assert results[2]["method"] == "uniform-ptq-4" and len(results) == 3
+    assert len({r["run_dir"] for r in results}) == 3  # two sc folders: two settings
+    again = store.run_grid(["sc"], "digits", [0], out_dir=tmp_path, device="cpu", gamma=0.5,
+                           **budget)
+    assert again[0]["run_dir"] == results[0]["run_dir"]  # the same run, found in its folder
+    assert again[0]["test_acc"] == results[0]["test_acc"]
