@@ -9,6 +9,7 @@ the same checks.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -158,12 +159,60 @@ def test_an_unfoldable_channel_is_kept_not_refused():
     assert pruned.storage_bits() == sc.storage_bits()
 
 
-def test_a_model_without_an_example_input_is_not_traced_and_prunes_nothing(tmp_path):
-    sc = SelfCompression(mlp())
-    assert not sc.graph
+@pytest.mark.parametrize("name", ["lenet5", "mlp", "resnet18", "mobilenet_v3_small"])
+def test_a_bare_wrap_is_traced_at_the_first_forward_and_removes_zero_bit_channels(name,
+                                                                                  tmp_path):
+    """No channel_graph(), no example_input: as a new user writes it."""
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    sc = SelfCompression(model)
+    assert sc.graph_pending and not sc.graph
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        sc.bit_depths()["1"][:10] = 0.0
-    with pytest.raises(ValueError, match="example_input"):
-        sc.prune()
-    info = sgsc.save_compressed(sc, tmp_path / "m.sgsc")  # zero-bit rows stored as headers
+        for bits in sc.bit_depths().values():
+            bits[torch.rand(bits.shape, generator=generator) < 1 / 3] = 0.0
+    x = torch.randn(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # these four trace completely: no warning
+        reference = _output(model, x)  # the first forward pass traces the graph
+    assert not sc.graph_pending and sc.graph.channels
+    assert sc.example_input.shape[0] <= shape[0]
+    before = sum(p.numel() for p in model.parameters())
+    result = sc.prune()
+    assert result.params_after < before
+    torch.testing.assert_close(_output(model, x), reference, atol=1e-4, rtol=1e-4)
+    info = sgsc.save_compressed(sc, tmp_path / "m.sgsc")
     assert info.payload_bytes == -(-sc.storage_bits() // 8)
+    torch.testing.assert_close(_output(sgsc.load_compressed(tmp_path / "m.sgsc", model=make()),
+                                       x), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_one_warning_names_the_layers_whose_channels_stay():
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.a(x), self.b(x)], 1))
+
+    sc = SelfCompression(Concat())
+    with pytest.warns(UserWarning, match="could not follow the channels of a, b") as caught:
+        sc.model(torch.randn(1, 3, 8, 8))
+        sc.model(torch.randn(1, 3, 8, 8))  # traced once: no second warning
+    assert len(caught) == 1 and sc.graph.untraced == ("a", "b")
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -x  # data-dependent: fx cannot trace it
+
+    sc = SelfCompression(Branchy())
+    with pytest.warns(UserWarning, match="cannot be traced.*Every layer keeps its channels"):
+        sc.model(torch.ones(1, 3))
+    assert not sc.graph

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from fnmatch import fnmatch
 from typing import Any
 
@@ -23,8 +24,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from sgsc.core.quant import ChannelQuantizer, effective_bits
-from sgsc.structure.graph import ChannelDependency, ChannelGraph, HeadDependency
-from sgsc.structure.prune import PruneResult, prune_channels
+from sgsc.structure.graph import ChannelDependency, ChannelGraph
+from sgsc.structure.plan import Cut, plan_removal, removed_columns, removed_rows
+from sgsc.structure.prune import PruneResult, prune_channels, raw_weight
+from sgsc.structure.trace import trace_channel_graph
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 HEADER_BITS = 8 + 32
@@ -33,17 +36,6 @@ HEADER_BITS = 8 + 32
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
-
-
-def _raw_weight(module: nn.Module) -> Tensor:
-    """The stored (unquantised) weight, without running the parametrization."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
-
-
-def _or(mask: Tensor | None, other: Tensor) -> Tensor:
-    return other if mask is None else mask | other
 
 
 class SelfCompression:
@@ -62,10 +54,12 @@ class SelfCompression:
         quantize_embeddings: also quantise ``nn.Embedding`` (a channel is a token's row).
         graph: channel links; default ``model.channel_graph()`` if the model declares
             one, else traced from ``example_input``
-            (:func:`sgsc.structure.trace.trace_channel_graph`), else empty (nothing is
-            removed; zero-bit rows are stored as headers).
+            (:func:`sgsc.structure.trace.trace_channel_graph`), else traced on the input
+            of the model's first forward pass -- no hints needed.  Layers the tracer cannot
+            follow keep their channels (one warning names them).
         example_input: one input batch (a tuple is unpacked) for tracing the graph and
-            for the probe pass of pruning; default ``model.example_input()`` if it exists.
+            for the probe pass of pruning; default ``model.example_input()`` if it exists,
+            else the first rows of the first forward pass's input.
     """
 
     def __init__(
@@ -85,12 +79,13 @@ class SelfCompression:
             raise ValueError(f"init must be 'maxabs' or 'scnn', got {init!r}")
         self.model = model
         self.example_input = example_input
+        self._first_forward = None
         if graph is None and hasattr(model, "channel_graph"):
             graph = model.channel_graph()
         elif graph is None and example_input is not None:
-            from sgsc.structure.trace import trace_channel_graph
-
-            graph = trace_channel_graph(model, example_input)
+            graph = self._traced(example_input)
+        elif graph is None:  # no hints: traced on the input of the first forward pass
+            self._first_forward = model.register_forward_pre_hook(self._trace_first_input)
         self.graph = graph if graph is not None else ChannelGraph()
         kinds = QUANTIZABLE + ((nn.Embedding,) if quantize_embeddings else ())
         self.names: list[str] = []
@@ -112,8 +107,41 @@ class SelfCompression:
             self.names.append(name)
         # Fixed at wrap time: Q and removed_fraction stay relative to the original model
         # after pruning shrinks it.
-        self.total_weights = sum(_raw_weight(self._module(n)).numel() for n in self.names)
-        self.total_channels = sum(_raw_weight(self._module(n)).shape[0] for n in self.names)
+        self.total_weights = sum(raw_weight(self._module(n)).numel() for n in self.names)
+        self.total_channels = sum(raw_weight(self._module(n)).shape[0] for n in self.names)
+
+    # ---- the channel graph, traced when nobody declared it ---------------------------------
+
+    def _trace_first_input(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook, once: trace the graph on (the first rows of) the first input."""
+        self._first_forward.remove()
+        self._first_forward = None
+        example = _first_rows(args)
+        if self.example_input is None:
+            self.example_input = example  # the probe pass of pruning uses it too
+        self.graph = self._traced(example)
+
+    def _traced(self, example_input: Any) -> ChannelGraph:
+        """The graph torch.fx finds on ``example_input``; one warning names the layers whose
+        channels it could not follow (they keep all of them), and an untraceable model
+        keeps every channel."""
+        try:
+            graph = trace_channel_graph(self.model, example_input)
+        except ValueError as err:
+            warnings.warn(f"{err}. Every layer keeps its channels: zero-bit ones are stored "
+                          "as headers, not removed.", stacklevel=3)
+            return ChannelGraph()
+        if graph.untraced:
+            warnings.warn(f"tracing {type(self.model).__name__} could not follow the channels "
+                          f"of {', '.join(graph.untraced)}: those layers keep every channel "
+                          "(declare channel_graph() or pass graph= to remove them)",
+                          stacklevel=3)
+        return graph
+
+    @property
+    def graph_pending(self) -> bool:
+        """Whether the graph waits for the first forward pass to be traced."""
+        return self._first_forward is not None
 
     # ---- access -------------------------------------------------------------------------
 
@@ -142,7 +170,7 @@ class SelfCompression:
 
     def raw_weights(self) -> dict[str, Tensor]:
         """Module name -> the stored (unquantized) weight Parameter the quantizer reads."""
-        return {n: _raw_weight(self._module(n)) for n in self.names}
+        return {n: raw_weight(self._module(n)) for n in self.names}
 
     # ---- which rows and columns pruning would remove ------------------------------------
 
@@ -150,14 +178,6 @@ class SelfCompression:
     def _dead(self, name: str) -> Tensor:
         """Rows with ``b <= 0`` (exact zeros) of quantised module ``name``."""
         return self._quantizer(name).bit_depth <= 0
-
-    def _dead_heads(self, block: HeadDependency) -> Tensor | None:
-        """Heads whose q, k and v rows are all zero; None if q, k or v is not quantised."""
-        parts = (block.queries, block.keys, block.values)
-        if not all(p in self.names for p in parts):
-            return None
-        dead = [self._dead(p).view(-1, block.head_size).all(dim=1) for p in parts]
-        return dead[0] & dead[1] & dead[2]
 
     def _linked(self, link: ChannelDependency) -> bool:
         """Whether every producer of ``link`` is quantized (else nothing of it is removed)."""
@@ -170,59 +190,22 @@ class SelfCompression:
             dead = dead & self._dead(other)
         return dead
 
-    def _removable(self, link: ChannelDependency) -> Tensor:
-        """Channels of a ChannelDependency that pruning removes: those zero-bit in every
-        producer of the link, except that one channel stays when all are (torch has no
-        zero-channel conv)."""
-        dead = self._dead_in_all(link)
-        if dead.all():
-            dead = dead.clone()
-            dead[0] = False
-        return dead
+    def removal_plan(self) -> list[Cut]:
+        """What pruning would remove now: the cuts of :func:`sgsc.structure.plan.plan_removal`
+        for the zero-bit rows of every quantized layer (the one plan size counting and
+        pruning share)."""
+        return plan_removal({n: self._dead(n) for n in self.names}, self.graph)
 
-    def _removed_rows(self) -> dict[str, Tensor]:
-        """Module name -> dim-0 entries that pruning removes (producers, followers, q/k/v)."""
-        out: dict[str, Tensor] = {}
-        for link in self.graph.channels:
-            if self._linked(link):
-                dead = self._removable(link)
-                for m in (*link.producers, *link.followers):
-                    out[m] = _or(out.get(m), dead)
-        for block in self.graph.heads:
-            heads = self._dead_heads(block)
-            if heads is not None:
-                rows = heads.repeat_interleave(block.head_size)
-                for m in (block.queries, block.keys, block.values):
-                    out[m] = _or(out.get(m), rows)
-        return out
-
-    def _removed_cols(self) -> dict[str, Tensor]:
-        """Module name -> dim-1 columns that pruning removes (consumers, output projections)."""
-        out: dict[str, Tensor] = {}
-        for link in self.graph.channels:
-            if not self._linked(link):
-                continue
-            dead = self._removable(link)
-            for consumer in link.consumers:
-                cols = _raw_weight(self._module(consumer)).shape[1]
-                if cols % dead.numel() or cols < dead.numel():
-                    raise ValueError(
-                        f"{consumer} has {cols} input columns, which cannot be split over "
-                        f"the {dead.numel()} channels of {link.producer}"
-                    )
-                out[consumer] = _or(
-                    out.get(consumer), dead.repeat_interleave(cols // dead.numel())
-                )
-        for block in self.graph.heads:
-            heads = self._dead_heads(block)
-            if heads is not None:
-                cols = heads.repeat_interleave(block.head_size)
-                out[block.output] = _or(out.get(block.output), cols)
-        return out
+    def _removed(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(dim-0 entries, dim-1 input columns) that pruning removes, per module."""
+        cuts = self.removal_plan()
+        in_columns = {c: raw_weight(self._module(c)).shape[1] for cut in cuts
+                      for c in cut.consumers}
+        return removed_rows(cuts), removed_columns(cuts, in_columns)
 
     def _stored_inputs(self, name: str, removed_cols: dict[str, Tensor]) -> int:
         """Weights per row of ``name`` left after pruning its input columns."""
-        weight = _raw_weight(self._module(name))
+        weight = raw_weight(self._module(name))
         # kernel size (1 for Linear / Embedding); from the shape, since a layer whose
         # every channel was cut has no row to look at
         per_col = math.prod(weight.shape[2:])
@@ -243,7 +226,7 @@ class SelfCompression:
         """
         if not self.names:
             return torch.zeros(())
-        removed_cols = self._removed_cols()
+        removed_cols = self._removed()[1]
         total = 0.0
         for name in self.names:
             b = effective_bits(self._quantizer(name).bit_depth)
@@ -280,7 +263,7 @@ class SelfCompression:
             pruned = copy.deepcopy(self)
             pruned.prune()
             return pruned._bits({}, {})
-        return self._bits(self._removed_rows(), self._removed_cols())
+        return self._bits(*self._removed())
 
     def _bits(self, rows: dict[str, Tensor], cols: dict[str, Tensor]) -> int:
         """The size rule of :meth:`storage_bits` with these rows and columns removed."""
@@ -309,7 +292,7 @@ class SelfCompression:
     @torch.no_grad()
     def live_weights(self) -> int:
         """Quantised weights that cost bits: stored inputs of rows with ``ceil(b) > 0``."""
-        cols = self._removed_cols()
+        cols = self._removed()[1]
         return sum(
             int((self._quantizer(n).bit_depth > 0).sum()) * self._stored_inputs(n, cols)
             for n in self.names
@@ -434,6 +417,17 @@ class SelfCompression:
         per-channel state held elsewhere (snapshots of bit depths) the same way."""
         kept = result.kept.get(f"{name}.parametrizations.weight.original", {})
         return kept.get(0)
+
+
+EXAMPLE_ROWS = 8  # rows of the first input kept for tracing and pruning's probe pass
+
+
+def _first_rows(args: tuple) -> Any:
+    """The first :data:`EXAMPLE_ROWS` rows of every tensor of a forward's positional
+    arguments (detached); one argument comes back alone, several as a tuple."""
+    rows = tuple(a[:EXAMPLE_ROWS].detach() if isinstance(a, Tensor) and a.dim() else a
+                 for a in args)
+    return rows[0] if len(rows) == 1 else rows
 
 
 def _removed(live: int, total: int) -> float:

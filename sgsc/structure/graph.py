@@ -60,14 +60,17 @@ class ChannelGraph:
     """All channel links of one model.  Empty means: every layer stands alone.
 
     ``exact_only``: pruning keeps (rather than refuses) a zero-bit channel whose constant
-    output it cannot fold exactly -- set by :func:`sgsc.structure.trace.trace_channel_graph`, whose
-    links are found, not declared; a declared graph promises foldability, and a broken
-    promise is an error.
+    output it cannot fold exactly -- set by :func:`sgsc.structure.trace.trace_channel_graph`,
+    whose links are found, not declared; a declared graph promises foldability, and a
+    broken promise is an error.  ``untraced``: what the tracer could not follow.
     """
 
     channels: tuple[ChannelDependency, ...] = ()
     heads: tuple[HeadDependency, ...] = ()
     exact_only: bool = False
+    # Producers whose channels a tracer could not follow (they keep every channel); the
+    # layers that write the model's own output are not among them: no graph removes those.
+    untraced: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.channels or self.heads)

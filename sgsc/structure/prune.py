@@ -17,6 +17,7 @@ channel to its shift instead; training simply continues from the eval-mode funct
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils import parametrize
 
 from sgsc.structure.graph import ChannelGraph
+from sgsc.structure.plan import Cut, check_graph, plan_removal
 
 # ----------------------------------------------------------------------------- result
 
@@ -60,7 +62,7 @@ class PruneResult:
 # ----------------------------------------------------------------------------- tensors by name
 
 
-def _raw_weight(module: nn.Module) -> Tensor | None:
+def raw_weight(module: nn.Module) -> Tensor | None:
     """The stored weight: the parametrization's ``original`` if there is one."""
     if parametrize.is_parametrized(module, "weight"):
         return module.parametrizations.weight.original
@@ -95,7 +97,7 @@ def _get_tensor(model: nn.Module, qualified_name: str) -> Tensor:
 
 def _sync_shape_attrs(module: nn.Module) -> None:
     """Make in/out_channels, in/out_features, num_features agree with the stored tensors."""
-    weight = _raw_weight(module)
+    weight = raw_weight(module)
     if isinstance(module, _ConvTransposeNd):
         raise NotImplementedError("transposed convolutions are not supported")
     if isinstance(module, _ConvNd) and weight is not None:
@@ -170,7 +172,7 @@ def _call(model: nn.Module, example_input: Any) -> Any:
 
 def _macs(module: nn.Module, output: Tensor) -> int:
     """Multiply-accumulates of one Conv/Linear call: outputs x inputs each output reads."""
-    weight = _raw_weight(module)
+    weight = raw_weight(module)
     return output.numel() * math.prod(weight.shape[1:])
 
 
@@ -228,26 +230,7 @@ def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ----------------------------------------------------------------------------- planning
-
-
-@dataclass
-class _Cut:
-    """One group of channels removed together.
-
-    ``rows``: producer module -> kept rows.  Consumers read ``n_units`` input units (a
-    unit is a channel, or one column for an attention output projection); ``removed`` /
-    ``kept`` index those units.
-    """
-
-    source: str
-    rows: dict[str, Tensor]
-    followers: tuple[str, ...]
-    consumers: tuple[str, ...]
-    n_units: int
-    removed: Tensor
-    kept: Tensor
-    head_size: int = 0  # non-zero for a group of attention heads
+# ----------------------------------------------------------------------------- checking
 
 
 def _dead_mask(model: nn.Module, name: str, mask: Tensor) -> Tensor:
@@ -255,66 +238,13 @@ def _dead_mask(model: nn.Module, name: str, mask: Tensor) -> Tensor:
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"dead_rows names {name!r}, which is not a module of the model") from None
-    weight = _raw_weight(module)
+    weight = raw_weight(module)
     mask = torch.as_tensor(mask).to(torch.bool).flatten()
     if weight is None or mask.numel() != weight.shape[0]:
         rows = None if weight is None else weight.shape[0]
         raise ValueError(f"dead_rows[{name!r}] has {mask.numel()} entries but the layer has "
                          f"{rows} output rows")
     return mask.to(weight.device)
-
-
-def _check_graph(graph: ChannelGraph) -> None:
-    """A producer or consumer that appears twice would be cut with stale indices."""
-    producers = [p for link in graph.channels for p in link.producers]
-    consumers = [c for link in graph.channels for c in link.consumers]
-    for kind, names in (("producer", producers), ("consumer", consumers)):
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"the channel graph lists {', '.join(repeated)} as {kind} more than "
-                             "once; each layer may produce and consume one channel group only")
-
-
-def _plan(dead: dict[str, Tensor], graph: ChannelGraph) -> list[_Cut]:
-    cuts = []
-    for link in graph.channels:
-        masks = [dead.get(p) for p in link.producers]
-        if any(m is None for m in masks):
-            continue  # a producer without bit depths: its channels all carry something
-        mask = masks[0]
-        for other in masks[1:]:
-            if other.numel() != mask.numel():
-                raise ValueError(f"the coupled producers of {link.producer} have "
-                                 f"{[m.numel() for m in masks]} channels; they must agree")
-            mask = mask & other
-        if not mask.any():
-            continue
-        if mask.all():
-            # Zero-channel convolutions are rejected by torch: keep one (it stays zero and
-            # still feeds its constant to the consumers).
-            mask = mask.clone()
-            mask[0] = False
-        removed, kept = mask.nonzero().flatten(), (~mask).nonzero().flatten()
-        cuts.append(_Cut(link.producer, {p: kept for p in link.producers}, link.followers,
-                         link.consumers, mask.numel(), removed, kept))
-    for block in graph.heads:
-        masks = [dead.get(n) for n in (block.queries, block.keys, block.values)]
-        if any(m is None for m in masks):
-            continue
-        hs = block.head_size
-        if any(m.numel() % hs for m in masks) or len({m.numel() for m in masks}) != 1:
-            raise ValueError(f"q/k/v rows of {block.output} do not split into heads of {hs}")
-        dead_heads = masks[0].view(-1, hs).all(1)
-        for m in masks[1:]:
-            dead_heads &= m.view(-1, hs).all(1)
-        if not dead_heads.any():
-            continue
-        dead_cols = dead_heads.repeat_interleave(hs)
-        removed, kept = dead_cols.nonzero().flatten(), (~dead_cols).nonzero().flatten()
-        rows = {n: kept for n in (block.queries, block.keys, block.values)}
-        cuts.append(_Cut(block.output, rows, (), (block.output,), dead_cols.numel(),
-                         removed, kept, head_size=hs))
-    return cuts
 
 
 # ----------------------------------------------------------------------------- folding
@@ -348,19 +278,19 @@ def _zero_padded(module: nn.Module) -> bool:
     return any(p != 0 for p in module.padding)
 
 
-def _constants(module: nn.Module, x: Tensor, cut: _Cut) -> Tensor:
+def _constants(module: nn.Module, x: Tensor, cut: Cut) -> Tensor:
     """The value each removed unit feeds ``module`` (NaN for a unit whose input is not
     constant over the batch and positions)."""
-    xs = _units(module, x, cut.n_units, is_weight=False)[:, cut.removed, :]
+    xs = _units(module, x, cut.n_units, is_weight=False)[:, cut.removed_index, :]
     const = xs[0, :, 0]
     same = torch.isclose(xs, const[None, :, None].expand_as(xs), rtol=1e-5, atol=1e-6)
     return torch.where(same.all(dim=2).all(dim=0), const, torch.full_like(const, float("nan")))
 
 
-def _foldable(model: nn.Module, cut: _Cut, inputs: dict[str, Tensor]) -> Tensor:
+def _foldable(model: nn.Module, cut: Cut, inputs: dict[str, Tensor]) -> Tensor:
     """Per removed unit of ``cut``: whether every consumer can absorb it exactly (its
     input constant, and zero where the consumer zero-pads)."""
-    ok = torch.ones(len(cut.removed), dtype=torch.bool, device=cut.removed.device)
+    ok = torch.ones(len(cut.removed_index), dtype=torch.bool, device=cut.removed.device)
     for name in cut.consumers:
         module = model.get_submodule(name)
         const = _constants(module, inputs[name], cut)
@@ -368,8 +298,8 @@ def _foldable(model: nn.Module, cut: _Cut, inputs: dict[str, Tensor]) -> Tensor:
     return ok
 
 
-def _keep_unfoldable(model: nn.Module, cuts: list[_Cut], inputs: dict[str, Tensor]
-                     ) -> list[_Cut]:
+def _keep_unfoldable(model: nn.Module, cuts: list[Cut], inputs: dict[str, Tensor]
+                     ) -> list[Cut]:
     """The cuts with every unit that cannot be folded exactly put back (exact_only)."""
     out = []
     for cut in cuts:
@@ -377,18 +307,16 @@ def _keep_unfoldable(model: nn.Module, cuts: list[_Cut], inputs: dict[str, Tenso
         if ok.all():
             out.append(cut)
             continue
-        removed = cut.removed[ok]
+        removed = cut.removed_index[ok]
         if not len(removed):
             continue
         mask = torch.zeros(cut.n_units, dtype=torch.bool, device=removed.device)
         mask[removed] = True
-        kept = (~mask).nonzero().flatten()
-        out.append(_Cut(cut.source, {n: kept for n in cut.rows}, cut.followers,
-                        cut.consumers, cut.n_units, removed, kept, cut.head_size))
+        out.append(dataclasses.replace(cut, removed=mask))
     return out
 
 
-def _folded_bias(module: nn.Module, name: str, x: Tensor, cut: _Cut) -> Tensor | None:
+def _folded_bias(module: nn.Module, name: str, x: Tensor, cut: Cut) -> Tensor | None:
     """What the removed units add to ``module``'s output (None if nothing).
 
     The removed units' inputs must be constant over the batch and positions; their
@@ -406,7 +334,8 @@ def _folded_bias(module: nn.Module, name: str, x: Tensor, cut: _Cut) -> Tensor |
                          "channels' biases first or use an unpadded conv")
     with torch.no_grad():
         weight = _units(module, module.weight, cut.n_units, is_weight=True)
-        return torch.einsum("ouk,u->o", weight[:, cut.removed, :], const.to(weight.dtype))
+        return torch.einsum("ouk,u->o", weight[:, cut.removed_index, :],
+                            const.to(weight.dtype))
 
 
 def _add_to_bias(module: nn.Module, delta: Tensor) -> bool:
@@ -465,10 +394,10 @@ def _cut_follower(model: nn.Module, name: str, n_rows: int, index: Tensor,
             _take(model, f"{name}.{attr}", 0, index, result)
 
 
-def _cut_columns(model: nn.Module, name: str, cut: _Cut, result: PruneResult) -> None:
-    """Keep the input units ``cut.kept`` of a consumer (dim 1 of its weight)."""
+def _cut_columns(model: nn.Module, name: str, cut: Cut, result: PruneResult) -> None:
+    """Keep the input units ``cut.kept_index`` of a consumer (dim 1 of its weight)."""
     module = model.get_submodule(name)
-    index = cut.kept
+    index = cut.kept_index
     if isinstance(module, nn.Linear):
         # A flattened feature map: each channel owns in_features // n_units consecutive columns.
         per_unit = module.in_features // cut.n_units
@@ -497,9 +426,9 @@ def prune_channels(model: nn.Module, dead_rows: dict[str, Tensor], graph: Channe
     constant outputs are folded into the consumers' biases, so the pruned model computes
     the same eval-mode outputs (up to float rounding).
     """
-    _check_graph(graph)
+    check_graph(graph)
     dead = {name: _dead_mask(model, name, mask) for name, mask in dead_rows.items()}
-    cuts = _plan(dead, graph)
+    cuts = plan_removal(dead, graph)
     result = PruneResult(params_before=_num_params(model))
     consumers = tuple(dict.fromkeys(c for cut in cuts for c in cut.consumers))
     result.flops_before, inputs = _probe(model, example_input, consumers)
@@ -515,16 +444,16 @@ def prune_channels(model: nn.Module, dead_rows: dict[str, Tensor], graph: Channe
                 result.new_parameters.append(f"{name}.bias")
 
     for cut in cuts:
-        for name, index in cut.rows.items():
-            _cut_rows(model, name, index, result)
+        for name in cut.rows:
+            _cut_rows(model, name, cut.kept_index, result)
         for name in cut.followers:
-            _cut_follower(model, name, cut.n_units, cut.kept, result)
+            _cut_follower(model, name, cut.n_units, cut.kept_index, result)
         for name in cut.consumers:
             _cut_columns(model, name, cut, result)
         if cut.head_size:
-            result.removed_heads += len(cut.removed) // cut.head_size
+            result.removed_heads += len(cut.removed_index) // cut.head_size
         else:
-            result.removed_channels[cut.source] = len(cut.removed)
+            result.removed_channels[cut.source] = len(cut.removed_index)
     # kept covers parameters only (buffers such as running_mean need no optimizer state).
     params = dict(model.named_parameters())
     result.kept = {n: k for n, k in result.kept.items() if n in params}

@@ -128,18 +128,18 @@ def trace_channel_graph(model: nn.Module, example_input: Any) -> ChannelGraph:
     def group_of(arg: Any) -> int | None:
         return of.get(arg) if isinstance(arg, fx.Node) else None
 
-    def barrier(*args: Any) -> None:
+    def barrier(*args: Any, output: bool = False) -> None:
         for arg in args:
             g = group_of(arg)
             if g is not None:
-                groups.get(g)["barrier"] = True
+                groups.get(g)["barrier" if not output else "output"] = True
 
     for node in traced.graph.nodes:
         tensors = [a for a in node.all_input_nodes if a in of]
         if node.op == "placeholder":
             of[node] = groups.new(_channels(node), barrier=True)
         elif node.op == "output":
-            barrier(*node.all_input_nodes)
+            barrier(*node.all_input_nodes, output=True)
         elif node.op == "call_module":
             module = modules[node.target]
             calls[node.target] = calls.get(node.target, 0) + 1
@@ -185,7 +185,7 @@ def trace_channel_graph(model: nn.Module, example_input: Any) -> ChannelGraph:
         elif node.op == "get_attr":
             continue
     twice = {name for name, n in calls.items() if n > 1}
-    links = []
+    links, untraced = [], []
     seen: set[int] = set()
     for g in range(len(groups.parent)):
         root = groups.find(g)
@@ -195,10 +195,15 @@ def trace_channel_graph(model: nn.Module, example_input: Any) -> ChannelGraph:
         facts = groups.facts[root]
         producers = list(dict.fromkeys(facts["producers"]))
         consumers = list(dict.fromkeys(facts["consumers"]))
-        if (facts["barrier"] or not producers or not consumers
+        if facts.get("output"):
+            continue  # the model's output: its channels are the answer, never removed
+        if (facts["barrier"] or not consumers
                 or set(producers + consumers + facts["followers"]) & twice):
+            untraced += producers
             continue
-        links.append(ChannelDependency(producers[0], tuple(consumers),
-                                       tuple(dict.fromkeys(facts["followers"])),
-                                       coupled=tuple(producers[1:])))
-    return ChannelGraph(channels=tuple(links), exact_only=True)
+        if producers:
+            links.append(ChannelDependency(producers[0], tuple(consumers),
+                                           tuple(dict.fromkeys(facts["followers"])),
+                                           coupled=tuple(producers[1:])))
+    return ChannelGraph(channels=tuple(links), exact_only=True,
+                        untraced=tuple(dict.fromkeys(untraced)))
