@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'epoch':>5s} {'float s':>9s} {'sc s':>9s} {'sc/float':>9s} {'sc params':>10s} "
           f"{'sc storage B':>13s}")
     for epoch, (f_s, s_s) in enumerate(zip(float_times, sc_times, strict=True), start=1):
-        storage = trainer.history[epoch - 1]["storage_bytes"]
+        storage = trainer.record.history[epoch - 1]["storage_bytes"]
         print(f"{epoch:5d} {f_s:9.2f} {s_s:9.2f} {s_s / f_s:9.3f} "
               f"{trainer.epoch_params[epoch - 1]:10d} {storage:13d}")
     ratio = sum(sc_times) / sum(float_times)

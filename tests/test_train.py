@@ -176,13 +176,13 @@ def test_each_shrink_keeps_the_eval_outputs_and_makes_the_model_smaller(digits, 
 
     monkeypatch.setattr(SelfCompression, "prune", checked_prune)
     trainer, result = _shrinking_fit(digits, None, epochs=3)
-    assert len(trainer.shrinks) >= 2
+    assert len(trainer.record.shrinks) >= 2
     for before, after, _ in checks:
         assert torch.allclose(before, after, atol=1e-5)
     removed = [(p.params_before, p.params_after, p.flops_before, p.flops_after)
                for _, _, p in checks if p.params_after < p.params_before]
     assert removed and all(pa < pb and fa < fb for pb, pa, fb, fa in removed)
-    first, last = trainer.shrinks[0], trainer.shrinks[-1]
+    first, last = trainer.record.shrinks[0], trainer.record.shrinks[-1]
     assert last["flops_after"] < first["flops_before"]
     # the trained model is the selected epoch's, whatever shape that epoch had
     assert result.selected == result.history[result.selected_epoch - 1]
@@ -198,7 +198,7 @@ def test_a_killed_run_resumes_after_a_shrink_to_the_same_numbers(digits, tmp_pat
         fresh.conv2.out_channels  # a checkpoint of a smaller network
     trainer, resumed = _shrinking_fit(digits, tmp_path / "b")
     assert _without_time(resumed.history) == _without_time(uninterrupted.history)
-    assert trainer.shrinks == json.loads(
+    assert trainer.record.shrinks == json.loads(
         (tmp_path / "a" / "history.json").read_text())["shrinks"]
 
 

@@ -1,27 +1,22 @@
 """The training loop: float, self-compression (sc) and safety-guided self-compression (sgsc).
 
-One loop serves all three.  The loss is
-
-    task + l1_weights·mean|w| + l1_dead_bias·L1(dead biases) + gamma·Q
-         + lambda_pres·task(preservation batch)
-
-with the size term and the dead-bias term only when a :class:`SelfCompression` is
-given, and the preservation term (and the feedback controller) only when a
-:class:`~sgsc.core.safety.SafetyGuidance` is given -- the same object a user's own loop calls.
-With feedback, the task loss trains on ``safety.task_dataset``: the training split
-without the monitor's rows.  Epochs visit every training example once (shuffled without replacement,
-seeded).  After each epoch the model is evaluated on the validation split, a metrics
-row is appended to the history, the run is checkpointed (so a killed run resumes where
-the last epoch ended), and the selected state is updated:
-
-* float: the epoch with the best validation score;
-* compression: the *smallest* epoch (by storage bytes) whose validation score is within
-  ``select_tolerance`` of the best seen -- selection never looks at the test set.
+One loop serves all three; its loss is :class:`~sgsc.core.loss.CompressionLoss` (task + L1
++ dead bias + gamma·Q + lambda_pres·preservation), the same object a user's own loop
+calls, with the size and dead-bias terms only when a :class:`SelfCompression` is given and
+the preservation term (and the feedback controller) only when a
+:class:`~sgsc.core.safety.SafetyGuidance` is given.  With feedback, the task loss trains
+on ``safety.task_dataset``: the training split without the monitor's rows.  Epochs visit
+every training example once (shuffled without replacement, seeded).  After each epoch
+the model is evaluated on the validation split, the run's record
+(:class:`~sgsc.experiments.checkpoint.RunRecord`) gains a metrics row and updates its
+selection on validation -- never the test set --, and the run is checkpointed
+(:class:`~sgsc.experiments.checkpoint.RunFolder`), so a killed run resumes where the last
+epoch ended.  Every ``shrink_every`` steps the zero-bit channels nothing can revive are
+removed from the live model.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -29,7 +24,6 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,19 +33,19 @@ from tqdm.auto import tqdm
 
 from sgsc.core.compress import SelfCompression
 from sgsc.core.feedback import FeedbackConfig
+from sgsc.core.loss import CompressionLoss
 from sgsc.core.safety import BN_MODES, SafetyGuidance
-from sgsc.core.tasks import evaluate, score, task_loss
+from sgsc.core.tasks import evaluate
 from sgsc.experiments import provenance
-from sgsc.fileformat import atomic
+from sgsc.experiments.checkpoint import (  # noqa: F401  (the names users know from here)
+    CHECKPOINT,
+    HISTORY,
+    CheckpointError,
+    RunFolder,
+    RunRecord,
+    row_score,
+)
 from sgsc.structure.prune import load_state_resizing
-
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from (damaged, or of other settings); the
-    message names it and what to do.  The file is left as it is."""
 
 
 @dataclass
@@ -180,22 +174,22 @@ class Trainer:
         # Compressed models keep the smallest good epoch, float models the best one.
         self.select_smallest = compression is not None
         self.safety = safety
+        self.loss = CompressionLoss(compression if compression is not None else self.model,
+                                    safety, gamma=config.gamma if compression else 0.0,
+                                    l1_weights=config.l1_weights,
+                                    l1_dead_bias=config.l1_dead_bias,
+                                    lambda_pres=config.lambda_pres)
         self.train_set = safety.task_dataset if safety is not None else train
         self.val_set = val
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.folder = RunFolder(out_dir)
         seed_everything(config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.optimizer, self.scheduler = self._make_optimizer()
         self.step = 0
         self.epoch = 0
-        self.history: list[dict] = []
-        self.best_score = -math.inf
-        self.selected_epoch = 0
-        self.selected_state: dict | None = None
-        self.shrinks: list[dict] = []  # one row per removal of dead channels
-        self.trained_by: list[dict] = []  # provenance.training_state of each that trained
         self.wall_s = 0.0
+        self.record = RunRecord()
 
     # ------------------------------------------------------------------ pieces
 
@@ -216,26 +210,6 @@ class Trainer:
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         return optimizer, scheduler
-
-    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every term of the loss for one batch, before weighting (for logging)."""
-        cfg = self.config
-        terms = {"task": task_loss(self.model, x, y)}
-        if cfg.l1_weights:
-            terms["l1"] = weights_l1(self.model)
-        if self.compression is not None:
-            terms["size"] = self.compression.size_loss()
-            if cfg.l1_dead_bias:
-                terms["dead_bias"] = self.compression.dead_bias_l1()
-        if self.safety is not None and cfg.lambda_pres:
-            terms["preservation"] = self.safety.preservation_loss()
-        return terms
-
-    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        cfg = self.config
-        weights = {"task": 1.0, "l1": cfg.l1_weights, "size": cfg.gamma,
-                   "dead_bias": cfg.l1_dead_bias, "preservation": cfg.lambda_pres}
-        return sum(weights[k] * v for k, v in terms.items())
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled batches sliced from the in-memory tensors.
@@ -263,8 +237,8 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                    disable=not self.config.progress)
         for x, y in bar:
-            terms = self.loss_terms(x, y)
-            loss = self.total_loss(terms)
+            terms = self.loss.terms(x, y)
+            loss = self.loss.total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -304,7 +278,7 @@ class Trainer:
             return
         if self.safety is not None:
             self.safety.pruned(result)
-        self.shrinks.append({"step": self.step, "params_before": result.params_before,
+        self.record.shrinks.append({"step": self.step, "params_before": result.params_before,
                              "params_after": result.params_after,
                              "flops_before": result.flops_before,
                              "flops_after": result.flops_after})
@@ -326,27 +300,10 @@ class Trainer:
         else:
             row.update({"storage_bytes": float_storage_bytes(self.model),
                         "live_weights": count_weights(self.model)})
-        if self.safety is not None and self.safety.controller is not None:
+        if self.safety is not None and self.safety.feedback is not None:
             row["feedback_events"] = len(self.safety.events)
-            row["feedback_bits"] = self.safety.controller.bits_spent
+            row["feedback_bits"] = self.safety.bits_spent
         return row
-
-    def _select(self, row: dict) -> None:
-        """Online selection on validation only (see the module docstring)."""
-        score_now = row_score(row)
-        self.best_score = max(self.best_score, score_now)
-        if self.selected_state is None:
-            take = True
-        elif not self.select_smallest:
-            take = score_now > row_score(self.history[self.selected_epoch - 1])
-        else:
-            floor = self.best_score - self.config.select_tolerance
-            current = self.history[self.selected_epoch - 1]
-            take = score_now >= floor and (row["storage_bytes"] <= current["storage_bytes"]
-                                           or row_score(current) < floor)
-        if take:
-            self.selected_epoch = row["epoch"]
-            self.selected_state = copy.deepcopy(self.model.state_dict())
 
     def fit(self) -> TrainResult:
         """Train for the configured epochs, resuming from a checkpoint in ``out_dir``."""
@@ -355,8 +312,9 @@ class Trainer:
             self.safety.start(self.optimizer)  # the first healthy snapshot
         start = time.perf_counter() - self.wall_s
         epochs = range(self.epoch, self.config.epochs)
-        if len(epochs) and provenance.training_state() not in self.trained_by:
-            self.trained_by.append(provenance.training_state())  # this code trains epochs now
+        record = self.record
+        if len(epochs) and provenance.training_state() not in record.trained_by:
+            record.trained_by.append(provenance.training_state())  # this code trains now
         for _ in tqdm(epochs, desc="epochs", disable=not self.config.progress,
                       initial=self.epoch, total=self.config.epochs):
             train_metrics = self.train_epoch()
@@ -364,95 +322,49 @@ class Trainer:
             row = self.epoch_metrics(train_metrics)
             self.wall_s = time.perf_counter() - start
             row["wall_s"] = self.wall_s
-            self.history.append(row)
-            self._select(row)
-            self._checkpoint()
-        if self.selected_state is not None:  # it may predate a shrink: other shapes
-            load_state_resizing(self.model, self.selected_state)
+            record.add(row, self.model.state_dict, smallest=self.select_smallest,
+                       tolerance=self.config.select_tolerance)
+            self.folder.save(self._checkpoint_state())
+        if record.selected_state is not None:  # it may predate a shrink: other shapes
+            load_state_resizing(self.model, record.selected_state)
         events = [asdict(e) for e in self.safety.events] if self.safety else []
-        result = TrainResult(
-            history=self.history, selected_epoch=self.selected_epoch,
-            selected=self.history[self.selected_epoch - 1] if self.history else {},
-            feedback_events=events, wall_s=self.wall_s, trained_by=list(self.trained_by))
-        if self.out_dir is not None:
-            safety = {}
-            if self.safety is not None and self.safety.controller is not None:
-                safety = {"feedback": events, "feedback_checks": self.safety.checks,
-                          "monitor_float_loss": self.safety.float_monitor_loss,
-                          "monitor_reference_loss": self.safety.float_level,
-                          "monitor_indices": self.safety.monitor_indices.tolist()}
-            atomic.write_json({"config": _config_dict(self.config), "history": self.history,
-                                    "selected_epoch": self.selected_epoch,
-                               "shrinks": self.shrinks, "trained_by": self.trained_by,
-                               **safety},
-                              self.out_dir / HISTORY)
-        return result
+        self.folder.write_history(_config_dict(self.config), record,
+                                  **(self.safety.monitor_record() if self.safety else {}))
+        return TrainResult(history=record.history, selected_epoch=record.selected_epoch,
+                           selected=record.selected, feedback_events=events,
+                           wall_s=self.wall_s, trained_by=list(record.trained_by))
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint(self) -> None:
-        if self.out_dir is None:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {
+    def _checkpoint_state(self) -> dict:
+        return {
             "config": _config_dict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch, "step": self.step, "wall_s": self.wall_s,
-            "history": json.dumps(self.history),
-            "best_score": self.best_score, "selected_epoch": self.selected_epoch,
-            "selected_state": self.selected_state, "shrinks": json.dumps(self.shrinks),
-            "trained_by": json.dumps(self.trained_by),
+            **self.record.checkpoint_state(),
             "rng": {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state()},
             "safety": self.safety.state_dict() if self.safety else None,
         }
-        atomic.torch_save(state, self.out_dir / CHECKPOINT)
 
     def _resume(self) -> None:
-        path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
-        if path is None or not path.exists():
+        state = self.folder.load(_config_dict(self.config), self.device)
+        if state is None:
             return
-        advice = "delete it to start this run again from scratch"
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:  # a damaged checkpoint must not be silently ignored
-            raise CheckpointError(f"checkpoint {path} cannot be read: it is damaged or not an "
-                                  f"sgsc checkpoint ({type(err).__name__}); {advice}") from err
-        if not isinstance(state, dict) or "config" not in state:
-            raise CheckpointError(f"{path} is not an sgsc checkpoint; {advice}")
-        if state["config"] != _config_dict(self.config):
-            raise ValueError(f"checkpoint {path} was written with other settings; use another "
-                             "--out directory or delete it to start again")
-        try:
-            self._load_checkpoint(state)
+            if load_state_resizing(self.model, state["model"]):  # shrunk since: new params
+                self.optimizer, self.scheduler = self._make_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch, self.step, self.wall_s = state["epoch"], state["step"], state["wall_s"]
+            self.record = RunRecord.from_checkpoint(state)
+            torch.set_rng_state(state["rng"]["torch"])
+            self.loader_generator.set_state(state["rng"]["loader"])
+            if self.safety is not None and state["safety"] is not None:
+                self.safety.load_state_dict(state["safety"])
         except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"checkpoint {path} is incomplete or does not fit this run "
-                                  f"({type(err).__name__}: {err}); {advice}") from err
-
-    def _load_checkpoint(self, state: dict) -> None:
-        if load_state_resizing(self.model, state["model"]):  # shrunk since: new parameters
-            self.optimizer, self.scheduler = self._make_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step, self.wall_s = state["epoch"], state["step"], state["wall_s"]
-        self.history = json.loads(state["history"])
-        self.best_score, self.selected_epoch = state["best_score"], state["selected_epoch"]
-        self.selected_state = state["selected_state"]
-        self.shrinks = json.loads(state.get("shrinks", "[]"))
-        # a checkpoint of code that did not record itself: say so rather than guess
-        self.trained_by = json.loads(state.get("trained_by", json.dumps(
-            [{"version": None, "git_sha": "not recorded (checkpoint of earlier code)",
-              "sgsc_dirty": None}])))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.loader_generator.set_state(state["rng"]["loader"])
-        if self.safety is not None and state["safety"] is not None:
-            self.safety.load_state_dict(state["safety"])
-
-
-def row_score(row: dict) -> float:
-    """Validation score of a history row: accuracy, or minus the loss (nats) for text."""
-    return score({k[4:]: v for k, v in row.items() if k.startswith("val_")})
+            raise self.folder.damaged(err) from err
 
 
 def _config_dict(config: TrainConfig) -> dict:
@@ -473,9 +385,7 @@ def _check_safety(config: TrainConfig, compression: SelfCompression | None,
         return
     if compression is None or safety.compression is not compression:
         raise ValueError("safety must guard the Trainer's own SelfCompression")
-    has_feedback = safety.controller is not None
-    if has_feedback != (config.feedback is not None) or (
-            has_feedback and safety.controller.config != config.feedback):
+    if safety.feedback != config.feedback:
         raise ValueError("config.feedback and the SafetyGuidance's feedback settings differ; "
                          "build both from the same FeedbackConfig")
     ours = (config.pres_batch_size, config.pres_augment, config.pres_bn)
@@ -483,13 +393,6 @@ def _check_safety(config: TrainConfig, compression: SelfCompression | None,
     if ours != theirs:
         raise ValueError(f"config's (pres_batch_size, pres_augment, pres_bn) = {ours} but the "
                          f"SafetyGuidance has {theirs}; build it from the same settings")
-
-
-def weights_l1(model: nn.Module) -> torch.Tensor:
-    """The L1 term: mean ``|w|`` over every weight matrix and kernel (2+ dims), so that a
-    coefficient means the same on a small and on a large model."""
-    weights = [p for p in model.parameters() if p.dim() >= 2]
-    return sum(p.abs().sum() for p in weights) / sum(p.numel() for p in weights)
 
 
 def count_weights(model: nn.Module) -> int:

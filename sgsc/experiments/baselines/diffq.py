@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from sgsc.core.compress import QUANTIZABLE
+from sgsc.core.loss import CompressionLoss
 from sgsc.core.tasks import evaluate
 from sgsc.experiments import harness
 from sgsc.experiments.baselines.common import (
@@ -116,12 +117,14 @@ class DiffQTrainer(Trainer):
         schedule = self.scheduler.lr_lambdas[0]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.select_smallest = True  # as for sc: the smallest epoch within tolerance
+        self.loss = CompressionLoss(self.model, gamma=config.gamma,
+                                    l1_weights=config.l1_weights,
+                                    l1_dead_bias=config.l1_dead_bias, size=self.size_bits)
 
-    def loss_terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        terms = super().loss_terms(x, y)
-        # MB -> bits per parameter, so that config.gamma weighs it like Q (see module doc).
-        terms["size"] = self.quantizer.model_size() * (8 * 2**20) / self.n_params
-        return terms
+    def size_bits(self) -> Tensor:
+        """DiffQ's differentiable model size in bits per parameter: MB -> bits / params, so
+        that config.gamma weighs it like Q (see module doc)."""
+        return self.quantizer.model_size() * (8 * 2**20) / self.n_params
 
     def epoch_metrics(self, train_metrics: dict[str, float]) -> dict:
         row = super().epoch_metrics(train_metrics)
