@@ -254,9 +254,15 @@ def test_bad_arguments_say_what_to_do(reference, train, kwargs, message):
         build_preservation_set(reference, train, **kwargs)
 
 
+def test_any_map_style_dataset_of_pairs_gives_the_same_set(reference, train):
+    """A list of (x, y) pairs is a map-style Dataset as torchvision's are: the same rows."""
+    as_pairs = build_preservation_set(reference, list(train), 5)
+    assert as_pairs.indices.tolist() == build_preservation_set(reference, train, 5).indices.tolist()
+
+
 def test_bad_datasets_are_refused(reference, train):
-    with pytest.raises(ValueError, match="TensorDataset"):
-        build_preservation_set(reference, list(train), 5)
+    with pytest.raises(ValueError, match=r"map-style Dataset of \(x, y\) pairs.*item 0"):
+        build_preservation_set(reference, [x for x, _ in train], 5)
     x, y = train.tensors
     with pytest.raises(ValueError, match="targets must lie in"):
         build_preservation_set(reference, TensorDataset(x, y + 10), 5)

@@ -66,7 +66,7 @@ def test_reopening_a_finished_run_neither_rechooses_nor_recalibrates(sgsc_digits
         raise AssertionError("rebuilt although it was saved")
 
     monkeypatch.setattr(runs, "build_preservation_set", refuse)
-    monkeypatch.setattr(SafetyGuidance, "_calibrated_level", refuse)
+    monkeypatch.setattr(SafetyGuidance, "calibrate", refuse)
     again = runs.run("sgsc", "digits", out_dir=out, progress=False)
     assert again["run_dir"] == compressed["run_dir"]
     assert again["preservation_counts"] == compressed["preservation_counts"]

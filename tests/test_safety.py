@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sgsc.core.compress import SelfCompression
 from sgsc.core.feedback import FeedbackConfig
+from sgsc.core.loss import CompressionLoss
 from sgsc.core.preservation import PreservationSet
 from sgsc.core.safety import SafetyGuidance
 from sgsc.core.tasks import evaluate
@@ -78,7 +79,7 @@ def test_monitor_rows_never_reach_any_loss_of_a_training_run(digits, float_state
         if recording["on"]:
             seen.update(row_of.get(r.numpy().tobytes(), -1) for r in args[0])
 
-    original = Trainer.loss_terms
+    original = CompressionLoss.terms
 
     def recorded_loss_terms(self, x, y):
         recording["on"] = True
@@ -87,10 +88,10 @@ def test_monitor_rows_never_reach_any_loss_of_a_training_run(digits, float_state
         finally:
             recording["on"] = False
 
-    monkeypatch.setattr(Trainer, "loss_terms", recorded_loss_terms)
+    monkeypatch.setattr(CompressionLoss, "terms", recorded_loss_terms)
     hook = guard.model.register_forward_pre_hook(record)
     config = TrainConfig(epochs=2, batch_size=32, gamma=0.1, lr_quant=0.5, lambda_pres=1.0,
-                         feedback=guard.controller.config, progress=False)
+                         feedback=guard.feedback, progress=False)
     Trainer(guard.model, digits.train, digits.val, config, compression=guard.compression,
             safety=guard).fit()
     hook.remove()
@@ -129,6 +130,7 @@ def test_the_float_level_is_the_reference_on_the_monitor(digits, float_state):
     raw = SafetyGuidance(reference, sc, digits.train, size=100, seed=0,
                          feedback=FeedbackConfig(calibration_steps=0))
     expected = evaluate(reference, raw.monitor_set, torch.device("cpu"))["loss"]
+    assert raw.calibrate() == raw.float_level
     assert raw.float_level == pytest.approx(expected) == raw.float_monitor_loss
     # the compressed copy starts at 8 bits: within a hair of the float model
     assert abs(raw.monitor().loss - expected) < 0.01
@@ -142,25 +144,48 @@ def test_calibration_trains_a_copy_without_the_monitor(digits, float_state):
     shaken = SafetyGuidance(reference, sc, digits.train, size=100, seed=0,
                             feedback=FeedbackConfig(calibration_steps=30), lr=0.05,
                             task_batch_size=32)
+    assert shaken.float_level is None and shaken.controller is None  # nothing trained yet
+    rng = torch.get_rng_state()
+    shaken.calibrate()
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random numbers do not move
     assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
     assert shaken.float_level > shaken.float_monitor_loss + 0.01
     again = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30), lr=0.05,
                    task_batch_size=32)
+    again.calibrate()
     assert again.float_level == shaken.float_level
     assert again.controller.trigger_level == pytest.approx(again.float_level + 0.05)
     still = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30), lr=1e-9)
+    still.calibrate()
     assert still.float_level == pytest.approx(still.float_monitor_loss, abs=0.02)  # BN stats
+
+
+def test_the_constructor_trains_nothing_and_the_first_step_calibrates(digits, float_state,
+                                                                       monkeypatch):
+    calls = []
+    original = SafetyGuidance.calibrate
+    monkeypatch.setattr(SafetyGuidance, "calibrate",
+                        lambda self, steps=None: calls.append(steps) or original(self, steps))
+    guard = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=5))
+    assert calls == [] and guard.float_level is None
+    guard.step()
+    assert calls == [None] and guard.float_level is not None and guard.checks
+    guard.step()
+    assert calls == [None]  # once
+    with pytest.raises(ValueError, match="no feedback"):
+        _guard(digits, float_state, feedback=None).calibrate()
 
 
 def test_a_known_float_level_skips_the_calibration(digits, float_state, monkeypatch):
     """Reopening a run passes the level it calibrated: no fine-tune, the same trigger."""
     calibrated = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30),
                         lr=0.05, task_batch_size=32)
+    calibrated.calibrate()
 
     def no_calibration(*args, **kwargs):
         raise AssertionError("the calibration ran although the level was given")
 
-    monkeypatch.setattr(SafetyGuidance, "_calibrated_level", no_calibration)
+    monkeypatch.setattr(SafetyGuidance, "calibrate", no_calibration)
     reopened = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=30),
                       lr=0.05, task_batch_size=32, float_level=calibrated.float_level)
     assert reopened.controller.trigger_level == calibrated.controller.trigger_level
@@ -220,7 +245,7 @@ def test_state_round_trip_restores_sampling_and_controller(digits, float_state):
 
 
 def test_a_preservation_set_larger_than_the_training_split_is_refused(digits, float_state):
-    with pytest.raises(ValueError, match="size=.*larger than the training split"):
+    with pytest.raises(ValueError, match="size must be an integer between 1 and the"):
         _guard(digits, float_state, size=len(digits.train) + 1)
 
 
@@ -302,3 +327,26 @@ def test_a_prune_cuts_the_controllers_snapshot_alike(digits, float_state):
     snapshot = guard.controller.state_dict()["snapshot"]
     assert snapshot["conv2.b"].shape == sc.bit_depths()["conv2"].shape == (12,)
     assert snapshot["conv2.e"].shape == (12,)
+
+
+def test_safety_guidance_runs_on_a_torchvision_style_dataset(digits, float_state):
+    """Items (image tensor, int label), as torchvision's MNIST with ToTensor() gives them:
+    read once into tensors, the same preservation set and monitor as the TensorDataset's."""
+
+    class TorchvisionStyle(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(digits.train)
+
+        def __getitem__(self, i):
+            x, y = digits.train[i]
+            return x, int(y)
+
+    reference, sc = _pair(float_state)
+    guard = SafetyGuidance(reference, sc, TorchvisionStyle(), size=100,
+                           feedback=FeedbackConfig(calibration_steps=5), seed=0)
+    twin = _guard(digits, float_state, feedback=FeedbackConfig(calibration_steps=5))
+    assert guard.monitor_indices.tolist() == twin.monitor_indices.tolist()
+    assert torch.equal(guard.task_dataset.tensors[0], twin.task_dataset.tensors[0])
+    guard.preservation_loss().backward()
+    guard.step()
+    assert guard.float_level == twin.calibrate()

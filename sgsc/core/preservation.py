@@ -38,13 +38,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
+
+from sgsc.core.tasks import IGNORE_INDEX, as_tensor_dataset
 
 CRITERIA = ("saliency", "uncertainty", "diversity")
 UNCERTAINTY_MEASURES = ("margin", "entropy", "nll")
 KMEANS_N_INIT = 4  # fixed, so a seed fully determines the clustering
-IGNORE_INDEX = -1  # padding target of the text data sets (see sgsc.experiments.data)
 
 
 # ----------------------------------------------------------------------------- the set
@@ -92,8 +93,8 @@ class PreservationSet:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _check_dataset(self, dataset: TensorDataset) -> None:
-        _check_tensor_dataset(dataset)
+    def _check_dataset(self, dataset: Dataset) -> TensorDataset:
+        dataset = as_tensor_dataset(dataset)
         expected = self.meta.get("dataset_size")
         if expected is not None and len(dataset) != expected:
             raise ValueError(
@@ -102,15 +103,16 @@ class PreservationSet:
         if len(self) and self.indices.max() >= len(dataset):
             raise ValueError(f"index {self.indices.max()} is out of range for a dataset of "
                              f"{len(dataset)} rows; pass the training split it was built from")
+        return dataset
 
-    def labels(self, dataset: TensorDataset) -> Tensor:
+    def labels(self, dataset: Dataset) -> Tensor:
         """The targets of the chosen rows, read from ``dataset`` by index."""
-        self._check_dataset(dataset)
+        dataset = self._check_dataset(dataset)
         return dataset.tensors[1][torch.from_numpy(self.indices)]
 
-    def subset(self, dataset: TensorDataset) -> TensorDataset:
+    def subset(self, dataset: Dataset) -> TensorDataset:
         """The chosen rows as a TensorDataset; every tensor is indexed by the same rows."""
-        self._check_dataset(dataset)
+        dataset = self._check_dataset(dataset)
         rows = torch.from_numpy(self.indices)
         return TensorDataset(*(t[rows] for t in dataset.tensors))
 
@@ -173,10 +175,6 @@ class PreservationSet:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_tensor_dataset(dataset: object) -> None:
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) < 2:
-        raise ValueError("dataset must be a TensorDataset(x, y), e.g. the training split "
-                         f"sgsc.experiments.data.load_mnist().train; got {type(dataset).__name__}")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -327,7 +325,7 @@ def _score_batch(model: nn.Module, x: Tensor, y: Tensor, kind: str, captured: di
     return saliency.detach(), uncertainty, features.detach()
 
 
-def score_examples(model: nn.Module, dataset: TensorDataset, *,
+def score_examples(model: nn.Module, dataset: Dataset, *,
                    uncertainty_measure: str | None = None, target_layer: str | None = None,
                    feature_layer: str | None = None, batch_size: int = 256,
                    device: str | torch.device = "cpu", progress: bool = False) -> ExampleScores:
@@ -336,8 +334,9 @@ def score_examples(model: nn.Module, dataset: TensorDataset, *,
     Args:
         model: an image classifier ``model(x) -> logits (N, C)`` or a language model
             ``model(idx, targets) -> (logits (B, T, V), loss)``; already on ``device``.
-        dataset: TensorDataset (x, y): float images and class labels, or token ids and
-            next-token targets (-1 for padding).
+        dataset: any map-style Dataset of (x, y) (:func:`sgsc.core.tasks.as_tensor_dataset`):
+            float images and class labels, or token ids and next-token targets (-1 for
+            padding).
         uncertainty_measure: ``"margin"``, ``"entropy"`` or ``"nll"``; None picks margin
             for images and NLL for text.
         target_layer: module for saliency; default the model's ``last_conv`` or last
@@ -345,7 +344,7 @@ def score_examples(model: nn.Module, dataset: TensorDataset, *,
         feature_layer: module whose *input* is the feature for clustering; default the last
             nn.Linear (the classifier / lm_head).
     """
-    _check_tensor_dataset(dataset)
+    dataset = as_tensor_dataset(dataset)
     _check_positive_int("batch_size", batch_size)
     x_all, y_all = dataset.tensors[:2]
     kind = _data_kind(x_all)
@@ -481,7 +480,7 @@ def select(scores: ExampleScores, size: int, *, saliency: float = 1 / 3,
                            np.asarray(values), meta)
 
 
-def build_preservation_set(model: nn.Module, dataset: TensorDataset, size: int, *,
+def build_preservation_set(model: nn.Module, dataset: Dataset, size: int, *,
                            seed: int = 0, saliency: float = 1 / 3, uncertainty: float = 1 / 3,
                            diversity: float = 1 / 3, uncertainty_measure: str | None = None,
                            target_layer: str | None = None, feature_layer: str | None = None,
@@ -500,7 +499,7 @@ def build_preservation_set(model: nn.Module, dataset: TensorDataset, size: int, 
         pres = build_preservation_set(reference, splits.train, 200)
         trainer_input = pres.subset(splits.train)
     """
-    _check_tensor_dataset(dataset)
+    dataset = as_tensor_dataset(dataset, progress=progress)
     _check_positive_int("size", size)
     if size > len(dataset):
         raise ValueError(f"size={size} exceeds the {len(dataset)} rows of the dataset; choose "

@@ -5,11 +5,16 @@ is to the size term: built once from the float model, the compressed one and the
 training set, it gives the loss a term and the loop a hook::
 
     sc = SelfCompression(model)
-    guard = SafetyGuidance(float_model, sc, train_set, size=1000)
+    guard = SafetyGuidance(float_model, sc, train_set, size=1000, feedback=FeedbackConfig())
+    guard.calibrate()                  # the monitor's float level: a short float fine-tune
+    loss_fn = CompressionLoss(sc, guard, gamma=0.05, l1_weights=0.3, lambda_pres=1.0)
     for x, y in DataLoader(guard.task_dataset, batch_size=128, shuffle=True):
-        loss = task_loss + gamma * sc.size_loss() + lam * guard.preservation_loss()
+        loss = loss_fn(x, y)           # task + L1 + dead bias + gamma*Q + lambda*preservation
         ...; optimizer.step()
         guard.step(optimizer)          # monitor + feedback every `every` steps
+
+``train_set`` may be any map-style ``Dataset`` of ``(x, y)`` (torchvision's MNIST with
+``ToTensor()`` included): it is read into tensors once (:func:`sgsc.core.tasks.as_tensor_dataset`).
 
 What it does, and why:
 
@@ -29,6 +34,9 @@ What it does, and why:
   run's learning rate and batch size on ``task_dataset``: the float model in the
   compressed model's situation, minus the compression (or the float model's own level,
   when that is higher: compression is never asked to beat the model it starts from).
+  That fine-tune is a training loop of its own, so it runs when asked
+  (:meth:`SafetyGuidance.calibrate`), or at the first :meth:`~SafetyGuidance.step` of a
+  loop that did not ask -- never inside the constructor.
 * **BatchNorm left alone.**  The preservation forward runs in eval mode (``bn="eval"``):
   BatchNorm normalises with the running statistics the task batches maintain, and the
   64 hard examples never enter those statistics; dropout is off for them.  ``bn="frozen"``
@@ -44,17 +52,18 @@ import copy
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from sgsc.core.compress import SelfCompression
 from sgsc.core.feedback import FeedbackConfig, FeedbackController, FeedbackEvent, Reading
 from sgsc.core.preservation import PreservationSet, build_preservation_set
-from sgsc.core.tasks import evaluate, is_language_model, task_loss
+from sgsc.core.tasks import as_tensor_dataset, evaluate, is_language_model, task_loss
 from sgsc.structure.prune import PruneResult
 
 BN_MODES = ("eval", "frozen")
@@ -67,7 +76,8 @@ class SafetyGuidance:
         float_model: the float reference (same architecture as ``compression.model``);
             it picks the preservation set and sets the monitor's reference level.
         compression: the :class:`SelfCompression` being trained.
-        train_set: the training split (a ``TensorDataset(x, y)``); never validation/test.
+        train_set: the training split, any map-style Dataset of ``(x, y)``; never
+            validation or test data.
         size: preservation-set size, when ``preservation`` is not given.
         preservation: an already chosen :class:`PreservationSet` of ``train_set``.
         feedback: a :class:`FeedbackConfig`, or None for the preservation term alone (then
@@ -81,11 +91,12 @@ class SafetyGuidance:
             which the calibration fine-tune of the float level uses.
         float_level: the calibrated float level, when it is already known (the
             :attr:`float_level` of an earlier build with the same arguments, e.g. to
-            reopen a finished run); None calibrates it.
+            reopen a finished run); None: :meth:`calibrate` measures it, or the first
+            :meth:`step` does.
     """
 
     def __init__(self, float_model: nn.Module, compression: SelfCompression,
-                 train_set: TensorDataset, *, size: int | None = None,
+                 train_set: Dataset, *, size: int | None = None,
                  preservation: PreservationSet | None = None,
                  feedback: FeedbackConfig | None = None, batch_size: int = 64,
                  augment: bool = False, bn: str = "eval", seed: int = 0,
@@ -94,6 +105,7 @@ class SafetyGuidance:
                  float_level: float | None = None) -> None:
         _check_inputs(float_model, compression, train_set, size, preservation, feedback,
                       batch_size, bn, lr, task_batch_size)
+        train_set = as_tensor_dataset(train_set, "train_set", progress=progress)
         if float_level is not None and feedback is None:
             raise ValueError("float_level is the feedback's monitor level; without feedback "
                              "there is no monitor: drop float_level")
@@ -101,6 +113,7 @@ class SafetyGuidance:
         self.model = compression.model
         self.train_set = train_set
         self.batch_size, self.augment, self.bn = batch_size, augment, bn
+        self.feedback = feedback
         self.device = torch.device(device) if device is not None else _device_of(self.model)
         if preservation is None:
             preservation = build_preservation_set(float_model, train_set, size, seed=seed,
@@ -116,14 +129,14 @@ class SafetyGuidance:
         self.monitor_set = self.monitor_part.subset(train_set) if self.monitor_part else None
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.steps = 0
-        self.controller = None
+        self.controller: FeedbackController | None = None  # made by calibrate()
         self.float_monitor_loss = None  # the float model's own level, before calibration
+        self._float_model, self._seed = float_model, seed
+        self._lr, self._task_batch_size = lr, task_batch_size
         if feedback is not None:
             self.float_monitor_loss = self._monitor_reading(float_model).loss
-            level = float_level if float_level is not None else self._calibrated_level(
-                float_model, feedback.calibration_steps, lr, task_batch_size, seed)
-            self.controller = FeedbackController(compression, self.monitor,
-                                                 self._monitor_loss, level, feedback)
+            if float_level is not None:
+                self._start_controller(float_level)
 
     # ------------------------------------------------------------------ data
 
@@ -173,27 +186,47 @@ class SafetyGuidance:
                              "feedback=None")
         return self._monitor_reading(self.model)
 
-    def _calibrated_level(self, float_model: nn.Module, steps: int, lr: float,
-                          batch_size: int, seed: int) -> float:
-        """The monitor loss of a float copy trained ``steps`` steps on ``task_dataset``, or
-        the float model's own when that is higher."""
+    def calibrate(self, steps: int | None = None) -> float:
+        """Measure the monitor's float level and start the feedback controller; returns
+        the level.
+
+        A copy of the float model trains ``steps`` steps (default
+        ``feedback.calibration_steps``) on ``task_dataset`` with the run's learning rate
+        and batch size, and its monitor loss is the level -- or the float model's own, when
+        that is higher (see the module docstring).  Random numbers come from a generator
+        of its own, so calibrating never moves the run's.
+        """
+        if self.feedback is None:
+            raise ValueError("this SafetyGuidance has no feedback, so no monitor to calibrate")
+        steps = self.feedback.calibration_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        level = max(self._fine_tuned_level(steps), self.float_monitor_loss)
+        self._start_controller(level)
+        return level
+
+    def _fine_tuned_level(self, steps: int) -> float:
+        """The monitor loss of a float copy trained ``steps`` steps on ``task_dataset``."""
         if steps == 0:
             return self.float_monitor_loss
-        model = copy.deepcopy(float_model).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        model = copy.deepcopy(self._float_model).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self._lr, weight_decay=0.0)
         data = self.task_dataset
-        generator = torch.Generator().manual_seed(seed + 2)
+        generator = torch.Generator().manual_seed(self._seed + 2)
         device = _device_of(model)
         for _ in range(steps):
-            idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator)
+            idx = torch.randint(len(data), (min(self._task_batch_size, len(data)),),
+                                generator=generator)
             x, y = (t[idx].to(device) for t in data.tensors[:2])
             loss = task_loss(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        # A float model that was still improving does not set the bar below where
-        # compression starts: the compressed model is never asked to beat it.
-        return max(self._monitor_reading(model).loss, self.float_monitor_loss)
+        return self._monitor_reading(model).loss
+
+    def _start_controller(self, level: float) -> None:
+        self.controller = FeedbackController(self.compression, self.monitor,
+                                             self._monitor_loss, level, self.feedback)
 
     def _monitor_loss(self) -> Tensor:
         """The monitor loss with gradients, in eval mode (the controller prices restores)."""
@@ -208,8 +241,24 @@ class SafetyGuidance:
 
     @property
     def float_level(self) -> float | None:
-        """The calibrated float level of the monitor loss (None without feedback)."""
+        """The calibrated float level of the monitor loss (None without feedback, or before
+        :meth:`calibrate`)."""
         return None if self.controller is None else self.controller.float_level
+
+    @property
+    def bits_spent(self) -> int:
+        """Bits the feedback's restores have added to the file so far."""
+        return 0 if self.controller is None else self.controller.bits_spent
+
+    def monitor_record(self) -> dict:
+        """What a run's history keeps of the monitor: every check, every restore, the float
+        model's own level and the calibrated one, and which training rows it held out
+        ({} without feedback)."""
+        if self.feedback is None:
+            return {}
+        return {"feedback": [asdict(e) for e in self.events], "feedback_checks": self.checks,
+                "float_monitor_loss": self.float_monitor_loss, "float_level": self.float_level,
+                "monitor_indices": self.monitor_indices.tolist()}
 
     @property
     def events(self) -> list[FeedbackEvent]:
@@ -220,16 +269,20 @@ class SafetyGuidance:
         return [] if self.controller is None else self.controller.checks
 
     def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Read the monitor before training (the first healthy snapshot); the first
-        :meth:`step` does it if nobody did."""
-        if self.controller is not None and not self.controller.checks:
+        """Read the monitor before training (the first healthy snapshot), calibrating first
+        if nobody did; the first :meth:`step` does it if nobody called it."""
+        if self.feedback is None:
+            return
+        if self.controller is None:
+            self.calibrate()
+        if not self.controller.checks:
             self.controller.check(0, optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> FeedbackEvent | None:
         """Call after every optimizer step: every ``every`` steps it reads the monitor and
         restores precision when needed (pass the optimizer so restored entries lose
         their Adam moments).  Returns the event, if one happened."""
-        if self.controller is None:
+        if self.feedback is None:
             self.steps += 1
             return None
         self.start(optimizer)  # no-op once the monitor has been read
@@ -312,7 +365,7 @@ def _architecture(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _check_inputs(float_model: nn.Module, compression: SelfCompression,
-                  train_set: TensorDataset, size: int | None,
+                  train_set: Dataset, size: int | None,
                   preservation: PreservationSet | None, feedback: FeedbackConfig | None,
                   batch_size: int, bn: str, lr: float, task_batch_size: int) -> None:
     """Every bad setting named before anything is computed."""
@@ -328,30 +381,25 @@ def _check_inputs(float_model: nn.Module, compression: SelfCompression,
         raise ValueError("the float reference has another architecture than the compressed "
                          f"model (parameters that differ: {', '.join(differ[:5]) or 'kind'}); "
                          "pass the float model the compressed one was copied from")
-    if not isinstance(train_set, TensorDataset) or len(train_set.tensors) < 2 \
-            or len(train_set) == 0:
-        raise ValueError("train_set must be a non-empty TensorDataset(x, y) of the training "
-                         f"split, got {type(train_set).__name__}")
-    if preservation is None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size (of the preservation set) must be a positive integer, "
-                             f"got {size!r}")
-        if size > len(train_set):
-            raise ValueError(f"size={size}: the preservation set cannot be larger than the "
-                             f"training split ({len(train_set)} rows)")
-    elif size is not None and size != len(preservation):
-        raise ValueError(f"size={size} but the given preservation set has {len(preservation)} "
-                         "rows; pass one of them")
+    try:
+        rows = len(train_set)
+    except TypeError:
+        rows = 0
+    if not rows or isinstance(train_set, TensorDataset):
+        as_tensor_dataset(train_set, "train_set")  # the error that says what is expected
     if feedback is not None:
         if not isinstance(feedback, FeedbackConfig):
             raise ValueError(f"feedback must be a FeedbackConfig or None, got {feedback!r}")
         if not compression.names:
             raise ValueError("feedback needs quantized layers, but the SelfCompression wraps "
                              "no Conv/Linear layer; set feedback=None")
-        n = len(preservation) if preservation is not None else size
-        if n * feedback.monitor_fraction < 1 or n * (1 - feedback.monitor_fraction) < 1:
-            raise ValueError(f"monitor_fraction={feedback.monitor_fraction} of a preservation "
-                             f"set of {n} leaves no monitor or no loss part; use a larger set")
+    if preservation is None:
+        check_preservation_size(size, rows, feedback)
+    elif size is not None and size != len(preservation):
+        raise ValueError(f"size={size} but the given preservation set has {len(preservation)} "
+                         "rows; pass one of them")
+    else:
+        check_preservation_size(len(preservation), rows, feedback, "the preservation set's size")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if bn not in BN_MODES:
@@ -361,3 +409,17 @@ def _check_inputs(float_model: nn.Module, compression: SelfCompression,
     if isinstance(task_batch_size, bool) or not isinstance(task_batch_size, int) \
             or task_batch_size < 1:
         raise ValueError(f"task_batch_size must be a positive integer, got {task_batch_size!r}")
+
+
+def check_preservation_size(size: object, train_rows: int, feedback: FeedbackConfig | None,
+                            name: str = "size") -> None:
+    """A ValueError naming ``name`` unless a preservation set of ``size`` rows fits a
+    training split of ``train_rows`` and, with ``feedback``, splits into a monitor and a
+    loss part that are both non-empty."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= train_rows:
+        raise ValueError(f"{name} must be an integer between 1 and the {train_rows} rows of "
+                         f"the training split, got {size!r}")
+    if feedback is not None and min(size * feedback.monitor_fraction,
+                                    size * (1 - feedback.monitor_fraction)) < 1:
+        raise ValueError(f"{name}={size} with monitor_fraction={feedback.monitor_fraction} "
+                         "leaves no monitor or no loss part; use a larger preservation set")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import sgsc
-from sgsc.core.feedback import FeedbackConfig
+from sgsc.core.safety import check_preservation_size
 from sgsc.experiments import data as datasets
 from sgsc.experiments import provenance
 from sgsc.experiments.defaults import DEFAULTS, SAFETY_METHODS, check_method, train_config
@@ -102,21 +102,9 @@ def check_run(method: str, data_name: str, *, seed: int = 0, device: str = "auto
     size = (DEFAULTS[data_name]["preservation_size"] if preservation_size is None
             else preservation_size)
     if method in SAFETY_METHODS:
-        _check_preservation_size(size, _train_rows(data_name, _block_size(data_name)),
-                                 config.feedback)
+        check_preservation_size(size, _train_rows(data_name, _block_size(data_name)),
+                                config.feedback, "preservation_size")
     return config, size
-
-
-def _check_preservation_size(size: object, train_rows: int,
-                             feedback: FeedbackConfig | None) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= train_rows:
-        raise ValueError(f"preservation_size must be an integer between 1 and the {train_rows} "
-                         f"rows of the training split, got {size!r}")
-    if feedback is not None and min(size * feedback.monitor_fraction,
-                                    size * (1 - feedback.monitor_fraction)) < 1:
-        raise ValueError(f"preservation_size={size} with monitor_fraction="
-                         f"{feedback.monitor_fraction} leaves no monitor or no loss part; "
-                         "use a larger preservation set")
 
 
 def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,

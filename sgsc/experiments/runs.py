@@ -114,9 +114,10 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                                 feedback=config.feedback, batch_size=config.pres_batch_size,
                                 augment=config.pres_augment, bn=config.pres_bn, seed=seed,
                                 lr=config.lr, task_batch_size=config.batch_size,
-                                # the calibration (a float fine-tune) is done once per run
                                 float_level=saved.get("float_level") if config.feedback
                                 else None)
+        if config.feedback is not None and safety.float_level is None:
+            safety.calibrate()  # a float fine-tune, once per run: its level is kept below
         # which examples guided the run, for figures and audits
         atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist(),
                                               "float_level": safety.float_level},

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sgsc.core.preservation import PreservationSet, build_preservation_set
+from sgsc.core.preservation import PreservationSet
 from sgsc.experiments import defaults, harness, models, runs
 from sgsc.experiments.train import CHECKPOINT, HISTORY
 from sgsc.fileformat import export
@@ -236,19 +236,16 @@ def per_class_accuracy(model: nn.Module, dataset: TensorDataset,
     return (correct / total).tolist()
 
 
-def preservation_set(result: dict, splits: Any, float_model: nn.Module) -> PreservationSet:
-    """The preservation set an sgsc run trained with, chosen again the same way.
-
-    The choice is deterministic for a seed; the counts per rule are checked against the
-    ones the run recorded.
-    """
-    chosen = build_preservation_set(float_model, splits.train, result["preservation_size"],
-                                    seed=result["seed"])
-    expected = result.get("preservation_counts")
-    if expected is not None and chosen.counts() != expected:
-        raise RuntimeError(f"rebuilt preservation set {chosen.counts()} differs from the "
-                           f"run's {expected}")
-    return chosen
+def preservation_set(result: dict) -> PreservationSet:
+    """The preservation set a safety run trained with, read from its folder (the run wrote
+    it to ``preservation.json``; nothing is chosen again)."""
+    folder = Path(result["run_dir"])
+    try:
+        return PreservationSet.from_dict(json.loads((folder / "preservation.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FileNotFoundError(f"{folder / 'preservation.json'} is missing or unreadable "
+                                f"({type(err).__name__}); run {result['method']} seed "
+                                f"{result['seed']} again to write it") from err
 
 
 def per_class_rows(results: Sequence[dict], splits: Any, num_classes: int = 10) -> list[dict]:
