@@ -74,10 +74,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         folder = profiles.profile_report_dir(args.profile, args.reports)
         path = report.build_report(folder, args.profile, provenance.build_info())
+        if args.readme:
+            changed = report.write_readme_results(args.readme, folder)
     except (ValueError, FileNotFoundError, atomic.WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report written to {path}")
+    if args.readme:
+        print(f"{args.readme}: results {'rewritten' if changed else 'unchanged'}")
     return 0
 
 
@@ -136,6 +140,9 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report_cmd.add_argument("--profile", default="paper", help="quick, paper or full")
     report_cmd.add_argument("--reports", default="reports",
                             help="folder holding one sub-folder per profile")
+    report_cmd.add_argument("--readme", metavar="FILE", default=None,
+                            help="also write the answer's sentences into FILE's results "
+                                 "block (README.md)")
     report_cmd.set_defaults(handler=_cmd_report)
 
 

@@ -43,3 +43,24 @@ def test_unknown_names_are_refused_with_the_valid_ones():
         defaults.train_config("sc", "cifar")
     with pytest.raises(ValueError, match="unknown setting"):
         defaults.train_config("sc", "mnist", gama=0.1)
+
+
+def test_model_overrides_are_checked_and_undone():
+    from sgsc.experiments import defaults, runs
+
+    before = runs.DEFAULTS["names"]["model"]
+    with defaults.model_overrides("names", {"n_layer": 1}):
+        assert runs.DEFAULTS["names"]["model"][1]["n_layer"] == 1
+    assert runs.DEFAULTS["names"]["model"] == before
+    with pytest.raises(ValueError, match="unknown char_transformer setting"):
+        defaults.configure_model("names", {"layers": 1})
+    assert runs.DEFAULTS["names"]["model"] == before
+
+
+
+def test_training_overrides_skip_methods_that_do_not_train():
+    from sgsc.experiments import store
+
+    assert store.training_overrides("float", epochs=3) == {}
+    assert store.training_overrides("uniform-ptq-4", epochs=3) == {}
+    assert store.training_overrides("sc", epochs=3, gamma=None) == {"epochs": 3}

@@ -79,7 +79,9 @@ def test_notebook_is_committed_without_outputs_and_is_parameterized(name):
         f"{name} has outputs: clear them (jupyter nbconvert --clear-output --inplace)"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
-    assert code.index(tagged[0]) == 0, "the parameters cell must come before any other code"
+    # the install cell first (it does nothing where sgsc is installed), then the parameters
+    assert 'find_spec("sgsc") is None' in code[0].source and "pip" in code[0].source
+    assert code.index(tagged[0]) == 1, "the parameters cell must come before any other code"
     for parameter in REQUIRED_PARAMETERS:
         assert f"\n{parameter} = " in f"\n{tagged[0].source}", f"{name} lacks {parameter}"
     assert name in EXPECTED, f"add {name} to EXPECTED in this test"
@@ -87,6 +89,21 @@ def test_notebook_is_committed_without_outputs_and_is_parameterized(name):
     # nbformat.read fills them in, so the file itself is read)
     raw = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
     assert all(c.get("id") for c in raw["cells"]), f"{name} has cells without an id"
+
+
+@pytest.mark.parametrize("name", _notebooks())
+def test_notebook_opens_with_launch_links_to_the_projects_repository(name):
+    import tomllib
+
+    repository = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())[
+        "project"]["urls"]["Repository"]
+    slug = repository.removeprefix("https://github.com/")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    first = nb.cells[0].source
+    assert f"colab.research.google.com/github/{slug}/blob/main/notebooks/{name}.ipynb" in first
+    assert f"mybinder.org/v2/gh/{slug}/HEAD?labpath=notebooks%2F{name}.ipynb" in first
+    install = next(c for c in nb.cells if c.cell_type == "code").source
+    assert f"git+{repository}" in install
 
 
 # ----------------------------------------------------------------------------- executed
@@ -131,13 +148,24 @@ def test_quick_profile_writes_figures_and_metrics(quick, name):
 
 
 @pytest.mark.slow
+def test_the_tutorial_checks_its_three_exercises(quick):
+    report_dir, _ = quick
+    executed = nbformat.read(report_dir / "00_tutorial.ipynb", as_version=4)
+    checks = {c.id: "".join(o.get("text", "") for o in c.outputs)
+              for c in executed.cells if c.cell_type == "code" and c.id.startswith("exercise")}
+    assert sorted(checks) == ["exercise-1", "exercise-2", "exercise-3"]
+    for number in (1, 2, 3):
+        assert f"exercise {number}: not answered yet" in checks[f"exercise-{number}"]
+
+
+@pytest.mark.slow
 def test_report_of_the_quick_profile(quick):
     report_dir, skipped = quick
     index = report.build_report(report_dir, "quick")
     assert check_index(index) == []
     text = index.read_text()
     for name in _notebooks():  # a notebook skipped for lack of data has no section
-        assert (f"id='{name}'" in text) == (skipped[name] is None), name
+        assert (f'id="{name}"' in text) == (skipped[name] is None), name
 
 
 @pytest.mark.slow

@@ -273,7 +273,7 @@ def test_summarize_and_compare_to_float():
 def test_the_answer_comes_first(report_dir):
     text = report.build_report(report_dir, "quick").read_text()
     answer = text.index("The answer")
-    assert answer < text.index("<h2>contents") < text.index("<h2 id='01_mnist_cnn'")
+    assert answer < text.index("<h2>contents") < text.index('<h2 id="01_mnist_cnn"')
     assert answer < text.index("figures/01_mnist_cnn_frontier.png") < text.index("<h2>contents")
     assert answer < text.index("01_mnist_cnn__matched_size.json") < text.index("<h2>contents")
 
@@ -319,3 +319,39 @@ def test_the_report_says_which_cpus_trained_its_runs(report_dir):
     run_info = provenance.run_info("01_mnist_cnn", {}, [])
     assert run_info["hardware"]["cpu"] == provenance.cpu_model()
     assert {"blas", "onednn", "cpu_capability"} <= set(run_info["hardware"])
+
+
+def test_the_answer_is_said_in_words_from_the_metrics(report_dir):
+    """The first screen's sentences come from the matched-size table and are stored, so the
+    page cites them like every number; they say which way the interval falls."""
+    text = report.build_report(report_dir, "quick").read_text()
+    [sentence] = report.answer_sentences(report_dir)
+    assert "includes zero at every γ (0.05)" in sentence and "1 value of γ" in sentence
+    assert 'data-src="metrics/report_answer.json#sentences/0"' in text
+    assert text.index("report_answer.json") < text.index("01_mnist_cnn_frontier.png")
+    report.save_table([{"method": "sgsc", "gamma": 0.1, "metric": "test_acc", "matched": 3,
+                        "difference": -0.004, "ci_low": -0.006, "ci_high": -0.002,
+                        "verdict": "refuted"}], report_dir, "01_mnist_cnn__matched_size")
+    [worse] = report.answer_sentences(report_dir)
+    assert "less accurate" in worse and "0.40 to 0.40 points lower" in worse
+    assert check_index(report.build_report(report_dir, "quick")) == []
+
+
+def test_the_readme_says_what_the_committed_report_says():
+    """README's results block is answer_sentences of reports/paper, written by
+    ``python -m sgsc report --readme README.md``: never typed in."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    block = text.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
+    assert block.strip().splitlines() == report.answer_sentences(root / "reports" / "paper")
+
+
+def test_writing_the_readme_block_needs_its_markers(report_dir, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    with pytest.raises(ValueError, match="no results block"):
+        report.write_readme_results(readme, report_dir)
+    readme.write_text(f"# x\n{report.README_START}\nold\n{report.README_END}\ntail\n")
+    assert report.write_readme_results(readme, report_dir)
+    assert not report.write_readme_results(readme, report_dir)  # unchanged the second time
+    assert readme.read_text().endswith(f"{report.README_END}\ntail\n")

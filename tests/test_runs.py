@@ -10,7 +10,7 @@ import pytest
 
 import sgsc
 from sgsc.core.safety import SafetyGuidance
-from sgsc.experiments import runs, store
+from sgsc.experiments import defaults, runs
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_run_folder_keys_settings_model_and_code_version(tmp_path, monkeypatch):
     assert base.parent == root and base.name.startswith("sc-s0-")
     assert folder(dataclasses.replace(config, device="cpu", progress=False)) == base
     others = {folder(dataclasses.replace(config, gamma=0.5)), folder(config, "float-s0-x")}
-    with store.model_overrides("digits", {"widths": (4, 4, 4, 4)}):
+    with defaults.model_overrides("digits", {"widths": (4, 4, 4, 4)}):
         others.add(folder())
     monkeypatch.setattr(sgsc, "__version__", "999")
     others.add(folder())

@@ -3,8 +3,6 @@ reloaded, per-class accuracy, model overrides undone."""
 
 from __future__ import annotations
 
-import pytest
-
 
 def test_stored_bit_depths_read_the_packed_file(tmp_path):
     import torch
@@ -54,43 +52,6 @@ def test_run_folders_are_found_and_cleared(tmp_path):
                                             "uniform-ptq-4-s0-eee"]
     assert sorted(p.name for p in root.iterdir()) == ["sc-s1-ddd", "sgsc-s0-ccc"]
 
-
-
-def test_model_overrides_are_checked_and_undone():
-    from sgsc.experiments import runs, store
-
-    before = runs.DEFAULTS["names"]["model"]
-    with store.model_overrides("names", {"n_layer": 1}):
-        assert runs.DEFAULTS["names"]["model"][1]["n_layer"] == 1
-    assert runs.DEFAULTS["names"]["model"] == before
-    with pytest.raises(ValueError, match="unknown char_transformer setting"):
-        store.configure_model("names", {"layers": 1})
-    assert runs.DEFAULTS["names"]["model"] == before
-
-
-
-def test_training_overrides_skip_methods_that_do_not_train():
-    from sgsc.experiments import store
-
-    assert store.training_overrides("float", epochs=3) == {}
-    assert store.training_overrides("uniform-ptq-4", epochs=3) == {}
-    assert store.training_overrides("sc", epochs=3, gamma=None) == {"epochs": 3}
-
-
-def test_per_class_accuracy_counts_each_class():
-    import torch
-    from torch.utils.data import TensorDataset
-
-    from sgsc.experiments import store
-
-    class Fixed(torch.nn.Module):  # predicts class 0 for every input
-        def forward(self, x):
-            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1)
-
-    data = TensorDataset(torch.zeros(5, 1), torch.tensor([0, 0, 1, 1, 1]))
-    assert store.per_class_accuracy(Fixed(), data, 3)[:2] == [1.0, 0.0]
-    assert store.per_class_accuracy(Fixed(), data, 3)[2] != store.per_class_accuracy(
-        Fixed(), data, 3)[2]  # NaN: no example of class 2
 
 
 def test_run_requests_train_each_request_with_its_overrides_in_order(tmp_path):

@@ -11,10 +11,13 @@ themselves (:class:`~sgsc.experiments.train.TrainConfig`,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from sgsc.core.feedback import FeedbackConfig
 from sgsc.experiments.baselines import METHODS as BASELINE_METHODS  # names only: no import cycle
-from sgsc.experiments.models import CNNConfig
+from sgsc.experiments.models import MODEL_REGISTRY, CNNConfig
 from sgsc.experiments.train import TrainConfig
 
 # Safety-guided self-compression and its two halves, for the ablation: sc plus the
@@ -98,3 +101,35 @@ def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(sorted(fields))}")
     return TrainConfig(**(values | {k: v for k, v in overrides.items() if v is not None}))
+
+
+def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str, dict]:
+    """From now on (in this process), ``sgsc.experiments.runs`` builds the model of
+    ``data_name`` with ``config`` fields overridden -- e.g. a one-layer transformer for a
+    quick profile.
+    Returns the previous ``(model name, config)`` entry, to restore it.
+
+    The architecture is part of each run's folder key (:func:`sgsc.experiments.harness.run_folder`),
+    so such runs never resume or reuse runs of another architecture.
+    """
+    entry = DEFAULTS[data_name]
+    previous = entry["model"]
+    if config:
+        name, base = previous
+        fields = {f.name for f in dataclasses.fields(MODEL_REGISTRY[name].config_class)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(f"unknown {name} setting(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(fields))}")
+        entry["model"] = (name, base | config)
+    return previous
+
+
+@contextmanager
+def model_overrides(data_name: str, config: dict[str, Any] | None) -> Iterator[None]:
+    """:func:`configure_model` for the duration of a ``with`` block."""
+    previous = configure_model(data_name, config)
+    try:
+        yield
+    finally:
+        DEFAULTS[data_name]["model"] = previous

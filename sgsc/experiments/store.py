@@ -1,30 +1,28 @@
-"""Runs on disk, for the notebooks: run a grid, find each run's folder, reload what it made.
+"""The run store: runs on disk, for the notebooks -- run a grid, find each run's folder,
+reload what it made.
 
-:func:`sgsc.experiments.runs.run` checkpoints every run in a folder under ``out_dir/<data>/`` and
-resumes from it, so running a finished grid again only reloads and re-evaluates it.
-This module adds what the notebooks need on top: ``force`` (delete and retrain),
-the folder of each result (for its ``history.json`` and ``model.sgsc``), the models
-themselves, the stored bit depths of a packed file and per-class accuracies.
+:func:`sgsc.experiments.runs.run` checkpoints every run in a folder under
+``out_dir/<data>/`` and resumes from it, so running a finished grid again only reopens
+it.  This module adds what the notebooks need on top: ``force`` (delete and retrain), the
+folder of each result (for its ``history.json``, ``preservation.json`` and
+``model.sgsc``), the models themselves and the stored bit depths of a packed file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from sgsc.core.preservation import PreservationSet
-from sgsc.experiments import defaults, harness, models, runs
+from sgsc.experiments import harness, models, runs
 from sgsc.experiments.train import CHECKPOINT, HISTORY
 from sgsc.fileformat import export
 
@@ -64,38 +62,6 @@ def run_requests(requests: Sequence[dict], data_name: str, *,
             for result in run_grid(request["methods"], data_name, request["seeds"],
                                    out_dir=out_dir, device=device, float_epochs=float_epochs,
                                    epochs=epochs, **request["overrides"])]
-
-
-def configure_model(data_name: str, config: dict[str, Any] | None) -> tuple[str, dict]:
-    """From now on (in this process), ``sgsc.experiments.runs`` builds the model of
-    ``data_name`` with ``config`` fields overridden -- e.g. a one-layer transformer for a
-    quick profile.
-    Returns the previous ``(model name, config)`` entry, to restore it.
-
-    The architecture is part of each run's folder key (:func:`sgsc.experiments.runs.run_folder`), so
-    such runs never resume or reuse runs of another architecture.
-    """
-    entry = defaults.DEFAULTS[data_name]
-    previous = entry["model"]
-    if config:
-        name, base = previous
-        fields = {f.name for f in dataclasses.fields(models.MODEL_REGISTRY[name].config_class)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"unknown {name} setting(s) {', '.join(unknown)}; valid: "
-                             f"{', '.join(sorted(fields))}")
-        entry["model"] = (name, base | config)
-    return previous
-
-
-@contextmanager
-def model_overrides(data_name: str, config: dict[str, Any] | None) -> Iterator[None]:
-    """:func:`configure_model` for the duration of a ``with`` block."""
-    previous = configure_model(data_name, config)
-    try:
-        yield
-    finally:
-        defaults.DEFAULTS[data_name]["model"] = previous
 
 
 def trains(method: str) -> bool:
@@ -222,20 +188,6 @@ def bit_depth_table(layers: dict[str, dict[str, Any]]) -> list[dict]:
     return rows
 
 
-@torch.no_grad()
-def per_class_accuracy(model: nn.Module, dataset: TensorDataset,
-                       num_classes: int) -> list[float]:
-    """Accuracy on each class of ``dataset`` (NaN for a class with no examples)."""
-    model.eval()
-    correct = torch.zeros(num_classes)
-    total = torch.zeros(num_classes)
-    for x, y in DataLoader(dataset, batch_size=1000):
-        predicted = model(x).argmax(1)
-        total += torch.bincount(y, minlength=num_classes).float()
-        correct += torch.bincount(y[predicted == y], minlength=num_classes).float()
-    return (correct / total).tolist()
-
-
 def preservation_set(result: dict) -> PreservationSet:
     """The preservation set a safety run trained with, read from its folder (the run wrote
     it to ``preservation.json``; nothing is chosen again)."""
@@ -246,36 +198,3 @@ def preservation_set(result: dict) -> PreservationSet:
         raise FileNotFoundError(f"{folder / 'preservation.json'} is missing or unreadable "
                                 f"({type(err).__name__}); run {result['method']} seed "
                                 f"{result['seed']} again to write it") from err
-
-
-def per_class_rows(results: Sequence[dict], splits: Any, num_classes: int = 10) -> list[dict]:
-    """Per run: test accuracy of each class (``class_0`` ...) of its selected model."""
-    rows = []
-    for result in results:
-        if not has_model(result):
-            continue
-        model = load_model(result, splits)
-        accuracy = per_class_accuracy(model, splits.test, num_classes)
-        rows.append({"method": result["method"], "seed": result["seed"],
-                     "run_dir": result["run_dir"],
-                     **{f"class_{c}": a for c, a in enumerate(accuracy)}})
-    return rows
-
-
-@torch.no_grad()
-def sample_names(model: nn.Module, splits: Any, n: int, seed: int,
-                 temperature: float = 1.0) -> list[str]:
-    """``n`` names sampled from a character model of the ``names`` data (seeded).
-
-    Each sample starts from the boundary token ``.`` (index 0) and ends at the next one,
-    as the training rows do.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.zeros((n, 1), dtype=torch.long)
-    tokens = model.eval().generate(start, splits.block_size - 1, temperature=temperature,
-                                   generator=generator)
-    names = []
-    for row in tokens[:, 1:].tolist():
-        end = row.index(0) if 0 in row else len(row)
-        names.append(splits.decode(row[:end]))
-    return names

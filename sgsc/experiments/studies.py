@@ -31,13 +31,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sgsc.experiments import sweep
+import torch
+from torch import nn
+
+from sgsc.core.tasks import evaluate
+from sgsc.experiments import store, sweep
 from sgsc.experiments.defaults import SAFETY_METHODS, train_config
 from sgsc.reporting import compare
+from sgsc.reporting.report import summarize
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
 
@@ -433,3 +439,131 @@ def counted_bytes(result: dict) -> int:
     """The storage a search trial would count for a run's model (``ceil(bits / 8)``, as
     :meth:`sgsc.SelfCompression.storage_bytes`), not the packed file's size."""
     return -(-int(result["storage_bits_counted"]) // 8)
+
+
+# ----------------------------------------------------------------------------- per run
+
+
+def per_class_rows(results: Sequence[dict], splits: Any) -> list[dict]:
+    """Per run: test accuracy of each class (``class_0`` ...) of its selected model."""
+    rows = []
+    for result in results:
+        if not store.has_model(result):
+            continue
+        model = store.load_model(result, splits)
+        accuracy = evaluate(model, splits.test, torch.device("cpu"),
+                            per_class=True)["class_accuracy"]
+        rows.append({"method": result["method"], "seed": result["seed"],
+                     "run_dir": result["run_dir"],
+                     **{f"class_{c}": a for c, a in enumerate(accuracy)}})
+    return rows
+
+
+@torch.no_grad()
+def sample_names(model: nn.Module, splits: Any, n: int, seed: int,
+                 temperature: float = 1.0) -> list[str]:
+    """``n`` names sampled from a character model of the ``names`` data (seeded).
+
+    Each sample starts from the boundary token ``.`` (index 0) and ends at the next one,
+    as the training rows do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.zeros((n, 1), dtype=torch.long)
+    tokens = model.eval().generate(start, splits.block_size - 1, temperature=temperature,
+                                   generator=generator)
+    names = []
+    for row in tokens[:, 1:].tolist():
+        end = row.index(0) if 0 in row else len(row)
+        names.append(splits.decode(row[:end]))
+    return names
+
+
+def name_samples(results: Sequence[dict], splits: Any, n: int, seed: int) -> list[dict]:
+    """Per run of ``seed`` with a model: ``n`` sampled names, and whether each is a name of
+    the training split (02's samples table)."""
+    train_names = set(splits.documents["train"])
+    rows = []
+    for result in results:
+        if result["seed"] != seed or not store.has_model(result):
+            continue
+        model = store.load_model(result, splits)
+        for i, name in enumerate(sample_names(model, splits, n, seed=seed)):
+            rows.append({"method": result["method"], "seed": seed, "sample": i, "name": name,
+                         "in_train": name in train_names})
+    return rows
+
+
+# ----------------------------------------------------------------------------- 03's sweeps
+
+
+def run_axis_sweeps(grids: dict[str, sweep.Grid], workers: int, sweep_root: Path,
+                    force: bool = False) -> dict[str, sweep.SweepReport]:
+    """Run every grid of :func:`axis_grids` on a local Dask cluster of ``workers``; with
+    ``force`` the cached results go first.  A failed run is an error naming the first
+    failure and where the tracebacks are."""
+    if force and Path(sweep_root).exists():
+        shutil.rmtree(sweep_root)
+    client = sweep.make_client(workers=workers)
+    try:
+        outcomes = {name: sweep.run_sweep(grid, client, progress=False)
+                    for name, grid in grids.items()}
+    finally:
+        sweep.close_client(client)
+    failed = [o for r in outcomes.values() for o in r.failed]
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed, e.g. {failed[0]['error']}; "
+                           f"tracebacks in {sweep.cache_dir(sweep_root)}")
+    return outcomes
+
+
+def sweep_summary(rows: Sequence[dict], columns: Sequence[str] = (
+        "test_acc", "storage_bytes", "Q", "epoch_swing")) -> list[dict]:
+    """Per swept axis, method and value: n, mean and std of ``columns`` over seeds."""
+    summary = []
+    for axis in dict.fromkeys(r["axis"] for r in rows):
+        for method in ("sc", "sgsc"):
+            members = [r for r in rows if r["axis"] == axis and r["method"] == method]
+            for line in summarize(members, "value", columns):
+                summary.append({"axis": axis, "method": method, **line})
+    return summary
+
+
+def variance_tables(rows: Sequence[dict]) -> dict[str, Any]:
+    """sgsc's and sc's spread over seeds, paired by setting: the per-setting spreads of
+    test accuracy and epoch swing, their means per method, and how many settings had the
+    lower spread under sgsc."""
+    spread = paired_spread(rows, "test_acc")
+    swing = paired_spread(rows, "epoch_swing")
+    stability = summarize([r for r in rows if r["method"] in ("sc", "sgsc")], "method",
+                          ["epoch_swing", "test_acc"])
+    variance = {"settings_compared": len(spread),
+                "sgsc_lower_test_acc_std": sum(r["sgsc_lower"] for r in spread),
+                "sgsc_lower_epoch_swing_std": sum(r["sgsc_lower"] for r in swing)}
+    return {"spread_test_acc": spread, "spread_epoch_swing": swing, "stability": stability,
+            "variance": variance}
+
+
+# ----------------------------------------------------------------------------- 04's race
+
+
+def race_tables(logs: dict[tuple[str, int], dict], results: Sequence[dict]
+                ) -> tuple[dict[str, list[list[dict]]], list[dict], list[dict]]:
+    """04's race: per sampler the best-so-far curve of each seed, those curves as table
+    rows, and where each seed's sc run lands on the same objective (one point each)."""
+    from sgsc.experiments.baselines import cbtpe  # optuna: imported when a race is drawn
+
+    curves: dict[str, list[list[dict]]] = {"cbtpe": [], "cbtpe-tpe": []}
+    race = []
+    for (method, seed), log in sorted(logs.items()):
+        curve = best_so_far(log["trials"])
+        curves[method].append(curve)
+        race += [{"method": method, "seed": seed, **point} for point in curve]
+    points = []
+    for r in (r for r in results if r["method"] == "sc"):
+        search = next(x for x in results if x["method"] == "cbtpe" and x["seed"] == r["seed"])
+        value = cbtpe.objective(r["val_acc"], counted_bytes(r),
+                                search["search"]["budget_bytes"],
+                                search["params"]["cbtpe"]["penalty"])
+        points.append({"method": "sc", "seed": r["seed"], "trial": 1, "best_value": value,
+                       "value": value, "train_s": r["train_s"]})
+    return curves, race, points

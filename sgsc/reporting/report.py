@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import html
 import io
 import json
@@ -25,6 +26,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import jinja2
+import pandas as pd
 
 from sgsc.fileformat import atomic
 
@@ -172,6 +176,98 @@ def trained_on_table(report_dir: str | os.PathLike[str]) -> list[dict]:
             for (cpu, threads), n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
+# ----------------------------------------------------------------------------- answer in words
+
+README_START = "<!-- results: written by python -m sgsc report --readme README.md -->"
+README_END = "<!-- /results -->"
+
+
+def _points(value: float) -> str:
+    return f"{abs(value) * 100:.2f}"
+
+
+def _gammas(rows: list[dict]) -> str:
+    return ", ".join(f"{r['gamma']:g}" for r in rows)
+
+
+def _side(row: dict) -> str:
+    """Where a difference's interval lies, in words."""
+    if row["verdict"] == "inconclusive":
+        return "interval includes zero"
+    return "interval above zero" if row["difference"] > 0 else "interval below zero"
+
+
+def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
+    """The study's answer in at most three sentences, generated from the matched-size
+    metrics (sgsc against sc in a file of the same size), whichever way they fall."""
+    sentences = []
+    folder = Path(report_dir) / METRICS
+    mnist = folder / "01_mnist_cnn__matched_size.json"
+    if mnist.exists():
+        rows = [r for r in _load(mnist) if r.get("method") == "sgsc"
+                and r.get("metric") == "test_acc" and r.get("difference") is not None]
+        worse = [r for r in rows if r["verdict"] != "inconclusive" and r["difference"] < 0]
+        better = [r for r in rows if r["verdict"] != "inconclusive" and r["difference"] > 0]
+        open_ = [r for r in rows if r["verdict"] == "inconclusive"]
+        seeds = max((r["matched"] for r in rows), default=0)
+        if rows:
+            values = f"{len(rows)} value{'s' if len(rows) > 1 else ''} of γ"
+            text = f"On MNIST ({seeds} seeds, {values}), "
+            if not (worse or better):
+                text += ("the 95 % interval of safety-guided minus plain self-compression in "
+                         f"a file of the same size includes zero at every γ ({_gammas(open_)})")
+            else:
+                text += "safety-guided self-compression is"
+                if worse:
+                    diffs = sorted(-r["difference"] for r in worse)
+                    text += (" less accurate than plain self-compression in a file of the "
+                             "same size wherever the 95 % interval decides (γ "
+                             f"{_gammas(worse)}: {_points(diffs[0])} to {_points(diffs[-1])} "
+                             "points lower)")
+                if better:
+                    diffs = sorted(r["difference"] for r in better)
+                    text += ((" and" if worse else " more accurate than plain "
+                              "self-compression in a file of the same size") +
+                             (" more accurate" if worse else "") +
+                             f" at γ {_gammas(better)} ({_points(diffs[0])} to "
+                             f"{_points(diffs[-1])} points higher)")
+                elif worse:
+                    text += " and more accurate nowhere"
+                if open_:
+                    text += f"; at γ {_gammas(open_)} the interval includes zero"
+            sentences.append(text + ".")
+    text_rows = folder / "02_char_transformer__matched_size.json"
+    if text_rows.exists():
+        rows = [r for r in _load(text_rows) if r.get("method") == "sgsc"
+                and r.get("difference") is not None]
+        if rows:
+            seeds = max(r["matched"] for r in rows)
+            parts = [f"{r['difference']:+.3f} nats at γ {r['gamma']:g} ({_side(r)})"
+                     for r in rows]
+            sentences.append(f"On the character transformer ({seeds} seeds), its test loss "
+                             "minus plain self-compression's at the same size is "
+                             f"{'; '.join(parts)}.")
+    return sentences
+
+
+def write_readme_results(readme: str | os.PathLike[str],
+                         report_dir: str | os.PathLike[str]) -> bool:
+    """Put :func:`answer_sentences` between the README's results markers; returns whether
+    the text changed.  A README without the markers is an error naming them."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no results block: put {README_START} and {README_END} "
+                         "where the sentences go")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = "\n" + "\n".join(answer_sentences(report_dir)) + "\n"
+    new = head + README_START + block + README_END + tail
+    if new != text:
+        atomic.write_bytes(path, new.encode())
+    return new != text
+
+
 # ----------------------------------------------------------------------------- HTML
 
 
@@ -206,15 +302,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _cell(value: Any, src: str) -> str:
+def _cell(value: Any, src: str) -> dict[str, str]:
     """One value with its source: numbers as ``span.num`` (text :func:`fmt`), everything
-    else as ``span.val`` (strings as they are, lists and dicts as JSON)."""
+    else as ``span.val`` (strings as they are, lists and dicts as JSON); None and booleans
+    are words, not data."""
     if _is_number(value):
-        return f'<span class="num" data-src="{html.escape(src)}">{fmt(value)}</span>'
+        return {"kind": "num", "src": src, "text": fmt(value)}
     if value is None or isinstance(value, bool):
-        return fmt(value)
+        return {"kind": "plain", "text": fmt(value)}
     text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    return f'<span class="val" data-src="{html.escape(src)}">{html.escape(text)}</span>'
+    return {"kind": "val", "src": src, "text": text}
 
 
 def _paired(columns: list[str]) -> list[tuple[str, str | None]]:
@@ -228,41 +325,54 @@ def _paired(columns: list[str]) -> list[tuple[str, str | None]]:
     return merged
 
 
-def render_table(records: list[dict], file: str, max_rows: int = 40, prefix: str = "") -> str:
-    """An HTML table of a metrics table; ``file`` is its path relative to index.html and
-    ``prefix`` the key of the table inside that file (empty: the file is the table)."""
-    columns: list[str] = []
-    for record in records:
-        columns += [k for k in record if k not in columns]
+def table_view(records: list[dict], file: str, max_rows: int = 40,
+               prefix: str = "") -> dict[str, Any]:
+    """A metrics table as the template draws it: ``file`` is its path relative to
+    index.html and ``prefix`` the key of the table inside that file (empty: the file is the
+    table).  Columns come from pandas (every key, in first-seen order)."""
+    columns = [str(c) for c in pd.DataFrame.from_records(records).columns]
     pairs = _paired(columns)
-    head = "".join(f"<th>{html.escape(c[:-5] if s else c)}</th>" for c, s in pairs)
-    body = []
+    rows = []
     for i, record in enumerate(records[:max_rows]):
-        cells = []
+        row = []
         for column, std in pairs:
-            text = _cell(record.get(column), f"{file}#{prefix}{i}/{column}")
-            if std is not None and record.get(std) is not None:
-                text += " ± " + _cell(record.get(std), f"{file}#{prefix}{i}/{std}")
-            cells.append(f"<td>{text}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
+            spread = record.get(std) if std is not None else None
+            row.append({"mean": _cell(record.get(column), f"{file}#{prefix}{i}/{column}"),
+                        "std": None if spread is None
+                        else _cell(spread, f"{file}#{prefix}{i}/{std}")})
+        rows.append(row)
     # said in words: every number on the page must come from a metrics file
-    more = ("<p class='note'>the table is cut here; the JSON and CSV files hold every row</p>"
-            if len(records) > max_rows else "")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+    return {"kind": "table", "header": [c[:-5] if s else c for c, s in pairs], "rows": rows,
+            "cut": len(records) > max_rows}
+
+
+def mapping_view(obj: dict, file: str, prefix: str = "") -> dict[str, Any]:
+    """A (nested) dict as a two-column table, each value with its source."""
+    items = []
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        items.append((str(key), mapping_view(value, file, path + "/") if isinstance(value, dict)
+                      else _cell(value, f"{file}#{path}")))
+    return {"kind": "mapping", "entries": items}
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True, trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined)
+    return environment.get_template("index.html.j2")
+
+
+def render_table(records: list[dict], file: str, max_rows: int = 40, prefix: str = "") -> str:
+    """:func:`table_view` rendered as HTML (the template's ``table`` macro)."""
+    return str(_template().module.table(table_view(records, file, max_rows, prefix)))
 
 
 def render_mapping(obj: dict, file: str, prefix: str = "") -> str:
-    """A two-column table of a (nested) dict, numbers with their source."""
-    rows = []
-    for key, value in obj.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.append(f"<tr><th>{html.escape(str(key))}</th><td>"
-                        f"{render_mapping(value, file, path + '/')}</td></tr>")
-        else:
-            rows.append(f"<tr><th>{html.escape(str(key))}</th>"
-                        f"<td>{_cell(value, f'{file}#{path}')}</td></tr>")
-    return f"<table class='kv'>{''.join(rows)}</table>"
+    """:func:`mapping_view` rendered as HTML (the template's ``mapping`` macro)."""
+    return str(_template().module.mapping(mapping_view(obj, file, prefix)))
 
 
 _STYLE = """
@@ -272,6 +382,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 span.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+p.answer { font-size: 1.1em; max-width: 50em; }
 img { max-width: 100%; border: 1px solid #eee; }
 figure { margin: 1em 0; }
 .note { color: #666; font-size: 0.85em; }
@@ -290,61 +401,58 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _section(report_dir: Path, stem: str) -> str:
-    """Links, tables, figures and provenance of one notebook."""
-    parts = [f"<h2 id='{html.escape(stem)}'>{html.escape(stem)}</h2>"]
-    links = [f"<a href='{name}'>{label}</a>" for name, label in
+def _block(obj: Any, file: str) -> dict[str, Any]:
+    """A metrics file's content as a table (a list of rows) or a mapping (a dict)."""
+    if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
+        return table_view(obj, file)
+    if isinstance(obj, dict):
+        return mapping_view(obj, file)
+    return {"kind": "note", "text": f"{file} holds neither a table nor a mapping"}
+
+
+def _figure(png: Path, caption: str | None = None) -> dict[str, Any]:
+    svg = png.with_suffix(".svg")
+    return {"png": f"{FIGURES}/{png.name}", "alt": png.stem, "caption": caption or png.stem,
+            "svg": f"{FIGURES}/{svg.name}" if svg.exists() else None}
+
+
+def _section(report_dir: Path, stem: str) -> dict[str, Any]:
+    """Links, tables (summaries first: the headline numbers), figures and provenance of
+    one notebook."""
+    links = [{"href": name, "label": label} for name, label in
              ((f"{stem}.html", "executed notebook (HTML)"), (f"{stem}.ipynb", "notebook"))
              if (report_dir / name).exists()]
-    if links:
-        parts.append("<p>" + " · ".join(links) + "</p>")
-    tables = sorted((report_dir / METRICS).glob(f"{stem}__*.json"))
-    # Summaries first: they are the headline numbers.
-    tables.sort(key=lambda p: (0 if "summary" in p.stem else 1, p.stem))
-    for path in tables:
+    paths = sorted((report_dir / METRICS).glob(f"{stem}__*.json"),
+                   key=lambda p: (0 if "summary" in p.stem else 1, p.stem))
+    tables = []
+    for path in paths:
         table = path.stem.split("__", 1)[1]
         if table == "run":
             continue
         file = f"{METRICS}/{path.name}"
-        obj = _load(path)
-        csv_link = f" · <a href='{METRICS}/{path.stem}.csv'>CSV</a>" \
-            if path.with_suffix(".csv").exists() else ""
-        parts.append(f"<h3>{html.escape(table.replace('_', ' '))}</h3>"
-                     f"<p class='note'><a href='{file}'>JSON</a>{csv_link}</p>")
-        if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
-            parts.append(render_table(obj, file))
-        elif isinstance(obj, dict):
-            parts.append(render_mapping(obj, file))
-    for png in sorted((report_dir / FIGURES).glob(f"{stem}*.png")):
-        svg = png.with_suffix(".svg")
-        svg_link = f" · <a href='{FIGURES}/{svg.name}'>SVG</a>" if svg.exists() else ""
-        parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{png.stem}'>"
-                     f"<figcaption><code>{html.escape(png.stem)}</code>{svg_link}"
-                     "</figcaption></figure>")
+        tables.append({"title": table.replace("_", " "), "file": file,
+                       "csv": f"{METRICS}/{path.stem}.csv"
+                       if path.with_suffix(".csv").exists() else None,
+                       "body": _block(_load(path), file)})
+    figures = [_figure(png) for png in sorted((report_dir / FIGURES).glob(f"{stem}*.png"))]
     run = report_dir / METRICS / f"{stem}__run.json"
+    provenance = None
     if run.exists():
-        parts.append(f"<h3>provenance</h3><p class='note'><a href='{METRICS}/{run.name}'>JSON"
-                     "</a></p>" + _provenance(_load(run), f"{METRICS}/{run.name}"))
-    return "\n".join(parts)
+        info, file = _load(run), f"{METRICS}/{run.name}"
+        provenance = {"file": file,
+                      "blocks": mapping_view({k: v for k, v in info.items() if k != "data"},
+                                             file),
+                      "data": table_view(info["data"], file, prefix="data/")
+                      if info.get("data") else None}
+    return {"stem": stem, "links": links, "tables": tables, "figures": figures,
+            "provenance": provenance}
 
 
-def _provenance(info: dict, file: str) -> str:
-    """Parameters, git, packages, hardware and data checksums of one notebook run."""
-    blocks = {k: v for k, v in info.items() if k != "data"}
-    text = render_mapping(blocks, file)
-    data = info.get("data") or []
-    if data:
-        text += "<h4>data</h4>" + render_table(data, file, prefix="data/")
-    return text
-
-
-def _timings(report_dir: Path) -> str:
+def _timings(report_dir: Path) -> dict[str, Any]:
     path = report_dir / METRICS / f"{TIMINGS}.json"
     if not path.exists():
-        return "<p class='note'>no timings recorded (run_all.sh writes them)</p>"
-    obj = _load(path)
-    file = f"{METRICS}/{path.name}"
-    return render_mapping(obj, file) if isinstance(obj, dict) else render_table(obj, file)
+        return {"kind": "note", "text": "no timings recorded (run_all.sh writes them)"}
+    return _block(_load(path), f"{METRICS}/{path.name}")
 
 
 # The first screen: the study's answer, before any detail (file stem, title, columns).
@@ -361,29 +469,37 @@ ANSWER = (
     ("05_paper_claims__targets", "This project's targets", None),
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
 )
-ANSWER_FIGURES = ("01_mnist_cnn_frontier", "02_char_transformer_frontier")
+ANSWER_FIGURES = (("01_mnist_cnn_frontier", "MNIST: test accuracy against file size, every "
+                   "method (sc and sgsc at several γ, mean over seeds)"),
+                  ("02_char_transformer_frontier", "Names: test loss against file size"))
+ANSWER_FILE = "report_answer"  # metrics/report_answer.json: the sentences, from the metrics
 
 
-def _answer(report_dir: Path) -> str:
-    """The frontier figure, the equal-size answer, the claims, the targets and the cost."""
-    parts = ["<h2 id='answer'>The answer</h2>"]
-    for stem in ANSWER_FIGURES:
-        png = report_dir / FIGURES / f"{stem}.png"
-        if png.exists():
-            parts.append(f"<figure><img src='{FIGURES}/{png.name}' alt='{stem}'>"
-                         f"<figcaption><code>{html.escape(stem)}</code></figcaption></figure>")
+def _answer(report_dir: Path) -> dict[str, Any] | None:
+    """The answer in words, the frontier figures, the equal-size tables, the claims, the
+    targets and the cost; None when the report has none of them."""
+    figures = [_figure(report_dir / FIGURES / f"{stem}.png", caption)
+               for stem, caption in ANSWER_FIGURES
+               if (report_dir / FIGURES / f"{stem}.png").exists()]
+    tables = []
     for stem, title, columns in ANSWER:
         path = report_dir / METRICS / f"{stem}.json"
         if not path.exists():
             continue
         rows = _load(path)
         if columns is not None:
-            rows = [{c: r.get(c) for c in columns if c in r} for r in rows]
-        parts.append(f"<h3>{html.escape(title)}</h3>"
-                     f"<p class='note'><a href='{METRICS}/{path.name}'>JSON</a></p>"
-                     + render_table(rows, f"{METRICS}/{path.name}"))
-    parts.append("<h3>wall time of the last run_all.sh</h3>" + _timings(report_dir))
-    return "\n".join(parts) if len(parts) > 2 else ""
+            frame = pd.DataFrame.from_records(rows)
+            keep = [c for c in columns if c in frame.columns]
+            rows = [{c: r.get(c) for c in keep if c in r} for r in rows]
+        file = f"{METRICS}/{path.name}"
+        tables.append({"title": title, "file": file, "body": table_view(rows, file)})
+    sentences = answer_sentences(report_dir)
+    save_json({"sentences": sentences}, report_dir, ANSWER_FILE)
+    if not (figures or tables or sentences):
+        return None
+    file = f"{METRICS}/{ANSWER_FILE}.json"
+    return {"sentences": [_cell(s, f"{file}#sentences/{i}") for i, s in enumerate(sentences)],
+            "figures": figures, "tables": tables}
 
 
 def build_report(report_dir: str | os.PathLike[str], profile: str | None = None,
@@ -393,7 +509,9 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None,
     Writes ``metrics/report.json`` first -- the profile, the build time and ``build``
     (what the caller knows of the process building the report: its git state and package
     versions, :func:`sgsc.experiments.provenance.build_info`) -- so that it, too, is shown
-    from a file.
+    from a file; likewise the table of the CPUs that trained the runs and the answer's
+    sentences.  The page is ``templates/index.html.j2`` (Jinja2) filled with views of those
+    files.
     """
     report_dir = Path(report_dir)
     if not (report_dir / METRICS).is_dir():
@@ -404,30 +522,16 @@ def build_report(report_dir: str | os.PathLike[str], profile: str | None = None,
                "built": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                **(build or {})}, report_dir, "report")
     save_json(trained_on_table(report_dir), report_dir, TRAINED_ON)
-    stems = _notebooks(report_dir)
-    build = f"{METRICS}/report.json"
-    toc = "".join(f"<li><a href='#{html.escape(s)}'>{html.escape(s)}</a></li>" for s in stems)
-    body = [f"<h1>sgsc report: profile <code>{html.escape(profile)}</code></h1>",
-            "<p>Every number on this page is read from a file under <code>metrics/</code>; "
-            "each carries the file and key it came from in its <code>data-src</code> "
-            "attribute. The answer comes first; each notebook's detail, with the standard "
-            "deviation over seeds beside every mean, follows.</p>",
-            _answer(report_dir),
-            f"<h2>contents</h2><ul>{toc}</ul>",
-            "<h2>build</h2>", render_mapping(_load(report_dir / build), build),
-            "<h2>the CPUs that trained these runs</h2><p class='note'>The same seed gives "
-            "other numbers on another CPU (its BLAS and oneDNN kernels round differently); "
-            "each notebook's provenance below names the CPU, BLAS and oneDNN builds that "
-            "made its tables.</p>",
-            render_table(_load(report_dir / METRICS / f"{TRAINED_ON}.json"),
-                         f"{METRICS}/{TRAINED_ON}.json"),
-            "<h2>wall time per notebook</h2>", _timings(report_dir)]
-    body += [_section(report_dir, stem) for stem in stems]
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>sgsc report ({html.escape(profile)})</title><style>{_STYLE}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
+    trained_on = f"{METRICS}/{TRAINED_ON}.json"
+    page = _template().render(
+        profile=profile, style=_STYLE, answer=_answer(report_dir),
+        sections=[_section(report_dir, stem) for stem in _notebooks(report_dir)],
+        build=mapping_view(_load(report_dir / METRICS / "report.json"),
+                           f"{METRICS}/report.json"),
+        trained_on=table_view(_load(report_dir / trained_on), trained_on),
+        timings=_timings(report_dir))
     path = report_dir / "index.html"
-    atomic.write_bytes(path, page.encode())
+    atomic.write_bytes(path, (page.rstrip() + "\n").encode())
     return path
 
 
