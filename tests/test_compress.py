@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 
+from sgsc.core.compress import HEADER_BITS as H  # noqa: N811  (a row's header)
 from sgsc.core.compress import SelfCompression
 from sgsc.core.quant import quantize
 from sgsc.experiments.models import build_model
@@ -94,14 +95,14 @@ def test_include_exclude_and_embeddings():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
     sc = SelfCompression(model)
     assert sc.names == ["1"]
-    linear = 3 * (40 + 8 * 4) + 3 * 32
+    linear = 3 * (H + 8 * 4) + 3 * 32
     assert sc.storage_bits() == 10 * 4 * 32 + linear  # the embedding stays float32
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
     sc = SelfCompression(model, quantize_embeddings=True)
     assert sc.names == ["0", "1"]
     assert sc.bit_depths()["0"].shape == (10,)  # one channel per token row
     set_bits(sc, **{"0": [0.0] * 5 + [8.0] * 5})
-    assert sc.storage_bits() == 10 * 40 + 5 * 8 * 4 + linear  # zero rows: header only
+    assert sc.storage_bits() == 10 * H + 5 * 8 * 4 + linear  # zero rows: header only
     with pytest.raises(ValueError):
         SelfCompression(model)  # already wrapped
 
@@ -118,20 +119,20 @@ def test_size_numbers_by_hand():
     q_by_hand = ((8 + 2.5) * 9 + 3 * 18 + (4 + 1 + 1.5) * 4) / 113
     assert sc.size_loss().item() == pytest.approx(q_by_hand)
     # storage: conv1 2 stored rows (dead row is removable), codes 8+3 bits x 9
-    conv1 = 2 * 40 + (8 + 3) * 9
-    conv2 = 1 * 40 + 3 * 18  # dead row removable; inputs 2 live channels x 9
-    fc = 4 * 40 + (4 + 0 + 1 + 2) * 4  # classifier rows are never removable
+    conv1 = 2 * H + (8 + 3) * 9
+    conv2 = 1 * H + 3 * 18  # dead row removable; inputs 2 live channels x 9
+    fc = 4 * H + (4 + 0 + 1 + 2) * 4  # classifier rows are never removable
     conv1_bias = 2 * 32
     bn = 4 * 2 * 32 + 64  # weight, bias, running_mean/var of 2 live channels + int64 counter
     fc_bias = 4 * 32
-    assert sc.storage_bits() == conv1 + conv2 + fc + conv1_bias + bn + fc_bias == 973
-    assert sc.storage_bytes() == 122
+    assert sc.storage_bits() == conv1 + conv2 + fc + conv1_bias + bn + fc_bias == 952
+    assert sc.storage_bytes() == 119
     assert sc.live_weights() == 2 * 9 + 1 * 18 + 3 * 4
     assert sc.live_channels() == 6
     assert sc.removed_fraction() == pytest.approx(1 - 48 / 113)
     report = sc.size_report()
     assert report == {
-        "Q": pytest.approx(q_by_hand), "storage_bits": 973, "storage_bytes": 122,
+        "Q": pytest.approx(q_by_hand), "storage_bits": 952, "storage_bytes": 119,
         "live_weights": 48, "total_weights": 113, "live_channels": 6, "total_channels": 9,
         "removed_fraction": pytest.approx(1 - 48 / 113),
     }
@@ -151,7 +152,7 @@ def test_unquantized_consumer_loses_its_pruned_columns():
     set_bits(sc, conv1=[8.0, 0.0, 2.5], conv2=[0.0, 3.0])
     assert sc.size_loss().item() == pytest.approx(((8 + 2.5) * 9 + 3 * 18) / 81)
     fc_weight = 4 * 4 * 32  # 4 rows x 4 kept columns (of 8) as float32
-    expected = (2 * 40 + 11 * 9) + (40 + 3 * 18) + 2 * 32 + (4 * 2 * 32 + 64) + fc_weight + 128
+    expected = (2 * H + 11 * 9) + (H + 3 * 18) + 2 * 32 + (4 * 2 * 32 + 64) + fc_weight + 128
     assert sc.storage_bits() == expected
 
 
@@ -169,16 +170,16 @@ def test_dead_head_rows_and_output_columns_are_not_stored():
     # head 0 (rows 0, 1) dead in q, k, v; q row 2 dead but its head lives
     set_bits(sc, q=[0.0, 0.0, 0.0, 2.0], k=[0.0, 0.0, 2.0, 2.0], v=[0.0, 0.0, 2.0, 2.0])
     assert sc.size_loss().item() == pytest.approx((2 * 4 + 4 * 4 + 4 * 4 + 8 * 2) / 64)
-    q = 2 * 40 + 2 * 4  # row 2 stored as a header only
-    kv = 2 * (2 * 40 + 4 * 4)
-    o = 4 * 40 + 4 * 2 * 2  # two columns of the dead head dropped
+    q = 2 * H + 2 * 4  # row 2 stored as a header only
+    kv = 2 * (2 * H + 4 * 4)
+    o = 4 * H + 4 * 2 * 2  # two columns of the dead head dropped
     biases = 3 * 2 * 32 + 4 * 32
-    assert sc.storage_bits() == q + kv + o + biases == 776
+    assert sc.storage_bits() == q + kv + o + biases == 776 - 10 * (40 - H)  # 10 rows
     assert sc.live_weights() == 4 + 8 + 8 + 8
     # v keeps head 0 alive: every row is stored again, all o columns count
     set_bits(sc, v=[1.0, 0.0, 2.0, 2.0])
-    assert sc.storage_bits() == (4 * 40 + 2 * 4) + (4 * 40 + 4 * 4) + (4 * 40 + 5 * 4) + (
-        4 * 40 + 8 * 4) + 4 * 4 * 32
+    assert sc.storage_bits() == (4 * H + 2 * 4) + (4 * H + 4 * 4) + (4 * H + 5 * 4) + (
+        4 * H + 8 * 4) + 4 * 4 * 32
     assert sc.size_loss().item() == pytest.approx((2 * 4 + 4 * 4 + 5 * 4 + 8 * 4) / 64)
 
 
@@ -338,7 +339,7 @@ def test_prune_keeps_outputs_and_counted_size():
     assert sc.model.fc.parametrizations.weight.original.shape == (4, 4)
     assert sc.bit_depths()["conv1"].tolist() == [8.0, 2.5]
     assert sc.size_report() == before  # nothing pruning removed was counted
-    assert sc.storage_bits() == (2 * 40 + 11 * 9) + (40 + 3 * 18) + (4 * 40 + 7 * 4) + (
+    assert sc.storage_bits() == (2 * H + 11 * 9) + (H + 3 * 18) + (4 * H + 7 * 4) + (
         2 * 32 + 1 * 32 + 4 * 2 * 32 + 64 + 4 * 32)  # conv1, conv2, bn, fc biases
 
 

@@ -60,15 +60,16 @@ def test_a_single_code_costs_no_stream():
 def test_a_damaged_stream_is_a_value_error(damage):
     rng = np.random.default_rng(1)
     peaked = np.clip(np.round(rng.laplace(0, 0.8, 700)), -4, 3).astype(np.int64)
-    groups = [peaked[:500], peaked[500:]]  # fitted tables: their counts check the sizes
+    # fitted tables check a group's size by their counts, parametric ones by their rows
+    groups = [peaked[:500].reshape(5, 100), peaked[500:].reshape(2, 100)]
     stream = entropy.encode(groups)
-    sizes = [500, 200]
+    sizes = [(5, 100), (2, 100)]
     if damage == "cut":
         stream = stream[:-5]
     elif damage == "extra":
         stream += b"\0\0\0\0"
     elif damage == "sizes":
-        sizes = [500, 201]
+        sizes = [(5, 100), (3, 100)]
     else:
         sizes = [500, 200, 7]
     with pytest.raises(ValueError):
@@ -79,3 +80,27 @@ def test_too_wide_a_group_is_refused():
     with pytest.raises(entropy.AlphabetTooLarge, match="at most"):
         entropy.encode([np.array([0, entropy.MAX_ALPHABET + 5])])
     assert math.log2(entropy.MAX_ALPHABET) == 16
+
+
+def test_rows_of_different_spread_get_a_parametric_model_per_row():
+    """Codes near 0 whose spread differs by row: one scale byte a row beats one table for
+    the whole group, and every estimate sits above the group's empirical entropy."""
+    rng = np.random.default_rng(3)
+    spreads = np.geomspace(0.3, 3.0, 40)[:, None]
+    rows = np.clip(np.round(rng.laplace(0, 1, (40, 300)) * spreads), -8, 7).astype(np.int64)
+    report = entropy.group_report(rows)
+    assert report["laplace_bits"] < report["fitted_bits"] < report["uniform_bits"]
+    stream = entropy.encode([rows])
+    assert 8 * len(stream) <= report["laplace_bits"] + 64  # the coder meets its estimate
+    np.testing.assert_array_equal(entropy.decode(stream, [rows.shape])[0], rows.reshape(-1))
+
+
+def test_a_stream_decodes_group_by_group_when_later_shapes_depend_on_earlier_groups():
+    depths = np.array([[3, 0, 3, 5]])
+    codes = [np.array([[1, -2, 0], [3, -4, 2]]), np.array([[15, -16, 0]])]
+    decoder = entropy.StreamDecoder(entropy.encode([depths, *codes]))
+    [got] = decoder.take([(1, 4)])
+    assert got.tolist() == [3, 0, 3, 5]
+    shapes = [(int((got == b).sum()), 3) for b in (3, 5)]
+    assert [g.tolist() for g in decoder.take(shapes)] == [[1, -2, 0, 3, -4, 2], [15, -16, 0]]
+    decoder.finish()

@@ -1,4 +1,5 @@
-"""Export round trips: exact outputs, counted size, corruption detection, no pickle."""
+"""Export round trips: exact outputs, counted size, folding and narrowing, corruption
+detection, format 1 files still read, no pickle."""
 
 from __future__ import annotations
 
@@ -14,15 +15,40 @@ from torch import nn
 
 from sgsc.core.compress import SelfCompression
 from sgsc.experiments.models import CNNConfig, build_model
+from sgsc.fileformat import entropy
 from sgsc.fileformat.export import (
     FLAG_ENTROPY,
     FLAG_LZMA,
     CorruptFileError,
     entropy_coded_bytes,
     load_compressed,
+    pack_metadata,
+    read_container,
     read_metadata,
     save_compressed,
+    unpack_metadata,
 )
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _split(blob: bytes) -> tuple[int, dict, bytes]:
+    """(flags, metadata, payload) of a format 2 file (the layout of the module docstring)."""
+    meta_len, pos = entropy.read_varint(blob, 6)
+    payload_len, pos = entropy.read_varint(blob, pos)
+    meta = unpack_metadata(blob[pos:pos + meta_len])
+    return blob[5], meta, blob[pos + meta_len:pos + meta_len + payload_len]
+
+
+def _framed(meta: dict | bytes, payload: bytes, flags: int = 0) -> bytes:
+    """A format 2 file of this metadata (or metadata block) and payload, with a valid
+    checksum."""
+    import zlib
+
+    block = meta if isinstance(meta, bytes) else pack_metadata(meta)
+    body = (b"SGSC" + bytes([2, flags]) + entropy.varint(len(block))
+            + entropy.varint(len(payload)) + block + payload)
+    return body + struct.pack("<I", zlib.crc32(body))
 
 MODELS = {"mnist_cnn": {}, "char_transformer": {"vocab_size": 27}}
 
@@ -75,9 +101,10 @@ def exported(request, tmp_path_factory):
     """(sc, path, info, {coding: (path, info)}) for each model, written once per coding."""
     sc = _compressed(request.param)
     folder = tmp_path_factory.mktemp(request.param)
-    info = save_compressed(sc, folder / "model.sgsc")
+    info = save_compressed(sc, folder / "model.sgsc", fold=False)
     coded = {coding: (folder / f"model.{coding}.sgsc",
-                      save_compressed(sc, folder / f"model.{coding}.sgsc", coding=coding))
+                      save_compressed(sc, folder / f"model.{coding}.sgsc", coding=coding,
+                                      fold=False))
              for coding in ("lzma", "entropy")}
     return sc, folder / "model.sgsc", info, coded
 
@@ -129,7 +156,7 @@ def test_coded_files_load_to_the_same_model_and_are_smaller(exported, coding, fl
     coded_path, coded_info = coded[coding]
     assert coded_info.entropy_coded and not info.entropy_coded
     assert coded_info.file_bytes == coded_path.stat().st_size < info.file_bytes
-    assert struct.unpack_from("<H", coded_path.read_bytes(), 6)[0] == flag
+    assert coded_path.read_bytes()[5] == flag
     x = _inputs(sc.model, 3)
     assert torch.equal(_logits(load_compressed(coded_path), x), _logits(load_compressed(path), x))
     for key, value in load_compressed(coded_path).state_dict().items():
@@ -138,8 +165,8 @@ def test_coded_files_load_to_the_same_model_and_are_smaller(exported, coding, fl
 
 def test_entropy_coded_bytes_matches_the_file(exported) -> None:
     sc, *_, coded = exported
-    assert entropy_coded_bytes(sc) == coded["entropy"][1].file_bytes
-    assert entropy_coded_bytes(sc, "lzma") == coded["lzma"][1].file_bytes
+    assert entropy_coded_bytes(sc, fold=False) == coded["entropy"][1].file_bytes
+    assert entropy_coded_bytes(sc, "lzma", fold=False) == coded["lzma"][1].file_bytes
     with pytest.raises(ValueError, match="coding must be one of"):
         entropy_coded_bytes(sc, "zip")
 
@@ -150,6 +177,11 @@ def test_metadata_describes_architecture(exported) -> None:
     assert build_model(meta["model"], **meta["config"]).__class__ is type(sc.model)
     kinds = {key: kind for key, kind, _, _ in meta["tensors"]}
     assert all(kinds[f"{name}.weight"] == "q" for name in sc.quantizers)
+    assert meta["format"] == 2 and meta["folded"] == [] and meta["exponents"] == "float32"
+    # a registered model's tensors are numbered, not named: the keys cost nothing
+    _, raw, _ = _split(path.read_bytes())
+    assert all(isinstance(ref, int) for ref, *_ in raw["tensors"])
+    assert read_container(path).metadata_bytes < 8 * len(meta["tensors"]) + 120
 
 
 @pytest.mark.parametrize("coding", ["packed", "lzma", "entropy"])
@@ -217,7 +249,7 @@ def test_wrong_magic_is_rejected(cnn_file, tmp_path) -> None:
 
 
 def test_unsupported_version_is_rejected(cnn_file, tmp_path) -> None:
-    blob = cnn_file[:4] + struct.pack("<H", 99) + cnn_file[6:]
+    blob = cnn_file[:4] + bytes([99]) + cnn_file[5:]
     with pytest.raises(CorruptFileError, match="unsupported format version 99"):
         load_compressed(_write(tmp_path, blob))
 
@@ -291,7 +323,7 @@ def test_transformer_variants_round_trip(tmp_path, config, options) -> None:
     with torch.no_grad():
         for bits in sc.bit_depths().values():
             bits[::2] = 0.0
-    info = save_compressed(sc, tmp_path / "variant.sgsc")
+    info = save_compressed(sc, tmp_path / "variant.sgsc", fold=False)
     assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)
     reference = copy.deepcopy(sc)
     reference.prune()
@@ -303,7 +335,7 @@ def test_all_dead_producer_round_trip(tmp_path) -> None:
     sc = _compressed("mnist_cnn")
     with torch.no_grad():
         sc.bit_depths()["conv3"].zero_()  # pruning keeps one (zero) channel
-    info = save_compressed(sc, tmp_path / "dead.sgsc")
+    info = save_compressed(sc, tmp_path / "dead.sgsc", fold=False)
     assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)
     reference = copy.deepcopy(sc)
     reference.prune()
@@ -317,14 +349,14 @@ def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:
     with torch.no_grad():
         for name in sc.names:
             sc._quantizer(name).bit_depth.add_(1.5)  # and training pushed them higher
-    packed = save_compressed(sc, tmp_path / "wide.sgsc")
+    packed = save_compressed(sc, tmp_path / "wide.sgsc", fold=False)
     loaded = load_compressed(tmp_path / "wide.sgsc")
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
     # 24-bit rows span more codes than the entropy coder models: they stay bit packed
-    coded = save_compressed(sc, tmp_path / "wide.e.sgsc", coding="entropy")
-    assert coded.file_bytes == packed.file_bytes == entropy_coded_bytes(sc)
-    assert struct.unpack_from("<H", (tmp_path / "wide.e.sgsc").read_bytes(), 6)[0] == 0
+    coded = save_compressed(sc, tmp_path / "wide.e.sgsc", coding="entropy", fold=False)
+    assert coded.file_bytes == packed.file_bytes == entropy_coded_bytes(sc, fold=False)
+    assert (tmp_path / "wide.e.sgsc").read_bytes()[5] == 0
     assert torch.equal(load_compressed(tmp_path / "wide.e.sgsc").eval()(x), model.eval()(x))
 
 
@@ -334,6 +366,14 @@ def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:
 def _reframed(blob: bytes, edit) -> bytes:
     """The file with its metadata JSON edited by ``edit`` and a valid checksum again
     (the layout of the module docstring): a crafted file, not a damaged one."""
+    flags, meta, payload = _split(blob)
+    edit(meta)
+    return _framed(meta, payload, flags)
+
+
+def _reframed_v1(blob: bytes, edit) -> bytes:
+    """A format 1 file (a fixed header, zlib JSON metadata) with its metadata edited and a
+    valid checksum again."""
     import json
     import zlib
 
@@ -341,9 +381,9 @@ def _reframed(blob: bytes, edit) -> bytes:
     magic, version, flags, meta_len, payload_len = header.unpack_from(blob)
     meta = json.loads(zlib.decompress(blob[header.size:header.size + meta_len]))
     edit(meta)
-    meta_block = zlib.compress(json.dumps(meta).encode())
+    block = zlib.compress(json.dumps(meta).encode())
     payload = blob[header.size + meta_len:header.size + meta_len + payload_len]
-    body = header.pack(magic, version, flags, len(meta_block), len(payload)) + meta_block + payload
+    body = header.pack(magic, version, flags, len(block), len(payload)) + block + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -354,34 +394,16 @@ def _reframed(blob: bytes, edit) -> bytes:
     ({"conv2": {"out_channels": "24"}}, "disagrees"),
     ({"nowhere": {"out_channels": 3}}, "'nowhere', which is not a module"),
     (["conv1"], "attributes must be a mapping")])
-def test_a_crafted_file_cannot_set_other_attributes(cnn_file, tmp_path, attributes, message):
+def test_a_crafted_format_1_file_cannot_set_other_attributes(tmp_path, attributes, message):
+    """Format 1 carried shape attributes; a file may only ever set those, to what its
+    tensors imply (format 2 carries none: the shapes say it all)."""
     def edit(meta):
         meta["attributes"] = attributes
 
-    path = _write(tmp_path, _reframed(cnn_file, edit))
+    blob = (DATA / "format1_digits_cnn.packed.sgsc").read_bytes()
+    path = _write(tmp_path, _reframed_v1(blob, edit))
     with pytest.raises(CorruptFileError, match=message):
         load_compressed(path)
-
-
-def test_the_attributes_a_file_carries_are_the_shapes_pruning_changed(cnn_file, tmp_path):
-    path = _write(tmp_path, cnn_file)
-    from sgsc.fileformat.export import SHAPE_ATTRIBUTES, read_metadata
-
-    attributes = read_metadata(path)["attributes"]
-    assert attributes and all(a in SHAPE_ATTRIBUTES for v in attributes.values() for a in v)
-    model = load_compressed(path)
-    for module, values in attributes.items():
-        for attr, value in values.items():
-            assert getattr(model.get_submodule(module), attr) == value
-
-
-def _framed(meta: dict, payload: bytes, flags: int = 0) -> bytes:
-    import json
-    import zlib
-
-    block = zlib.compress(json.dumps(meta).encode())
-    body = struct.pack("<4sHHIQ", b"SGSC", 1, flags, len(block), len(payload)) + block + payload
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _peak_mib_loading(path: Path) -> tuple[float, str]:
@@ -406,35 +428,101 @@ def _peak_mib_loading(path: Path) -> tuple[float, str]:
 
 
 def test_crafted_files_are_refused_within_bounded_memory(cnn_file, tmp_path) -> None:
-    import json
     import lzma
-    import zlib
 
-    header = struct.Struct("<4sHHIQ")
-    _, _, _, meta_len, _ = header.unpack_from(cnn_file)
-    meta = json.loads(zlib.decompress(cnn_file[header.size:header.size + meta_len]))
+    _, meta, _ = _split(cnn_file)
     crafted = {
         # 200 MB of zeros in a few hundred KB of xz: decompression stops at the bound
         "bomb": _framed(meta, lzma.compress(bytes(200 << 20), preset=0), flags=1),
         # a weight claiming 2^28 elements in a file of a few KB
-        "huge shape": _framed(meta | {"tensors": [["conv1.weight", "q", "float32",
-                                                   [1 << 14, 1 << 14, 1, 1]]]}, b"\0" * 64),
+        "huge shape": _framed(meta | {"tensors": [[0, "q", [1 << 14, 1 << 14, 1, 1]]]},
+                              b"\0" * 64),
         # within the cap, but larger than the layer it names (pruning only shrinks)
-        "grown shape": _framed(meta | {"tensors": [["conv1.weight", "q", "float32",
-                                                    [4096, 1, 5, 5]]]}, b"\0" * 64),
+        "grown shape": _framed(meta | {"tensors": [[0, "q", [4096, 1, 5, 5]]]}, b"\0" * 64),
         # a config describing a model far beyond any file's bound, built on no memory
         "huge config": _framed(meta | {"config": meta["config"] | {"widths": [4096] * 4}},
                                b"\0" * 64),
     }
-    big = zlib.compress(b" " * (100 << 20), 9)  # 100 MB of JSON whitespace in ~100 KB
-    body = struct.pack("<4sHHIQ", b"SGSC", 1, 0, len(big), 0) + big
-    crafted["huge metadata"] = body + struct.pack("<I", zlib.crc32(body))
+    # a metadata block announcing more tensors than it has bytes
+    crafted["huge metadata"] = _framed(bytes([9]) + b"mnist_cnn" + bytes([2]) + b"{}"
+                                       + bytes([0]) + entropy.varint(1 << 40), b"")
     expected = {"bomb": "decompresses past", "huge shape": "more than 67108864 elements",
                 "grown shape": "does not fit the model",
-                "huge config": "more than the", "huge metadata": "metadata is larger"}
+                "huge config": "more than the", "huge metadata": "cannot fit a metadata block"}
     for name, blob in crafted.items():
         path = tmp_path / f"{name.replace(' ', '_')}.sgsc"
         path.write_bytes(blob)
         extra_mib, message = _peak_mib_loading(path)
         assert expected[name] in message, (name, message)
         assert extra_mib < 150, (name, extra_mib)
+
+
+
+# ----------------------------------------------------------------------------- inference files
+
+
+def test_batchnorm_folds_into_the_layer_before_it_within_float_rounding(tmp_path) -> None:
+    """The CNN's BatchNorms follow a ReLU: their scale moves into the producer's exponents
+    (codes unchanged), their shift into the consumers' biases; no running statistics are
+    stored, and the reloaded model computes the trained one's outputs."""
+    sc = _compressed("mnist_cnn")
+    exact = save_compressed(sc, tmp_path / "exact.sgsc", fold=False)
+    folded = save_compressed(sc, tmp_path / "folded.sgsc")
+    assert folded.folded == ("bn1", "bn2")
+    keys = [key for key, *_ in read_metadata(folded.path)["tensors"]]
+    assert not any(key.startswith(("bn1.", "bn2.")) for key in keys)
+    assert exact.file_bytes - folded.file_bytes >= 4 * 4 * (21 + 42)  # four floats a channel
+    x = _inputs(sc.model, 6)
+    reference = _logits(load_compressed(exact.path), x)
+    loaded = load_compressed(folded.path)
+    torch.testing.assert_close(_logits(loaded, x), reference, rtol=1e-4,
+                               atol=1e-5 * float(reference.abs().max()))
+    assert torch.equal(loaded.bn1.running_var, torch.full_like(loaded.bn1.running_var,
+                                                               1 - loaded.bn1.eps))
+
+
+def test_a_batchnorm_that_would_flip_signs_is_left_as_it_is(tmp_path) -> None:
+    sc = _compressed("mnist_cnn")
+    with torch.no_grad():
+        sc.model.bn1.weight[1] = -1.0  # a negative scale (channel 0 is pruned): no fold
+    info = save_compressed(sc, tmp_path / "m.sgsc")
+    assert info.folded == ("bn2",)
+    x = _inputs(sc.model, 4)
+    reference = copy.deepcopy(sc)
+    reference.prune()
+    torch.testing.assert_close(_logits(load_compressed(info.path), x),
+                               _logits(reference.model, x), rtol=1e-4, atol=1e-6)
+
+
+def test_narrow_precision_stores_float16_and_16_bit_exponents_and_says_so(tmp_path) -> None:
+    sc = _compressed("mnist_cnn")
+    exact = save_compressed(sc, tmp_path / "exact.sgsc")
+    narrow = save_compressed(sc, tmp_path / "narrow.sgsc", precision="narrow")
+    meta = read_metadata(narrow.path)
+    assert meta["exponents"] == "fixed16"
+    assert {dtype for _, kind, dtype, _ in meta["tensors"] if kind == "raw"} == {"float16"}
+    rows = sum(shape[0] for _, kind, _, shape in meta["tensors"] if kind == "q")
+    raw = sum(math.prod(shape) for _, kind, _, shape in meta["tensors"] if kind == "raw")
+    layers = sum(1 for _, kind, _, _ in meta["tensors"] if kind == "q")
+    assert exact.payload_bytes - narrow.payload_bytes == 2 * rows + 2 * raw - 8 * layers
+    x = _inputs(sc.model, 6)
+    reference = _logits(load_compressed(exact.path), x)
+    loaded = load_compressed(narrow.path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    torch.testing.assert_close(_logits(loaded, x), reference, rtol=1e-2,
+                               atol=1e-2 * float(reference.abs().max()))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        save_compressed(sc, tmp_path / "x.sgsc", precision="half")
+
+
+@pytest.mark.parametrize("coding", ["packed", "entropy"])
+def test_a_format_1_file_still_loads_to_its_model(coding) -> None:
+    """Files written by sgsc 0.2 (format 1: a fixed header, uint8 bit depths, keys in the
+    metadata) load to the model they held (tests/data: written by that code)."""
+    import json
+
+    expected = json.loads((DATA / "format1_digits_cnn.json").read_text())
+    path = DATA / f"format1_digits_cnn.{coding}.sgsc"
+    assert read_container(path).version == 1
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(expected["input_seed"]))
+    assert torch.equal(_logits(load_compressed(path), x), torch.tensor(expected["logits"]))

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from sgsc.core.preservation import PreservationSet
+from sgsc.core.tasks import evaluate
 from sgsc.experiments import harness, models, runs
 from sgsc.experiments.train import CHECKPOINT, HISTORY
-from sgsc.fileformat import export
+from sgsc.fileformat import atomic, export
 
 PACKED = "model.sgsc"
 
@@ -156,24 +157,96 @@ def load_model(result: dict, splits: Any) -> nn.Module:
 
 def stored_bit_depths(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Per quantized layer of a packed file: the bit depth of every stored channel, and
-    how many channels the layer had before pruning (``channels``).
-
-    Read from the file's first payload section (one uint8 per stored row; see
-    :mod:`sgsc.fileformat.export`); pruned channels are not stored and count as 0 bits.
-    """
-    container = export.read_container(Path(path))
-    meta, payload = container.meta, container.payload
+    how many channels the layer had before pruning (``channels``); pruned channels are
+    not stored and count as 0 bits."""
+    budget = export.byte_budget(path)
+    meta = export.read_metadata(path)
     original = models.build_model(meta["model"], **meta["config"]).state_dict()
-    layers, offset = {}, 0
-    for key, kind, _dtype, shape in meta["tensors"]:
-        if kind != "q":
+    return {layer["layer"]: {"bits": np.asarray(layer["bits"], dtype=int),
+                             "channels": int(original[f"{layer['layer']}.weight"].shape[0])}
+            for layer in budget["layers"]}
+
+
+# ----------------------------------------------------------------------------- model files
+# A report keeps the model file of every run it reports (a few KB each), so that its
+# numbers can be checked without training again: `python -m sgsc verify reports/paper`.
+
+MODELS = "models"  # <report>/models/<data>/<run folder>.sgsc and models/manifest.json
+MANIFEST = "manifest.json"
+
+
+def keep_models(results: Sequence[dict], report_dir: str | os.PathLike[str]) -> list[dict]:
+    """Copy each result's ``model.sgsc`` into ``<report_dir>/models/`` and add it to the
+    manifest with what the report says of it (size and test metrics); returns the rows
+    added or updated.  Results without a file (float, PTQ without a run folder) are
+    skipped."""
+    folder = Path(report_dir) / MODELS
+    manifest = read_manifest(report_dir)
+    rows = []
+    for result in results:
+        source = Path(result["run_dir"]) / PACKED if result.get("run_dir") else None
+        if source is None or not source.exists():
             continue
-        rows = int(shape[0])
-        bits = np.frombuffer(payload[offset:offset + rows], dtype=np.uint8).astype(int)
-        offset += rows
-        name = key.removesuffix(".weight")
-        layers[name] = {"bits": bits, "channels": int(original[key].shape[0])}
-    return layers
+        relative = f"{result['data']}/{Path(result['run_dir']).name}.sgsc"
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(target, source.read_bytes())
+        row = {"file": relative, "method": result["method"], "data": result["data"],
+               "seed": result["seed"], "gamma": (result.get("params") or {}).get("gamma"),
+               "storage_bytes": result["storage_bytes"],
+               **{k: result[k] for k in ("test_acc", "test_loss") if k in result}}
+        manifest[relative] = row
+        rows.append(row)
+    atomic.write_json(sorted(manifest.values(), key=lambda r: r["file"]), folder / MANIFEST)
+    return rows
+
+
+def read_manifest(report_dir: str | os.PathLike[str]) -> dict[str, dict]:
+    """The kept model files of a report, by file (empty when it keeps none)."""
+    path = Path(report_dir) / MODELS / MANIFEST
+    if not path.exists():
+        return {}
+    return {row["file"]: row for row in json.loads(path.read_text())}
+
+
+def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
+                  seed: int = 0, tolerance: int = 0) -> list[dict]:
+    """Reload every kept model file of a report (or a seeded ``sample`` of them),
+    re-measure its size and its test metric, and compare both with the manifest.
+
+    A file's size must match exactly; its test accuracy may differ by ``tolerance`` test
+    examples (another CPU rounds a few borderline logits the other way), its test loss by
+    the same share.  Returns one row per file with the measured values and ``ok``.
+    """
+    manifest = sorted(read_manifest(report_dir).values(), key=lambda r: r["file"])
+    if not manifest:
+        raise FileNotFoundError(f"{Path(report_dir) / MODELS / MANIFEST} lists no model "
+                                "files: the report keeps none yet")
+    if sample is not None and sample < len(manifest):
+        picked = np.random.default_rng(seed).choice(len(manifest), sample, replace=False)
+        manifest = [manifest[i] for i in sorted(picked)]
+    splits: dict[str, Any] = {}
+    rows = []
+    for entry in manifest:
+        path = Path(report_dir) / MODELS / entry["file"]
+        model = export.load_compressed(path)
+        if entry["data"] not in splits:
+            splits[entry["data"]] = harness.load_splits(entry["data"])
+        test = splits[entry["data"]].test
+        measured = evaluate(model, test, torch.device("cpu"))
+        size = path.stat().st_size
+        slack = tolerance / len(test)
+        row = {"file": entry["file"], "storage_bytes": size,
+               "expected_bytes": entry["storage_bytes"]}
+        ok = size == entry["storage_bytes"]
+        if "test_acc" in entry:
+            row |= {"test_acc": measured["accuracy"], "expected_acc": entry["test_acc"]}
+            ok &= abs(measured["accuracy"] - entry["test_acc"]) <= slack + 1e-12
+        elif "test_loss" in entry:
+            row |= {"test_loss": measured["loss"], "expected_loss": entry["test_loss"]}
+            ok &= abs(measured["loss"] - entry["test_loss"]) <= 1e-4 + slack
+        rows.append(row | {"ok": bool(ok)})
+    return rows
 
 
 def bit_depth_table(layers: dict[str, dict[str, Any]]) -> list[dict]:

@@ -1,26 +1,36 @@
-"""Entropy coding of integer weight codes: fitted categorical models and an ANS coder.
+"""Entropy coding of integer weight codes: fitted and parametric models and an ANS coder.
 
-Bit packing (:mod:`sgsc.fileformat.bitpack`) spends ``b`` bits on every code of a ``b``-bit row, but
-the codes are far from uniform -- most weights sit near zero.  Here the codes of every
-*group* (the rows of one layer that share a bit depth) get a categorical model fitted to
-the group's own counts, and one asymmetric-numeral-systems stream (constriction's
-``AnsCoder``) carries every group at close to its empirical entropy.
+Bit packing (:mod:`sgsc.fileformat.bitpack`) spends ``b`` bits on every code of a ``b``-bit
+row, but the codes are far from uniform -- most weights sit near zero.  Here the codes of
+every *group* (the rows of one layer that share a bit depth, a 2-D array rows x codes)
+get the cheapest of four models, and one asymmetric-numeral-systems stream
+(constriction's ``AnsCoder``) carries every group at close to that model's cross-entropy:
+
+* ``UNIFORM`` over the group's range ``K`` (``log2 K`` bits a code, never more than
+  packing's ``b``; no side information);
+* ``FITTED``: a categorical table of the group's own counts (a few bytes per code value:
+  worth it for large groups of narrow codes);
+* ``LAPLACE`` / ``GAUSSIAN``: a discretized Laplace or Gaussian centred on 0 *per row*,
+  its scale stored in one byte (``2^(q/8)``, q an int8) -- a few numbers for a whole
+  channel, where a table per channel would cost more than it saves and one table for the
+  group would miss that rows differ in spread.
+
+Which one is chosen per group is estimated in bits, side information included
+(:func:`model_bits`), and :func:`group_report` gives, for every group, those estimates
+beside the group's empirical entropy (the floor of any order-0 model of one table).
 
 Stream layout (little-endian), the codes section of an entropy-coded file::
 
     uint32        G, the number of groups with codes
     per group:    varint zigzag(low), varint K (codes low .. low+K-1), varint kind;
-                  kind 1 (fitted): K varint counts follow; kind 0 (uniform): nothing
+                  FITTED: K varint counts; LAPLACE, GAUSSIAN: varint R, one int8 per
+                  row
     uint32        W, words of the ANS stream
     W x uint32    the ANS stream
 
-A fitted table costs a few bytes per code value, which a small group of wide codes
-cannot earn back; such a group is coded uniformly over its own range ``K`` instead
-(``log2 K`` bits a code, never more than packing's ``b``), whichever is estimated
-smaller.  A group of a single code costs no stream at all.  Decoding rebuilds the very
-same models from the stored counts (integer counts give bit-identical float64
-probabilities), so the round trip is exact.  Nothing here knows about models or files:
-callers hand in the groups in a fixed order and get them back in it.
+A group of a single code costs no stream at all.  Decoding rebuilds the very same models
+from the stored counts and scale bytes, so the round trip is exact.  Nothing here knows
+about models or files: callers hand in the groups in a fixed order and get them back.
 """
 
 from __future__ import annotations
@@ -38,25 +48,92 @@ class AlphabetTooLarge(ValueError):
     allowed); its caller keeps such codes bit packed."""
 
 
-FITTED, UNIFORM = 1, 0  # the two kinds of group model
+UNIFORM, FITTED, LAPLACE, GAUSSIAN = 0, 1, 2, 3  # the kinds of group model
+KIND_NAMES = {UNIFORM: "uniform", FITTED: "fitted", LAPLACE: "laplace", GAUSSIAN: "gaussian"}
+PARAMETRIC = (LAPLACE, GAUSSIAN)
+SCALE_STEPS = 8  # a row's scale is 2^(q / SCALE_STEPS), q an int8
 
 
-def _model(kind: int, counts: np.ndarray):
+def _model(kind: int, counts: np.ndarray, low: int = 0):
     import constriction
 
+    models = constriction.stream.model
     if kind == UNIFORM:
-        return constriction.stream.model.Uniform(len(counts))
-    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+        return models.Uniform(len(counts))
+    if kind == FITTED:
+        return models.Categorical(counts.astype(np.float64), perfect=False)
+    high = len(counts) - 1  # symbols are shifted to 0 .. K-1, the mean with them
+    cls = models.QuantizedLaplace if kind == LAPLACE else models.QuantizedGaussian
+    return cls(0, high)
 
 
-def _kind(counts: np.ndarray) -> int:
-    """The cheaper model for a group: a fitted table (its varints plus the codes at their
-    empirical entropy) or a uniform one (log2 of the range per code)."""
-    n = int(counts.sum())
+def row_scales(rows: np.ndarray, kind: int) -> np.ndarray:
+    """The int8 scale code of each row for a parametric model centred on 0 (the maximum
+    likelihood scale: mean |x| for a Laplace, RMS for a Gaussian, never below 1/4)."""
+    x = np.abs(rows.astype(np.float64))
+    spread = x.mean(axis=1) if kind == LAPLACE else np.sqrt((x ** 2).mean(axis=1))
+    q = np.round(SCALE_STEPS * np.log2(np.maximum(spread, 0.25)))
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def _scales(q: np.ndarray) -> np.ndarray:
+    return np.exp2(q.astype(np.float64) / SCALE_STEPS)
+
+
+def _parametric_probabilities(low: int, count: int, kind: int,
+                              scales: np.ndarray) -> np.ndarray:
+    """P(code) per row over ``low .. low+count-1`` (rows x count), renormalised to the range."""
+    from scipy import stats
+
+    edges = np.arange(low, low + count + 1, dtype=np.float64) - 0.5
+    dist = stats.laplace(scale=scales[:, None]) if kind == LAPLACE else \
+        stats.norm(scale=scales[:, None])
+    cdf = dist.cdf(edges[None, :])
+    p = np.maximum(np.diff(cdf, axis=1), 1e-12)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def model_bits(rows: np.ndarray) -> dict[int, float]:
+    """Estimated bits of a group (rows x codes) under each model, side information
+    included: what :func:`encode` compares to choose one."""
+    rows = np.asarray(rows, dtype=np.int64)
+    codes = rows.reshape(-1)
+    low = int(codes.min())
+    counts = np.bincount(codes - low)
+    n, k = int(codes.size), len(counts)
+    header = 8 * (len(_varint(_zigzag(low))) + len(_varint(k)) + 1)
+    row_count = 8 * len(_varint(rows.shape[0])) if rows.ndim == 2 else 0
     used = counts[counts > 0]
-    entropy_bits = float(-(used * np.log2(used / n)).sum())
-    table_bits = 8 * sum(len(_varint(int(c))) for c in counts)
-    return FITTED if entropy_bits + table_bits < n * np.log2(len(counts)) else UNIFORM
+    empirical = float(-(used * np.log2(used / n)).sum())
+    bits = {UNIFORM: header + n * np.log2(k),
+            FITTED: header + empirical + 8 * sum(len(_varint(int(c))) for c in counts)}
+    if rows.ndim == 2 and rows.shape[0] and k > 1:
+        for kind in PARAMETRIC:
+            q = row_scales(rows, kind)
+            p = _parametric_probabilities(low, k, kind, _scales(q))
+            index = (rows - low)
+            picked = np.take_along_axis(p, index, axis=1)
+            bits[kind] = (header + row_count + 8 * rows.shape[0]
+                          + float(-np.log2(picked).sum()))
+    return bits
+
+
+def group_report(rows: np.ndarray) -> dict[str, float]:
+    """A group's empirical entropy (bits, order 0, one table) and each model's estimate."""
+    rows = np.asarray(rows, dtype=np.int64)
+    codes = rows.reshape(-1)
+    counts = np.bincount(codes - codes.min())
+    used = counts[counts > 0]
+    report = {"codes": int(codes.size),
+              "empirical_entropy_bits": float(-(used * np.log2(used / codes.size)).sum())}
+    report |= {f"{KIND_NAMES[k]}_bits": v for k, v in model_bits(rows).items()}
+    return report
+
+
+def _kind(rows: np.ndarray) -> int:
+    """The cheapest model of a group (:func:`model_bits`)."""
+    bits = model_bits(rows)
+    return min(bits, key=bits.get)
 
 
 def _varint(value: int) -> bytes:
@@ -104,6 +181,13 @@ class _Reader:
         self.pos += 4
         return value
 
+    def take(self, count: int) -> bytes:
+        if self.pos + count > len(self.data):
+            raise ValueError("entropy-coded section is truncated")
+        chunk = self.data[self.pos:self.pos + count]
+        self.pos += count
+        return chunk
+
     def words(self, count: int) -> np.ndarray:
         end = self.pos + 4 * count
         if end > len(self.data):
@@ -115,85 +199,157 @@ class _Reader:
 
 
 def encode(groups: Sequence[np.ndarray]) -> bytes:
-    """One stream holding every group of integer codes (empty groups take no space)."""
+    """One stream holding every group of integer codes (rows x codes; a 1-D group is one
+    row); empty groups take no space."""
     tables, coded = bytearray(), []
-    for codes in groups:
-        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
-        if codes.size == 0:
+    for rows in groups:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows.reshape(1, -1) if rows.ndim != 2 else rows
+        if rows.size == 0:
             continue
-        low = int(codes.min())
-        counts = np.bincount(codes - low)
+        low = int(rows.min())
+        counts = np.bincount(rows.reshape(-1) - low)
         if len(counts) > MAX_ALPHABET:
             raise AlphabetTooLarge(f"a group spans {len(counts)} codes; at most "
                                    f"{MAX_ALPHABET} can be entropy coded")
-        kind = _kind(counts) if len(counts) > 1 else UNIFORM
+        kind = _kind(rows) if len(counts) > 1 else UNIFORM
         tables += _varint(_zigzag(low)) + _varint(len(counts)) + _varint(kind)
+        scales = None
         if kind == FITTED:
             for count in counts.tolist():
                 tables += _varint(count)
-        coded.append(((codes - low).astype(np.int32), kind, counts))
+        elif kind in PARAMETRIC:
+            q = row_scales(rows, kind)
+            tables += _varint(rows.shape[0]) + q.tobytes()
+            scales = np.repeat(_scales(q), rows.shape[1])
+        coded.append(((rows - low).reshape(-1).astype(np.int32), kind, counts, scales,
+                      low))
     import constriction
 
     coder = constriction.stream.stack.AnsCoder()
-    for symbols, kind, counts in reversed(coded):  # a stack: the last group encoded first
-        if len(counts) > 1:  # a single code needs no bits: its table says it all
+    for symbols, kind, counts, scales, low in reversed(coded):  # a stack: last group first
+        if len(counts) == 1:  # a single code needs no bits: its table says it all
+            continue
+        if kind in PARAMETRIC:  # centred on code 0, which is symbol -low
+            coder.encode_reverse(symbols, _model(kind, counts),
+                                 np.full(symbols.size, float(-low)), scales)
+        else:
             coder.encode_reverse(symbols, _model(kind, counts))
     words = coder.get_compressed().astype("<u4")
     return (struct.pack("<I", len(coded)) + bytes(tables) + struct.pack("<I", len(words))
             + words.tobytes())
 
 
-def decode(data: bytes, sizes: Sequence[int], max_words: int | None = None
-           ) -> list[np.ndarray]:
-    """The groups :func:`encode` was given, as int64 arrays; ``sizes`` are their lengths
-    (known to the caller from the shapes).  ``max_words`` bounds the stream a file may
-    announce.  Raises ``ValueError`` for any inconsistency; never reads past ``data``."""
-    reader = _Reader(data)
-    present = [n for n in sizes if n > 0]
-    if reader.uint32() != len(present):
-        raise ValueError("entropy-coded section announces another number of groups than "
-                         "the shapes imply")
-    tables = []
-    for n in present:
+class StreamDecoder:
+    """Decode a stream of :func:`encode` group by group, when the shapes of later groups
+    depend on earlier ones (a file's bit depths say how many codes follow).
+
+    ``take(shapes)`` gives the next groups, flattened int64 arrays of ``rows * cols``
+    codes (an empty shape consumes nothing); ``finish()`` checks that every group was
+    taken and the stream is spent.  ``max_words`` bounds the stream a file may announce.
+    Raises ``ValueError`` for any inconsistency; never reads past ``data``.
+    """
+
+    def __init__(self, data: bytes, max_words: int | None = None) -> None:
+        import constriction
+
+        reader = _Reader(data)
+        count = reader.uint32()
+        self.tables = [self._table(reader) for _ in range(count)]
+        words = reader.uint32()
+        if max_words is not None and words > max_words:
+            raise ValueError(f"entropy-coded stream of {words} words exceeds the bound "
+                             f"{max_words}")
+        stream = reader.words(words)
+        if reader.pos != len(data):
+            raise ValueError(f"entropy-coded section has {len(data) - reader.pos} extra bytes")
+        self.coder = constriction.stream.stack.AnsCoder(stream) if words else \
+            constriction.stream.stack.AnsCoder()
+        self.next = 0
+
+    @staticmethod
+    def _table(reader: _Reader) -> tuple:
         low = _unzigzag(reader.varint())
         alphabet = reader.varint()
         kind = reader.varint()
-        if not 1 <= alphabet <= MAX_ALPHABET or kind not in (FITTED, UNIFORM):
+        if not 1 <= alphabet <= MAX_ALPHABET or kind not in KIND_NAMES:
             raise ValueError(f"entropy model of {alphabet} symbols (kind {kind}) is out of "
                              "range")
+        counts, scales = np.ones(alphabet, dtype=np.int64), None  # uniform: its length
         if kind == FITTED:
             counts = np.array([reader.varint() for _ in range(alphabet)], dtype=np.int64)
-            if counts.sum() != n or counts[0] == 0 or counts[-1] == 0:
+            if counts[0] == 0 or counts[-1] == 0:
                 raise ValueError("an entropy model's counts do not match its group")
-        else:
-            counts = np.ones(alphabet, dtype=np.int64)  # only its length is used
-        tables.append((low, kind, counts))
-    words = reader.uint32()
-    if max_words is not None and words > max_words:
-        raise ValueError(f"entropy-coded stream of {words} words exceeds the bound {max_words}")
-    stream = reader.words(words)
-    if reader.pos != len(data):
-        raise ValueError(f"entropy-coded section has {len(data) - reader.pos} extra bytes")
-    import constriction
+        elif kind in PARAMETRIC:
+            rows = reader.varint()
+            scales = np.frombuffer(reader.take(rows), dtype=np.int8)
+        return low, kind, counts, scales
 
-    coder = constriction.stream.stack.AnsCoder(stream) if words else \
-        constriction.stream.stack.AnsCoder()
-    out, it = [], iter(tables)
-    for n in sizes:
-        if n == 0:
-            out.append(np.zeros(0, dtype=np.int64))
-            continue
-        low, kind, counts = next(it)
+    def take(self, shapes: Sequence[int | tuple[int, int]]) -> list[np.ndarray]:
+        out = []
+        for shape in shapes:
+            rows, cols = (1, int(shape)) if isinstance(shape, (int, np.integer)) else shape
+            n = rows * cols
+            if n == 0:
+                out.append(np.zeros(0, dtype=np.int64))
+                continue
+            if self.next >= len(self.tables):
+                raise ValueError("entropy-coded section holds fewer groups than the shapes "
+                                 "imply")
+            low, kind, counts, q = self.tables[self.next]
+            self.next += 1
+            out.append(self._group(n, rows, cols, low, kind, counts, q))
+        return out
+
+    def _group(self, n: int, rows: int, cols: int, low: int, kind: int, counts: np.ndarray,
+               q: np.ndarray | None) -> np.ndarray:
+        if kind == FITTED and counts.sum() != n:
+            raise ValueError("an entropy model's counts do not match its group")
         if len(counts) == 1:
-            out.append(np.full(n, low, dtype=np.int64))
-            continue
+            return np.full(n, low, dtype=np.int64)
         try:
-            symbols = coder.decode(_model(kind, counts), n)
+            if kind in PARAMETRIC:
+                if q.size != rows:
+                    raise ValueError(f"an entropy model has {q.size} row scales for {rows} "
+                                     "rows")
+                symbols = self.coder.decode(_model(kind, counts), np.full(n, float(-low)),
+                                            np.repeat(_scales(q), cols))
+            else:
+                symbols = self.coder.decode(_model(kind, counts), n)
+        except ValueError:
+            raise
         except Exception as err:  # constriction raises on a stream that runs dry
             raise ValueError(f"entropy-coded stream cannot be decoded ({err})") from err
         if symbols.size != n or symbols.max(initial=0) >= len(counts):
             raise ValueError("entropy-coded stream decodes to symbols outside its model")
-        out.append(symbols.astype(np.int64) + low)
-    if not coder.is_empty():
-        raise ValueError("entropy-coded stream holds more than its groups")
+        return symbols.astype(np.int64) + low
+
+    def finish(self) -> None:
+        if self.next != len(self.tables):
+            raise ValueError("entropy-coded section announces another number of groups than "
+                             "the shapes imply")
+        if not self.coder.is_empty():
+            raise ValueError("entropy-coded stream holds more than its groups")
+
+
+def decode(data: bytes, shapes: Sequence[int | tuple[int, int]],
+           max_words: int | None = None) -> list[np.ndarray]:
+    """The groups :func:`encode` was given, flattened, as int64 arrays; ``shapes`` are
+    their (rows, codes per row), or their lengths (see :class:`StreamDecoder`)."""
+    decoder = StreamDecoder(data, max_words)
+    out = decoder.take(shapes)
+    decoder.finish()
     return out
+
+
+def varint(value: int) -> bytes:
+    """``value`` (>= 0) as a little-endian base-128 varint (the file's framing uses it)."""
+    return _varint(value)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` of ``data`` and the position after it; ValueError when the
+    data end inside it."""
+    reader = _Reader(data)
+    reader.pos = pos
+    return reader.varint(), reader.pos
