@@ -104,7 +104,8 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
         description="Train METHOD on --data (float reference first for compressed methods), "
                     "select on validation, export the packed model, print one JSON line.")
     run_cmd.add_argument("method", metavar="METHOD",
-                         help="float, sc, sgsc, its halves sc-pres (preservation loss only) "
+                         help="float, sc, sc-rate (sc with an entropy-coded size term), "
+                              "sgsc, its halves sc-pres (preservation loss only) "
                               "and sc-feedback (feedback only), or a baseline: uniform-ptq-B, "
                               "uniform-qat-B (B in 2, 3, 4, 6, 8, 16), diffq, cbtpe, cbtpe-tpe")
     run_cmd.add_argument("--data", default="digits", help="digits (default), mnist, names or "
@@ -248,6 +249,126 @@ def _add_pretrain_parser(commands: argparse._SubParsersAction) -> None:
     cmd.set_defaults(handler=_cmd_pretrain)
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from sgsc.fileformat import export
+
+    try:
+        budget = export.byte_budget(args.file)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(budget))
+        return 0
+    total = budget["file_bytes"]
+    print(f"{budget['file']}: {total:,} bytes, format {budget['format']}, "
+          f"{budget['coding']}, exponents {budget['exponents']}, BatchNorm folded: "
+          f"{', '.join(budget['folded']) or 'none'}")
+    print("\nsection                                    bytes   share")
+    for name, size in budget["sections"].items():
+        print(f"{name:40s} {size:8,} {size / total:7.1%}")
+    print("\nlayer        rows  mean b   codes  packed B  entropy floor B  best model B  "
+          "header B")
+    for layer in budget["layers"]:
+        print(f"{layer['layer']:12s} {layer['rows']:4d} {layer['mean_bits']:7.2f} "
+              f"{layer['codes']:7,} {layer['packed_bytes']:9.1f} "
+              f"{layer['entropy_floor_bytes']:16.1f} {layer['best_model_bytes']:13.1f} "
+              f"{layer['header_bytes']:9.1f}")
+    if budget["other_tensors"]:
+        print("\nother tensor                               dtype     elements    bytes")
+        for t in budget["other_tensors"]:
+            print(f"{t['tensor']:42s} {t['dtype']:9s} {t['elements']:8,} {t['bytes']:8,}")
+    return 0
+
+
+def _add_inspect_parser(commands: argparse._SubParsersAction) -> None:
+    inspect_cmd = commands.add_parser(
+        "inspect", allow_abbrev=False, help="where the bytes of a model file go",
+        description="The byte budget of a packed model file: per section (framing, "
+                    "metadata, exponents, bit depths and codes, other tensors, checksum) "
+                    "and per quantized layer (rows, mean bit depth, codes, the bytes packing "
+                    "spends on them against their empirical entropy and the best model's "
+                    "estimate, the headers).")
+    inspect_cmd.add_argument("file", help="a .sgsc file")
+    inspect_cmd.add_argument("--json", action="store_true", help="print the budget as JSON")
+    inspect_cmd.set_defaults(handler=_cmd_inspect)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from sgsc.experiments import store
+
+    try:
+        rows = store.verify_models(args.report, sample=args.sample, seed=args.seed,
+                                   tolerance=args.tolerance)
+    except (OSError, ValueError, data.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for row in rows:
+        metric = (f"test acc {row['test_acc']:.4f} (report {row['expected_acc']:.4f})"
+                  if "test_acc" in row else
+                  f"test loss {row['test_loss']:.4f} (report {row['expected_loss']:.4f})")
+        print(f"{'ok  ' if row['ok'] else 'FAIL'} {row['file']}: {row['storage_bytes']:,} B "
+              f"(report {row['expected_bytes']:,} B), {metric}")
+    failed = sum(not row["ok"] for row in rows)
+    print(f"{len(rows) - failed} of {len(rows)} model files match the report")
+    return 1 if failed else 0
+
+
+def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    verify_cmd = commands.add_parser(
+        "verify", allow_abbrev=False, help="check a report's model files against it",
+        description="Reload every model file a report keeps (REPORT/models/), re-measure "
+                    "its size and test metric, and compare them with the report's "
+                    "manifest; exit 1 when any differs.")
+    verify_cmd.add_argument("report", help="a report folder, e.g. reports/paper")
+    verify_cmd.add_argument("--sample", type=int, default=None,
+                            help="check a seeded sample of this many files (default: all)")
+    verify_cmd.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    verify_cmd.add_argument("--tolerance", type=int, default=2,
+                            help="test examples a reloaded model may classify otherwise "
+                                 "(another CPU rounds borderline logits; default 2)")
+    verify_cmd.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_regimes(args: argparse.Namespace) -> int:
+    from sgsc.experiments import profiles, regimes
+
+    try:
+        prof = profiles.check_parameters(profile=args.profile)
+        names = args.regime or list(prof.regimes)
+        unknown = [n for n in names if n not in regimes.REGIMES]
+        if unknown:
+            raise ValueError(f"unknown regime(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(regimes.REGIMES)}")
+        out = args.out or f"runs/{args.profile}"
+        regimes.train_study(names, list(prof.regime_seeds), out, args.workers,
+                            dict(prof.regime_budget),
+                            log=lambda line: print(line, flush=True))
+    except _expected_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
+    from sgsc.experiments.regimes import default_workers
+
+    cmd = commands.add_parser(
+        "regimes", allow_abbrev=False,
+        help="train the regime study (docs/PREREGISTRATION.md) that 06_regimes reads",
+        description="Train the regime study of a profile on worker processes: per regime "
+                    "the floats, the default sc frontier of seed 0 and both methods' "
+                    "tuning trials, then both frontiers on every seed with the settings "
+                    "chosen on validation. Finished runs are reopened, not trained again.")
+    cmd.add_argument("--profile", default="paper", help="quick, paper or full")
+    cmd.add_argument("--regime", action="append", default=[],
+                     help="only this regime (repeatable; default: the profile's)")
+    cmd.add_argument("--workers", type=int, default=default_workers(),
+                     help="single-threaded worker processes (default: one per core)")
+    cmd.add_argument("--out", default=None, help="run folder (default runs/<profile>)")
+    cmd.set_defaults(handler=_cmd_regimes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sgsc", allow_abbrev=False,
@@ -256,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for add in (_add_data_parser, _add_run_parser, _add_report_parser, _add_sweep_parser,
-                _add_pretrain_parser):
+                _add_pretrain_parser, _add_inspect_parser, _add_verify_parser,
+                _add_regimes_parser):
         add(commands)
     return parser
 

@@ -149,3 +149,16 @@ def test_cbtpe_claims_use_notebook_01s_pairs_where_the_profile_has_them(tables):
     assert rows["cbtpe-smaller"]["mean"] == pytest.approx(0.2)
     assert rows["cbtpe-faster"]["mean"] == pytest.approx(2.0)
     assert rows["cbtpe-no-loss"]["mean"] == pytest.approx(0.0)
+
+
+def test_compute_cost_sets_core_seconds_against_the_flop_floor():
+    rows = [{"run_dir": "mnist/sc-s0", "train_s": 40.0, "train_flops": 2e12},
+            {"run_dir": "mnist/sc-s1", "train_s": 60.0, "train_flops": 3e12},
+            {"run_dir": "mnist/old-s0", "train_s": 99.0}]  # older code: no FLOPs recorded
+    cost = {r["notebook"]: r for r in claims.compute_cost({"study_runs": rows},
+                                                          peak_gflops=100.0)}
+    mnist = cost["01_mnist_cnn"]
+    assert (mnist["runs"], mnist["runs_with_flops"], mnist["train_s"]) == (3, 2, 199.0)
+    assert mnist["floor_s"] == 50.0 and mnist["vs_floor"] == 2.0  # 100 s against 5e12/1e11
+    assert cost["all"]["vs_floor"] == 2.0
+    assert claims.compute_cost({"study_runs": rows})[0]["floor_s"] is None  # no peak known

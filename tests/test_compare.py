@@ -7,6 +7,7 @@ import math
 import pytest
 from scipy import stats
 
+from sgsc.reporting import compare
 from sgsc.reporting.compare import (
     interpolate_log_size,
     matched_differences,
@@ -90,3 +91,55 @@ def test_matched_differences_pair_by_seed_on_the_reference_frontier():
     assert pairs[0]["difference"] == pytest.approx(0.01)
     assert pairs[1]["difference"] == pytest.approx(0.56 - 0.55)  # seed 1's own frontier
     assert pairs[2]["difference"] is None  # outside sc's sizes: not extrapolated
+
+
+# ----------------------------------------------------------------------------- the regime study
+
+
+def _frontier_rows(seed, shift):
+    """sc at three sizes on a straight line in log size, sgsc at two sizes inside it with
+    accuracy ``shift`` above sc's line, one sgsc run outside sc's range."""
+    import math as m
+
+    line = lambda size: 0.9 + 0.01 * m.log2(size / 1000)  # noqa: E731
+    rows = [{"method": "sc", "seed": seed, "storage_bytes": s, "test_acc": line(s)}
+            for s in (1000, 4000, 16000)]
+    rows += [{"method": "sgsc", "seed": seed, "storage_bytes": s, "test_acc": line(s) + shift}
+             for s in (2000, 8000)]
+    rows.append({"method": "sgsc", "seed": seed, "storage_bytes": 64000, "test_acc": 0.5})
+    return rows
+
+
+def test_the_endpoint_averages_each_seeds_matched_differences_inside_scs_range():
+    rows = _frontier_rows(0, 0.004) + _frontier_rows(1, 0.002)
+    per_seed = compare.per_seed_endpoint(rows)
+    assert per_seed == pytest.approx({0: 0.004, 1: 0.002})  # the 64 KB run is outside
+
+
+def test_sign_flips_holm_and_equivalence_behave_as_registered():
+    assert compare.sign_flip_p([1, 2, 3, 4, 5]) == 2 / 32  # five seeds: never below 0.0625
+    assert compare.sign_flip_p([1, -1]) == 1.0
+    adjusted = compare.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": None})
+    tight = [0.0005, -0.0004, 0.0002, -0.0001, 0.0003]
+    assert compare.equivalence_p(tight, 0.002) < 0.05
+    assert compare.equivalence_p([0.01, 0.012, 0.008], 0.002) > 0.5
+    assert compare.regime_verdict(0.01, 0.01, 0.9) == "sgsc better"
+    assert compare.regime_verdict(-0.01, 0.01, 0.9) == "sgsc worse"
+    assert compare.regime_verdict(0.0001, 0.8, 0.01) == "equivalent"
+    assert compare.regime_verdict(0.003, 0.2, 0.4) == "inconclusive"
+
+
+def test_regime_endpoints_report_every_regime_with_holm_across_them():
+    better = [r for s in range(5) for r in _frontier_rows(s, 0.01 + 0.001 * s)]
+    same = [r for s in range(5) for r in _frontier_rows(s, (-1) ** s * 0.0002)]
+    table = {r["regime"]: r for r in compare.regime_endpoints({"small": better, "big": same})}
+    assert table["small"]["verdict"] == "sgsc better" and table["small"]["seeds"] == 5
+    assert table["small"]["holm_p"] >= table["small"]["t_p"]
+    assert table["small"]["ci_low"] > 0 and table["small"]["sign_flip_p"] == 2 / 32
+    assert table["big"]["verdict"] == "equivalent"
+    # secondary: only the run past sc's range, at 0.5, is beaten by a smaller, better sc
+    assert table["small"]["dominated"] == 5 and table["small"]["sgsc_runs"] == 15
+    worse = [dict(r, test_acc=r["test_acc"] - 0.05) if r["method"] == "sgsc" else r
+             for r in same]
+    assert compare.dominated(worse) == (15, 15)  # 5 points worse: a smaller sc beats each

@@ -7,6 +7,7 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 
 from sgsc.cli import main
 from sgsc.experiments import data
@@ -103,3 +104,28 @@ def test_unknown_dataset_error():
 def test_idx_decoder_rejects_garbage():
     with pytest.raises(data.DataError, match="IDX"):
         data._decode_idx(b"\x00\x01\x08\x03" + bytes(12), 3)
+
+
+def test_a_balanced_subset_takes_as_many_rows_of_each_class_and_keeps_val_and_test():
+    splits = data.load_digits()
+    subset = data.balanced_subset(splits, 300, "digits-300")
+    labels = subset.train.tensors[1]
+    assert len(labels) == 300 and torch.bincount(labels).tolist() == [30] * 10
+    assert subset.val is splits.val and subset.test is splits.test
+    rows = torch.from_numpy(subset.train_index)
+    # each kept row is the published row it says it is
+    published = {int(i): x for i, x in zip(splits.train_index, splits.train.tensors[0],
+                                            strict=True)}
+    assert all(torch.equal(published[int(i)], x)
+               for i, x in zip(rows, subset.train.tensors[0], strict=True))
+    again = data.balanced_subset(splits, 300, "digits-300")
+    assert torch.equal(again.train.tensors[0], subset.train.tensors[0])  # seeded: fixed
+    with pytest.raises(ValueError, match="needs 200 rows of each of 10 classes"):
+        data.balanced_subset(splits, 2000, "too-many")
+
+
+def test_the_mnist_regimes_are_balanced_subsets_of_mnist(shared_data_dir):
+    small = data.load("mnist-1k")
+    assert len(small.train) == 1000 and small.name == "mnist-1k"
+    assert torch.bincount(small.train.tensors[1]).tolist() == [100] * 10
+    assert len(small.val) == 5000 and len(small.test) == 10000

@@ -42,6 +42,8 @@ EXPECTED = {
                         "metrics": ("runs", "summary", "race", "race_summary", "run")},
     "05_paper_claims": {"figures": (), "metrics": ("claims", "size_at_target", "targets",
                                                     "run")},
+    "06_regimes": {"figures": ("answer", "q_steps"),
+                   "metrics": ("tuning", "runs", "endpoint", "secondary", "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

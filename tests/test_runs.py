@@ -56,8 +56,9 @@ def test_rerun_reloads_and_keeps_the_training_time(sgsc_digits):
 
 def test_reopening_a_finished_run_neither_rechooses_nor_recalibrates(sgsc_digits,
                                                                      monkeypatch):
-    """The preservation set is kept in the float run's folder and the calibrated level in
-    the run's own: a rerun of a finished run trains nothing and rebuilds neither."""
+    """The preservation set and the calibrated level are kept in the float run's folder,
+    the result in the run's own: a rerun of a finished run trains, measures and rebuilds
+    nothing."""
     compressed, _, out = sgsc_digits
     [float_dir] = out.glob("digits/float-s0-*")
     assert list(float_dir.glob("preservation-n*-s0.json"))
@@ -167,3 +168,35 @@ def test_a_data_set_can_override_the_safety_defaults():
     assert runs.train_config("sgsc", "mnist").lambda_pres == runs.SGSC_EXTRA["lambda_pres"]
     assert runs.train_config("sc", "names").lambda_pres == 0.0  # sc has no safety terms
     assert runs.train_config("sgsc", "names", lambda_pres=2.0).lambda_pres == 2.0
+
+
+def test_a_finished_run_reopens_from_its_result_with_every_metric(sgsc_digits, monkeypatch):
+    compressed, _, out = sgsc_digits
+    assert len(compressed["test_class_acc"]) == 10 and compressed["train_flops"] > 0
+    assert compressed["trained_on"] and compressed["feedback_attempts"] >= \
+        compressed["feedback_events"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was measured again")
+
+    monkeypatch.setattr(runs, "evaluate", refuse)
+    monkeypatch.setattr(runs, "save_compressed", refuse)
+    again = runs.run("sgsc", "digits", out_dir=out, progress=False)
+    assert again["reopened"] and again["train_s"] == compressed["train_s"]
+    assert again["test_class_acc"] == compressed["test_class_acc"]
+
+
+def test_safety_runs_of_a_seed_share_one_calibration(sgsc_digits, monkeypatch):
+    compressed, _, out = sgsc_digits
+    [float_dir] = out.glob("digits/float-s0-*")
+    [cache] = float_dir.glob("calibration-*.json")
+    level = json.loads(cache.read_text())["float_level"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("calibrated again although the float folder keeps the level")
+
+    monkeypatch.setattr(SafetyGuidance, "calibrate", refuse)
+    other = runs.run("sgsc", "digits", out_dir=out, progress=False, gamma=0.3, epochs=1)
+    pres = json.loads((out / "digits" / other["run_dir"].rsplit("/", 1)[-1]
+                       / "preservation.json").read_text())
+    assert pres["float_level"] == level

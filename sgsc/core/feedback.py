@@ -147,6 +147,8 @@ class FeedbackController:
         float_level: the float reference's monitor loss (calibrated, see
             :mod:`sgsc.core.safety`); the trigger is this plus ``config.threshold``.
         config: see :class:`FeedbackConfig`.
+        validation: returns the validation loss now (eval mode), logged before and after
+            every attempted restore and never used to decide one; None logs none.
     """
 
     compression: SelfCompression
@@ -156,6 +158,11 @@ class FeedbackController:
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
     events: list[FeedbackEvent] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
+    # every measured restore, kept or rolled back, with the monitor's loss and -- when a
+    # ``validation`` reading is given -- the validation loss before and after it: what the
+    # feedback did, not only what it kept
+    attempts: list[dict] = field(default_factory=list)
+    validation: Callable[[], float] | None = None
     bits_spent: int = 0
     _snapshot: dict[str, Tensor] = field(default_factory=dict)
 
@@ -303,6 +310,7 @@ class FeedbackController:
         now = self._bit_state()
         bits_now = self.compression.storage_bits()
         chosen = self._choose(self._candidates(), allowance)
+        val_before = self.validation() if self.validation is not None and chosen else None
         for attempt in range(1, self.config.backtracks + 2):
             if not chosen:
                 break
@@ -314,7 +322,15 @@ class FeedbackController:
                 self._apply(chosen)
                 added = self.compression.storage_bits() - bits_now
             after = self.monitor()
-            if added <= allowance and after.loss < before.loss:
+            kept = added <= allowance and after.loss < before.loss
+            self.attempts.append({
+                "step": step, "attempt": attempt, "channels": len(chosen),
+                "bits_added": added, "predicted_change": sum(m.predicted for m in chosen),
+                "monitor_loss_before": before.loss, "monitor_loss_after": after.loss,
+                "val_loss_before": val_before,
+                "val_loss_after": self.validation() if val_before is not None else None,
+                "kept": kept})
+            if kept:
                 changed = self._zero_changed_moments(now, optimizer)
                 return FeedbackEvent(
                     step=step, policy=self.config.policy, trigger_level=self.trigger_level,
@@ -371,6 +387,7 @@ class FeedbackController:
         return {
             "events": [asdict(e) for e in self.events],
             "checks": list(self.checks),
+            "attempts": list(self.attempts),
             "bits_spent": self.bits_spent,
             "float_level": self.float_level,
             "snapshot": dict(self._snapshot),
@@ -379,6 +396,7 @@ class FeedbackController:
     def load_state_dict(self, state: dict) -> None:
         self.events = [FeedbackEvent(**e) for e in state["events"]]
         self.checks = list(state["checks"])
+        self.attempts = list(state.get("attempts", []))
         self.bits_spent = int(state["bits_spent"])
         self.float_level = float(state["float_level"])
         self._snapshot = dict(state["snapshot"])

@@ -89,6 +89,8 @@ class SafetyGuidance:
         device: where the examples go (default: the compressed model's device).
         lr, task_batch_size: the weights' learning rate and the batch size of the run,
             which the calibration fine-tune of the float level uses.
+        validation_set: the validation split, when the feedback should log its loss
+            before and after every attempted restore (never used to decide one).
         float_level: the calibrated float level, when it is already known (the
             :attr:`float_level` of an earlier build with the same arguments, e.g. to
             reopen a finished run); None: :meth:`calibrate` measures it, or the first
@@ -102,7 +104,8 @@ class SafetyGuidance:
                  augment: bool = False, bn: str = "eval", seed: int = 0,
                  device: str | torch.device | None = None, lr: float = 1e-3,
                  task_batch_size: int = 128, progress: bool = False,
-                 float_level: float | None = None) -> None:
+                 float_level: float | None = None,
+                 validation_set: Dataset | None = None) -> None:
         _check_inputs(float_model, compression, train_set, size, preservation, feedback,
                       batch_size, bn, lr, task_batch_size)
         train_set = as_tensor_dataset(train_set, "train_set", progress=progress)
@@ -132,6 +135,8 @@ class SafetyGuidance:
         self.controller: FeedbackController | None = None  # made by calibrate()
         self.float_monitor_loss = None  # the float model's own level, before calibration
         self._float_model, self._seed = float_model, seed
+        self._validation = (as_tensor_dataset(validation_set, "validation_set")
+                            if validation_set is not None else None)
         self._lr, self._task_batch_size = lr, task_batch_size
         if feedback is not None:
             self.float_monitor_loss = self._monitor_reading(float_model).loss
@@ -225,8 +230,13 @@ class SafetyGuidance:
         return self._monitor_reading(model).loss
 
     def _start_controller(self, level: float) -> None:
+        validation = None
+        if self._validation is not None:
+            def validation() -> float:
+                return evaluate(self.model, self._validation, _device_of(self.model))["loss"]
         self.controller = FeedbackController(self.compression, self.monitor,
-                                             self._monitor_loss, level, self.feedback)
+                                             self._monitor_loss, level, self.feedback,
+                                             validation=validation)
 
     def _monitor_loss(self) -> Tensor:
         """The monitor loss with gradients, in eval mode (the controller prices restores)."""
@@ -257,6 +267,7 @@ class SafetyGuidance:
         if self.feedback is None:
             return {}
         return {"feedback": [asdict(e) for e in self.events], "feedback_checks": self.checks,
+                "feedback_attempts": self.attempts,
                 "float_monitor_loss": self.float_monitor_loss, "float_level": self.float_level,
                 "monitor_indices": self.monitor_indices.tolist()}
 
@@ -267,6 +278,11 @@ class SafetyGuidance:
     @property
     def checks(self) -> list[dict]:
         return [] if self.controller is None else self.controller.checks
+
+    @property
+    def attempts(self) -> list[dict]:
+        """Every measured restore, kept or rolled back (:class:`FeedbackController`)."""
+        return [] if self.controller is None else self.controller.attempts
 
     def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Read the monitor before training (the first healthy snapshot), calibrating first

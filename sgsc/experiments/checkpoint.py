@@ -51,6 +51,7 @@ class RunRecord:
     best_score: float = -math.inf
     selected_epoch: int = 0
     selected_state: dict | None = None
+    train_flops: float = 0.0  # 6 x forward MACs x examples, as the network shrank
 
     @property
     def selected(self) -> dict:
@@ -82,7 +83,8 @@ class RunRecord:
         """The record as a checkpoint holds it (lists as JSON text: weights-only loading)."""
         return {"history": json.dumps(self.history), "best_score": self.best_score,
                 "selected_epoch": self.selected_epoch, "selected_state": self.selected_state,
-                "shrinks": json.dumps(self.shrinks), "trained_by": json.dumps(self.trained_by)}
+                "shrinks": json.dumps(self.shrinks), "trained_by": json.dumps(self.trained_by),
+                "train_flops": self.train_flops}
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> RunRecord:
@@ -94,7 +96,8 @@ class RunRecord:
                    shrinks=json.loads(state.get("shrinks", "[]")),
                    trained_by=json.loads(state.get("trained_by", json.dumps(unrecorded))),
                    best_score=state["best_score"], selected_epoch=state["selected_epoch"],
-                   selected_state=state["selected_state"])
+                   selected_state=state["selected_state"],
+                   train_flops=float(state.get("train_flops", 0.0)))
 
 
 class RunFolder:
@@ -148,5 +151,6 @@ class RunFolder:
             return
         atomic.write_json({"config": config, "history": record.history,
                            "selected_epoch": record.selected_epoch, "shrinks": record.shrinks,
-                           "trained_by": record.trained_by, **extra},
+                           "trained_by": record.trained_by, "train_flops": record.train_flops,
+                           **extra},
                           self.folder / HISTORY)

@@ -6,6 +6,9 @@ Splits are fixed and documented, so that runs compare:
 * ``mnist``: the official 10,000 test images are used only for final reporting; a
   seeded 5,000-image validation split of the 60,000 training images serves all model
   selection.  ``train_index`` keeps each example's index into the official training set.
+* ``mnist-1k``, ``mnist-4k``: the data-scale regimes -- a class-balanced subset of 1,000
+  or 4,000 of ``mnist``'s training rows (seed 0, the same for every run); validation and
+  test are ``mnist``'s.
 * ``digits``: scikit-learn's bundled 8x8 digits (no download), seeded 70/15/15 split.
 * ``names``: a seeded shuffle of *whole, distinct names* into 80/10/10 train/val/test.
 * ``tinyshakespeare``: 90/5/5 by position.
@@ -37,14 +40,17 @@ from sgsc.experiments.sources import (  # re-exported: the data API users and th
     verify,
 )
 
-__all__ = ["DATA_DIR_ENV", "DATASETS", "EMBEDDED", "FILES", "IMAGE_DATASETS", "TEXT_DATASETS",
-           "DataError", "DataFile", "FileStatus", "ImageSplits", "TextSplits", "data_dir",
+__all__ = ["DATA_DIR_ENV", "DATASETS", "EMBEDDED", "FILES", "IMAGE_DATASETS", "SUBSETS",
+           "TEXT_DATASETS", "DataError", "DataFile", "FileStatus", "ImageSplits", "TextSplits",
+           "balanced_subset", "data_dir",
            "fetch", "load", "load_digits", "load_mnist", "load_names", "load_tinyshakespeare",
            "locate", "read_file", "verify"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 SPLIT_SEED = 0  # the splits are part of the experiment design, not of a run's seed
 MNIST_VAL_SIZE = 5_000
+# Data-scale regimes: class-balanced subsets of MNIST's training rows (SPLIT_SEED).
+SUBSETS = {"mnist-1k": ("mnist", 1_000), "mnist-4k": ("mnist", 4_000)}
 
 
 # ---------------------------------------------------------------------------- images
@@ -230,8 +236,30 @@ def load_tinyshakespeare(*, block_size: int = 32, download: bool = True) -> Text
                       blocks["test"], documents, block_size)
 
 
+def balanced_subset(splits: ImageSplits, size: int, name: str,
+                    seed: int = SPLIT_SEED) -> ImageSplits:
+    """``splits`` with a seeded, class-balanced ``size`` of its training rows (``size /
+    classes`` per class, in the order of a seeded shuffle); validation and test kept."""
+    labels = splits.train.tensors[1].numpy()
+    classes = splits.num_classes
+    if size % classes or size // classes > np.bincount(labels, minlength=classes).min():
+        raise ValueError(f"a balanced subset of {size} needs {size // classes} rows of each of "
+                         f"{classes} classes")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    picked = np.sort(np.concatenate([order[labels[order] == c][: size // classes]
+                                     for c in range(classes)]))
+    rows = torch.from_numpy(picked)
+    train = TensorDataset(*(t[rows] for t in splits.train.tensors))
+    return ImageSplits(name=name, train=train, val=splits.val, test=splits.test,
+                       train_index=splits.train_index[picked], val_index=splits.val_index,
+                       mean=splits.mean, std=splits.std, num_classes=classes)
+
+
 def load(name: str, **options) -> ImageSplits | TextSplits:
-    """Load a data set by name: one of ``DATASETS``."""
+    """Load a data set by name: one of ``DATASETS`` or of :data:`SUBSETS`."""
+    if name in SUBSETS:
+        base, size = SUBSETS[name]
+        return balanced_subset(load(base, **options), size, name)
     check_dataset(name)
     loaders = {"mnist": load_mnist, "digits": load_digits, "names": load_names,
                "tinyshakespeare": load_tinyshakespeare}

@@ -24,7 +24,10 @@ from sgsc.experiments.train import TrainConfig
 # preservation loss alone (no monitor, no feedback), and sc plus the feedback alone.
 SAFETY_METHODS = ("sgsc", "sc-pres", "sc-feedback")
 # Baselines (uniform-ptq-B, uniform-qat-B, diffq, cbtpe, cbtpe-tpe): see sgsc.experiments.baselines.
-METHODS = ("float", "sc", *SAFETY_METHODS, *BASELINE_METHODS)
+# sc-rate: self-compression whose size term estimates the entropy-coded file
+# (SelfCompression.rate_loss) instead of ceil(b) bits per weight; opt-in.
+RATE_METHODS = ("sc-rate",)
+METHODS = ("float", "sc", *RATE_METHODS, *SAFETY_METHODS, *BASELINE_METHODS)
 
 # Defaults per data set: model, float budget, compression budget and coefficients;
 # "sgsc" overrides SGSC_EXTRA for that data set.
@@ -44,6 +47,24 @@ DEFAULTS: dict[str, dict] = {
         "compress": {"epochs": 6, "batch_size": 128, "lr": 1e-3, "lr_quant": 0.5,
                      "gamma": 0.05},
         "preservation_size": 1000,
+    },
+    # The data-scale regimes (docs/PREREGISTRATION.md): MNIST's CNN on 1,000 and 4,000
+    # class-balanced training images, budgeted by optimizer steps -- about 2,000 at batch
+    # 32, float and compression alike (1k: 32 steps an epoch, 4k: 125) -- with a
+    # preservation set of a tenth or less of the training rows, as on the digits.
+    "mnist-1k": {
+        "model": ("mnist_cnn", dataclasses.asdict(CNNConfig())),
+        "float": {"epochs": 63, "batch_size": 32, "lr": 3e-3},
+        "compress": {"epochs": 63, "batch_size": 32, "lr": 1e-3, "lr_quant": 0.5,
+                     "gamma": 0.05},
+        "preservation_size": 100,
+    },
+    "mnist-4k": {
+        "model": ("mnist_cnn", dataclasses.asdict(CNNConfig())),
+        "float": {"epochs": 16, "batch_size": 32, "lr": 3e-3},
+        "compress": {"epochs": 16, "batch_size": 32, "lr": 1e-3, "lr_quant": 0.5,
+                     "gamma": 0.05},
+        "preservation_size": 300,
     },
     "names": {
         "model": ("char_transformer", {"block_size": 32}),
@@ -86,8 +107,10 @@ def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
     check_method(method, data_name)
     stage = "float" if method == "float" else "compress"
     values = dict(DEFAULTS[data_name][stage])
-    if method in ("sc", *SAFETY_METHODS):
+    if method in ("sc", *RATE_METHODS, *SAFETY_METHODS):
         values |= SC_EXTRA
+    if method in RATE_METHODS:
+        values |= {"size_term": "rate"}
     if method in SAFETY_METHODS:  # the safety terms, and a data set's own choices for them
         values |= SGSC_EXTRA | DEFAULTS[data_name].get("sgsc", {})
         # The halves add one mechanism each to sc; the L1 term belongs to the full method.

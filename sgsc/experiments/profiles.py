@@ -57,6 +57,10 @@ class Profile:
     search_seeds: tuple[int, ...] = (0,)
     search_settings: dict[str, Any] = field(default_factory=dict)  # CBTPEConfig fields
     search_budget: dict[str, int | None] = field(default_factory=dict)  # float_epochs, epochs
+    # 06_regimes: sgsc against sc at equal size per data regime (docs/PREREGISTRATION.md)
+    regimes: tuple[str, ...] = ("digits", "mnist-1k", "mnist-4k", "mnist")
+    regime_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    regime_budget: dict[str, int | None] = field(default_factory=dict)  # float_epochs, epochs
 
     def budget(self, kind: str = "image") -> dict[str, int | None]:
         """Epoch budgets (``float_epochs``, ``epochs``) for
@@ -107,7 +111,9 @@ PROFILES: dict[str, Profile] = {
         sweep_seeds=(0, 1), sweep_axes={"gamma": (0.2,), "lambda_pres": (4.0,)},
         sweep_fixed={"epochs": 2, "float_epochs": 2},
         search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
-        search_budget={"float_epochs": 2, "epochs": 2}),
+        search_budget={"float_epochs": 2, "epochs": 2},
+        regimes=("digits",), regime_seeds=(0, 1),
+        regime_budget={"float_epochs": 2, "epochs": 2}),
     # The reported results: MNIST with three seeds and default budgets; every baseline
     # (uniform PTQ and QAT at 2-4 bits, DiffQ, CB-TPE and plain TPE) beside the frontiers.
     "paper": Profile(

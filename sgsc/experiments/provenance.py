@@ -135,7 +135,8 @@ def hardware() -> dict[str, Any]:
 
     return machine() | {"gpu": machine()["gpu"] or "none", "machine": platform.machine(),
                         "system": platform.system(), "python": platform.python_version(),
-                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "peak_gflops": round(peak_flops() / 1e9, 1)}
 
 
 def data_checksums(datasets: Sequence[str]) -> list[dict[str, Any]]:
@@ -147,7 +148,7 @@ def data_checksums(datasets: Sequence[str]) -> list[dict[str, Any]]:
     from sgsc.experiments import data
 
     rows = []
-    for name in dict.fromkeys(datasets):
+    for name in dict.fromkeys(data.SUBSETS.get(n, (n,))[0] for n in datasets):
         if name in data.FILES:
             for status, file in zip(data.verify((name,)), data.FILES[name], strict=True):
                 rows.append({"dataset": name, "file": file.name, "sha256": file.sha256,
@@ -184,3 +185,25 @@ def build_info() -> dict[str, Any]:
     """What the report's build record says of the process building it: git state and
     package versions (:func:`sgsc.reporting.report.build_report`'s ``build``)."""
     return {"git": git_state(), "packages": package_versions()}
+
+
+@functools.lru_cache(maxsize=1)
+def peak_flops(seconds: float = 1.0, size: int = 1024) -> float:
+    """FLOP/s of this process's torch threads on a large float32 matrix product -- the
+    rate no training step can beat, measured once per process (the best of a few
+    rounds of about ``seconds`` in all): the floor of a study's cost is its FLOPs over it."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm up the kernels
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        best = max(best, 4 * 2 * size**3 / elapsed)
+    return best

@@ -24,6 +24,7 @@ shared by the compressed methods of that seed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as ru
     build_data_model,
     check_run,
     finish,
+    finished,
     load_splits,
     prefixed,
     run_folder,
@@ -83,13 +85,16 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                                           **(float_overrides or {}))
     dev = next(float_model.parameters()).device
     if method == "float":
+        if (reopened := finished(float_info["run_dir"], start)) is not None:
+            return reopened
         result = {"storage_bytes": float_storage_bytes(float_model),
                   "live_weights": count_weights(float_model),
                   "selected_epoch": float_info["selected_epoch"], "params": float_info["config"],
                   "train_s": round(float_info["wall_s"], 2),
+                  "train_flops": float_info["train_flops"],
                   "trained_by": float_info["trained_by"],
                   **prefixed("val", evaluate(float_model, splits.val, dev)),
-                  **prefixed("test", evaluate(float_model, splits.test, dev))}
+                  **prefixed("test", evaluate(float_model, splits.test, dev, per_class=True))}
         return finish(method, data_name, seed, result, start, float_info["run_dir"])
 
     chosen, pres_info = None, {}
@@ -102,22 +107,24 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         pres_info = {"preservation_size": len(chosen.indices),
                      "preservation_counts": chosen.counts(), "monitor_size": len(monitor)}
     out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
+    if (reopened := finished(out, start)) is not None:  # nothing to train or measure
+        return reopened
     model = build_data_model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model, init_bits=config.init_bits)
     safety = None
     if chosen is not None:
-        saved = _read_json(out / "preservation.json")
-        if saved.get("monitor_indices") != monitor:
-            saved = {}  # written for another monitor: calibrate again
+        level = calibrated_level(float_info["run_dir"], config, monitor, seed)
         safety = SafetyGuidance(float_model, compression, splits.train, preservation=chosen,
                                 feedback=config.feedback, batch_size=config.pres_batch_size,
                                 augment=config.pres_augment, bn=config.pres_bn, seed=seed,
                                 lr=config.lr, task_batch_size=config.batch_size,
-                                float_level=saved.get("float_level") if config.feedback
-                                else None)
+                                float_level=level.get("float_level") if config.feedback
+                                else None, validation_set=splits.val)
         if config.feedback is not None and safety.float_level is None:
-            safety.calibrate()  # a float fine-tune, once per run: its level is kept below
+            safety.calibrate()  # a float fine-tune: kept in the float run's folder
+            atomic.write_json({"monitor_indices": monitor, "float_level": safety.float_level},
+                              level["path"])
         # which examples guided the run, for figures and audits
         atomic.write_json(chosen.to_dict() | {"monitor_indices": safety.monitor_indices.tolist(),
                                               "float_level": safety.float_level},
@@ -137,15 +144,15 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
-        "trained_by": trained.trained_by,
+        "train_flops": trained.train_flops, "trained_by": trained.trained_by,
         "feedback_events": len(trained.feedback_events),
-        **feedback_effect(trained.feedback_events),
+        **feedback_effect(trained.feedback_events, trained.feedback_attempts),
         "params": dataclasses.asdict(config),
         "float_val": prefixed("val", evaluate(float_model, splits.val, dev)),
         **pres_info,
         # measured on the model loaded back from the packed file: what a user would ship
         **prefixed("val", evaluate(loaded, splits.val, dev)),
-        **prefixed("test", evaluate(loaded, splits.test, dev)),
+        **prefixed("test", evaluate(loaded, splits.test, dev, per_class=True)),
     }
     return finish(method, data_name, seed, result, start, out)
 
@@ -167,6 +174,23 @@ def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, 
                                     progress=progress)
     atomic.write_json(chosen.to_dict(), path)
     return chosen
+
+
+def calibrated_level(float_dir: Path, config, monitor: list[int], seed: int) -> dict:
+    """The monitor's calibrated float level, when an earlier run of this float model
+    measured it with the same monitor and calibration (``float_level``), and the file it
+    is kept in (``path``): the fine-tune depends on the float model, the monitor rows, the
+    seed, the learning rate, the batch size and the steps -- not on gamma or the other
+    settings of the run -- so every safety run of a seed shares it."""
+    if config.feedback is None:
+        return {"path": None}
+    key = json.dumps([monitor, seed, config.lr, config.batch_size,
+                      config.feedback.calibration_steps], sort_keys=True)
+    path = Path(float_dir) / f"calibration-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+    saved = _read_json(path)
+    if saved.get("monitor_indices") != monitor:
+        saved = {}  # another monitor (or nothing yet): calibrate
+    return {"path": path, "float_level": saved.get("float_level")}
 
 
 def _read_json(path: Path) -> dict:
@@ -193,11 +217,21 @@ def _run_baseline(method: str, data_name: str, **kw) -> dict:
     return cbtpe.run(method, data_name, **kw)
 
 
-def feedback_effect(events: list[dict]) -> dict:
-    """What the feedback did, summed over a run's events: bits it gave back and the mean
-    change of the monitor loss per event (negative: each restore lowered it)."""
+def feedback_effect(events: list[dict], attempts: list[dict] | None = None) -> dict:
+    """What the feedback did: the bits its kept restores gave back, the mean change of
+    the monitor loss per kept restore (negative by construction: a restore is kept only
+    when it lowered it), and -- over *every* attempt, kept or rolled back -- the mean
+    change of the monitor loss and of the validation loss (the feedback's effect)."""
+    attempts = attempts or []
+    val = [a["val_loss_after"] - a["val_loss_before"] for a in attempts
+           if a.get("val_loss_before") is not None]
+    monitor = [a["monitor_loss_after"] - a["monitor_loss_before"] for a in attempts]
+    effect = {"feedback_attempts": len(attempts),
+              "feedback_attempt_monitor_change": sum(monitor) / len(monitor) if monitor
+              else None,
+              "feedback_attempt_val_change": sum(val) / len(val) if val else None}
     if not events:
-        return {"feedback_bits": 0, "feedback_monitor_change": None}
+        return effect | {"feedback_bits": 0, "feedback_monitor_change": None}
     changes = [e["monitor_loss_after"] - e["monitor_loss_before"] for e in events]
-    return {"feedback_bits": sum(e["bits_added"] for e in events),
-            "feedback_monitor_change": sum(changes) / len(changes)}
+    return effect | {"feedback_bits": sum(e["bits_added"] for e in events),
+                     "feedback_monitor_change": sum(changes) / len(changes)}

@@ -126,7 +126,7 @@ def profile_grids(profile: Any, out: str | os.PathLike, parts: Sequence[str] = P
 
 # Methods whose size term gamma weighs (DiffQ's too: sgsc.experiments.baselines.diffq); the others
 # (float, uniform, CB-TPE) have no gamma of their own.
-GAMMA_METHODS = ("sc", *SAFETY_METHODS, "diffq")
+GAMMA_METHODS = ("sc", "sc-rate", *SAFETY_METHODS, "diffq")
 
 
 def study_rows(results: Sequence[dict], per_class: Sequence[dict],
@@ -445,14 +445,18 @@ def counted_bytes(result: dict) -> int:
 
 
 def per_class_rows(results: Sequence[dict], splits: Any) -> list[dict]:
-    """Per run: test accuracy of each class (``class_0`` ...) of its selected model."""
+    """Per run: test accuracy of each class (``class_0`` ...) of its selected model, as
+    the run stored it (``test_class_acc``); a result of older code without it is measured
+    from its model file."""
     rows = []
     for result in results:
-        if not store.has_model(result):
-            continue
-        model = store.load_model(result, splits)
-        accuracy = evaluate(model, splits.test, torch.device("cpu"),
-                            per_class=True)["class_accuracy"]
+        accuracy = result.get("test_class_acc")
+        if accuracy is None:
+            if not store.has_model(result):
+                continue
+            model = store.load_model(result, splits)
+            accuracy = evaluate(model, splits.test, torch.device("cpu"),
+                                per_class=True)["class_accuracy"]
         rows.append({"method": result["method"], "seed": result["seed"],
                      "run_dir": result["run_dir"],
                      **{f"class_{c}": a for c, a in enumerate(accuracy)}})

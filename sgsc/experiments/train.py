@@ -45,7 +45,7 @@ from sgsc.experiments.checkpoint import (  # noqa: F401  (the names users know f
     RunRecord,
     row_score,
 )
-from sgsc.structure.prune import load_state_resizing
+from sgsc.structure.prune import count_flops, load_state_resizing
 
 
 @dataclass
@@ -60,7 +60,8 @@ class TrainConfig:
     eps_quant: float = 1e-3
     schedule: str = "cosine"  # or "constant"
     init_bits: float = 8.0  # starting bit depth of every channel (above 24: starts at 24)
-    gamma: float = 0.0  # weight of Q (bits per weight)
+    gamma: float = 0.0  # weight of the size term (bits per weight)
+    size_term: str = "bits"  # Q at ceil(b) bits ("bits"), or the entropy estimate ("rate")
     l1_weights: float = 0.0  # weight of mean |w| over every weight matrix (the L1 term)
     l1_dead_bias: float = 1e-2
     lambda_pres: float = 0.0
@@ -115,6 +116,7 @@ _RULES = {
     "schedule": _choice("cosine", "constant"), "init_bits": _number(0, strict=True, high=32),
     "gamma": _number(0), "l1_weights": _number(0), "l1_dead_bias": _number(0),
     "lambda_pres": _number(0), "pres_batch_size": _integer(1),
+    "size_term": _choice("bits", "rate"),
     "pres_augment": _choice(False, True), "pres_bn": _choice(*BN_MODES),
     "select_tolerance": _number(0), "shrink_every": _integer(0), "seed": _integer(0),
     "device": _choice("auto", "cpu", "cuda"), "progress": _choice(True, False),
@@ -150,8 +152,10 @@ class TrainResult:
     selected_epoch: int = 0
     selected: dict = field(default_factory=dict)  # metrics of the selected epoch
     feedback_events: list[dict] = field(default_factory=list)
+    feedback_attempts: list[dict] = field(default_factory=list)  # kept or rolled back
     wall_s: float = 0.0
     trained_by: list[dict] = field(default_factory=list)  # code and CPU that trained
+    train_flops: float = 0.0  # see Trainer: the run's training FLOPs, following its shape
 
 
 class Trainer:
@@ -174,11 +178,13 @@ class Trainer:
         # Compressed models keep the smallest good epoch, float models the best one.
         self.select_smallest = compression is not None
         self.safety = safety
+        rate = compression is not None and config.size_term == "rate"
         self.loss = CompressionLoss(compression if compression is not None else self.model,
                                     safety, gamma=config.gamma if compression else 0.0,
                                     l1_weights=config.l1_weights,
                                     l1_dead_bias=config.l1_dead_bias,
-                                    lambda_pres=config.lambda_pres)
+                                    lambda_pres=config.lambda_pres,
+                                    size=compression.rate_loss if rate else None)
         self.train_set = safety.task_dataset if safety is not None else train
         self.val_set = val
         self.folder = RunFolder(out_dir)
@@ -190,6 +196,11 @@ class Trainer:
         self.epoch = 0
         self.wall_s = 0.0
         self.record = RunRecord()
+        self._macs_per_example: int | None = None  # of the network as it is now
+        # examples a step forwards and backwards: the task batch, and the preservation
+        # batch when that term is on
+        self._extra_examples = safety.batch_size if safety is not None and \
+            config.lambda_pres else 0
 
     # ------------------------------------------------------------------ pieces
 
@@ -244,6 +255,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+            self._count_flops(x)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             if self.safety is not None:
@@ -251,6 +263,15 @@ class Trainer:
             self._maybe_shrink(x)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         return {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+
+    def _count_flops(self, x: torch.Tensor) -> None:
+        """Training FLOPs of this step: 2 per multiply-accumulate, forward and backward
+        (3x the forward), over the examples it saw, at the network's current size (Conv
+        and Linear layers: :func:`sgsc.structure.prune.count_flops`)."""
+        if self._macs_per_example is None:
+            self._macs_per_example = count_flops(self.model, x[:1])
+        self.record.train_flops += 6.0 * self._macs_per_example * (len(x)
+                                                                   + self._extra_examples)
 
     def _maybe_shrink(self, x: torch.Tensor) -> None:
         """Every ``shrink_every`` steps, remove the zero-bit channels nothing can revive.
@@ -278,6 +299,7 @@ class Trainer:
             return
         if self.safety is not None:
             self.safety.pruned(result)
+        self._macs_per_example = result.flops_after  # measured on one example: per example
         self.record.shrinks.append({"step": self.step, "params_before": result.params_before,
                              "params_after": result.params_after,
                              "flops_before": result.flops_before,
@@ -330,9 +352,12 @@ class Trainer:
         events = [asdict(e) for e in self.safety.events] if self.safety else []
         self.folder.write_history(_config_dict(self.config), record,
                                   **(self.safety.monitor_record() if self.safety else {}))
+        attempts = list(self.safety.attempts) if self.safety is not None else []
         return TrainResult(history=record.history, selected_epoch=record.selected_epoch,
                            selected=record.selected, feedback_events=events,
-                           wall_s=self.wall_s, trained_by=list(record.trained_by))
+                           feedback_attempts=attempts,
+                           wall_s=self.wall_s, trained_by=list(record.trained_by),
+                           train_flops=record.train_flops)
 
     # ------------------------------------------------------------------ checkpoints
 

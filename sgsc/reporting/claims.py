@@ -207,16 +207,20 @@ COST_TABLES = {"01_mnist_cnn": ("study_runs",),
                "03_sweeps": ("sweep_runs",), "04_cbtpe_search": ("search_runs",)}
 
 
-def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
+def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
+                 ) -> list[dict]:
     """What the profile's results cost to train from scratch: per notebook, its distinct
-    runs (by folder; a run shared by two notebooks is counted once, where first seen) and
-    their training seconds (``train_s``: each run's own, summed over resumes), and the
-    total over all notebooks."""
+    runs (by folder; a run shared by two notebooks is counted once, where first seen),
+    their training core-seconds (``train_s``: each run's own, summed over resumes) and
+    training FLOPs (``train_flops``: 6 x forward MACs x examples, as each network shrank),
+    and the total over all notebooks.  With this machine's ``peak_gflops`` (a large
+    matrix product), ``floor_s`` is the time those FLOPs need at that rate and
+    ``vs_floor`` the core-seconds over it, for the runs that recorded their FLOPs."""
     seen: set = set()
     rows = []
     for notebook, keys in COST_TABLES.items():
-        runs = 0
-        seconds = 0.0
+        runs = counted = 0
+        seconds = counted_seconds = flops = 0.0
         for row in (row for key in keys for row in tables.get(key, [])):
             folder = row.get("run_dir")
             if folder is None or folder in seen or row.get("train_s") is None:
@@ -224,10 +228,27 @@ def compute_cost(tables: dict[str, list[dict]]) -> list[dict]:
             seen.add(folder)
             runs += 1
             seconds += float(row["train_s"])
-        rows.append({"notebook": notebook, "runs": runs, "train_s": round(seconds, 1)})
-    rows.append({"notebook": "all", "runs": sum(r["runs"] for r in rows),
-                 "train_s": round(sum(r["train_s"] for r in rows), 1)})
+            if row.get("train_flops") is not None:
+                counted += 1
+                counted_seconds += float(row["train_s"])
+                flops += float(row["train_flops"])
+        rows.append(_cost_row(notebook, runs, seconds, counted, counted_seconds, flops,
+                              peak_gflops))
+    total = {k: sum(r[k] for r in rows) for k in ("runs", "train_s", "runs_with_flops",
+                                                   "train_s_with_flops", "train_flops")}
+    rows.append(_cost_row("all", total["runs"], total["train_s"], total["runs_with_flops"],
+                          total["train_s_with_flops"], total["train_flops"], peak_gflops))
     return rows
+
+
+def _cost_row(notebook: str, runs: int, seconds: float, counted: int, counted_seconds: float,
+              flops: float, peak_gflops: float | None) -> dict:
+    floor = flops / (peak_gflops * 1e9) if peak_gflops and flops else None
+    return {"notebook": notebook, "runs": runs, "train_s": round(seconds, 1),
+            "runs_with_flops": counted, "train_s_with_flops": round(counted_seconds, 1),
+            "train_flops": flops, "peak_gflops": peak_gflops,
+            "floor_s": None if floor is None else round(floor, 1),
+            "vs_floor": None if not floor else round(counted_seconds / floor, 2)}
 
 
 def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:

@@ -111,3 +111,128 @@ def matched_differences(rows: Sequence[dict], method: str, reference: str = "sc"
                     "reference_value": matched,
                     "difference": None if matched is None else row[metric] - matched})
     return out
+
+
+# ----------------------------------------------------------------------------- the regime study
+# docs/PREREGISTRATION.md: the primary endpoint, its tests, and the verdict's words.
+
+EQUIVALENCE_MARGIN = 0.002  # +-0.2 percentage points of accuracy
+ALPHA = 0.05
+
+
+def per_seed_endpoint(rows: Sequence[dict], method: str = "sgsc", reference: str = "sc",
+                      metric: str = "test_acc") -> dict[int, float]:
+    """Per seed: the mean, over ``method``'s runs whose size lies inside ``reference``'s
+    frontier of that seed, of the metric's difference at the same size (seeds with no
+    such run are left out)."""
+    by_seed: dict[int, list[float]] = {}
+    for pair in matched_differences(rows, method, reference, metric=metric):
+        if pair["difference"] is not None:
+            by_seed.setdefault(pair["seed"], []).append(pair["difference"])
+    return {seed: sum(v) / len(v) for seed, v in sorted(by_seed.items())}
+
+
+def t_test_p(values: Sequence[float]) -> float | None:
+    """Two-sided one-sample t-test p of mean 0 (None with fewer than two values)."""
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        return None
+    if len(set(values)) == 1:
+        return 0.0 if values[0] != 0 else 1.0
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def sign_flip_p(values: Sequence[float]) -> float | None:
+    """Exact two-sided sign-flip permutation p of mean 0: the share of the 2^n sign
+    patterns whose |mean| is at least the observed one (n <= 20)."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0 or n > 20:
+        return None
+    observed = abs(sum(values)) - 1e-12
+    hits = 0
+    for pattern in range(1 << n):
+        total = sum(-v if pattern >> i & 1 else v for i, v in enumerate(values))
+        hits += abs(total) >= observed
+    return hits / (1 << n)
+
+
+def equivalence_p(values: Sequence[float], margin: float = EQUIVALENCE_MARGIN) -> float | None:
+    """Two one-sided t-tests (TOST) of |mean| < ``margin``: the larger of the two p's
+    (equivalence is shown when it is below alpha)."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    if std == 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    se = std / math.sqrt(n)
+    lower = stats.t.sf((mean + margin) / se, n - 1)  # H0: mean <= -margin
+    upper = stats.t.cdf((mean - margin) / se, n - 1)  # H0: mean >= +margin
+    return float(max(lower, upper))
+
+
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None)."""
+    present = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    m = len(present)
+    adjusted, running = {}, 0.0
+    for i, (p, key) in enumerate(present):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[key] = running
+    return {k: adjusted.get(k) for k in pvalues}
+
+
+def regime_verdict(mean: float | None, adjusted_p: float | None,
+                   equivalence: float | None, alpha: float = ALPHA) -> str:
+    """The pre-registered words: sgsc better / sgsc worse (Holm-adjusted p below alpha),
+    equivalent (the equivalence test below alpha), else inconclusive."""
+    if mean is not None and adjusted_p is not None and adjusted_p < alpha:
+        return "sgsc better" if mean > 0 else "sgsc worse"
+    if equivalence is not None and equivalence < alpha:
+        return "equivalent"
+    return "inconclusive"
+
+
+def dominated(rows: Sequence[dict], method: str = "sgsc", reference: str = "sc",
+              metric: str = "test_acc", size: str = "storage_bytes") -> tuple[int, int]:
+    """(runs of ``method`` that a run of ``reference`` of the same seed beats with a file
+    no larger and a metric no worse -- one strictly better -- , runs of ``method``)."""
+    runs = [r for r in rows if r["method"] == method]
+    count = 0
+    for run in runs:
+        for other in rows:
+            if other["method"] != reference or other["seed"] != run["seed"]:
+                continue
+            no_worse = other[size] <= run[size] and other[metric] >= run[metric]
+            if no_worse and (other[size] < run[size] or other[metric] > run[metric]):
+                count += 1
+                break
+    return count, len(runs)
+
+
+def regime_endpoints(rows_by_regime: dict[str, Sequence[dict]],
+                     margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
+    """The primary endpoint of every regime (docs/PREREGISTRATION.md), Holm across them:
+    per regime the per-seed values, their mean and 95 % t-interval, the t-test p (raw and
+    Holm-adjusted), the sign-flip p, the equivalence p and the verdict, and the
+    (secondary) dominance count."""
+    table = []
+    for regime, rows in rows_by_regime.items():
+        per_seed = per_seed_endpoint(rows)
+        values = list(per_seed.values())
+        interval = t_interval(values)
+        beaten, total = dominated(rows)
+        table.append({"regime": regime, "seeds": len(values), "per_seed": per_seed,
+                      "mean": interval["mean"], "ci_low": interval["ci_low"],
+                      "ci_high": interval["ci_high"], "t_p": t_test_p(values),
+                      "sign_flip_p": sign_flip_p(values),
+                      "equivalence_p": equivalence_p(values, margin),
+                      "margin": margin, "dominated": beaten, "sgsc_runs": total})
+    adjusted = holm({row["regime"]: row["t_p"] for row in table})
+    for row in table:
+        row["holm_p"] = adjusted[row["regime"]]
+        row["verdict"] = regime_verdict(row["mean"], row["holm_p"], row["equivalence_p"])
+    return table

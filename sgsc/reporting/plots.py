@@ -22,7 +22,7 @@ from sgsc.reporting.report import FIGURES, mean_std
 # figure shows them all): sc and sgsc strong, their halves greens, PTQ browns and greys, QAT oranges
 # and pinks, DiffQ olive, CB-TPE purple and plain TPE cyan (matplotlib's tab20).
 METHOD_COLORS = {
-    "float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728",
+    "float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728", "sc-rate": "#1a55a0",
     "sc-pres": "#2ca02c", "sc-feedback": "#98df8a",
     "uniform-ptq-2": "#c49c94", "uniform-ptq-3": "#8c564b", "uniform-ptq-4": "#7f7f7f",
     "uniform-ptq-6": "#c7c7c7", "uniform-ptq-8": "#c5b0d5", "uniform-ptq-16": "#dbdb8d",
@@ -30,7 +30,7 @@ METHOD_COLORS = {
     "uniform-qat-6": "#ff9896", "uniform-qat-8": "#aec7e8", "uniform-qat-16": "#9edae5",
     "diffq": "#bcbd22", "cbtpe": "#9467bd", "cbtpe-tpe": "#17becf",
 }
-_EXTRA_COLORS = ("#f7b6d2", "#1a55a0", "#8b0000", "#556b2f")
+_EXTRA_COLORS = ("#f7b6d2", "#8b0000", "#556b2f", "#00008b")
 
 
 def method_color(method: str) -> str:
@@ -373,5 +373,51 @@ def search_race(curves: Mapping[str, Sequence[Sequence[dict]]],
     for ax in (by_trial, by_time):
         ax.grid(alpha=0.3)
     by_trial.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def regime_answer(endpoints: Sequence[dict], train_rows: Mapping[str, int]) -> Figure:
+    """The study's answer: sgsc minus sc test accuracy at equal size (points), with its
+    95 % interval over seeds, against the regime's training images (log x); the shaded
+    band is the equivalence margin."""
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
+    margin = max((e.get("margin") or 0.0 for e in endpoints), default=0.0) * 100
+    ax.axhspan(-margin, margin, color="#dddddd", label=f"±{margin:g} points (equivalence)")
+    ax.axhline(0.0, color="#444444", lw=0.8)
+    for e in endpoints:
+        if e.get("mean") is None:
+            continue
+        x = train_rows[e["regime"]]
+        low = (e["ci_low"] if e["ci_low"] is not None else e["mean"]) * 100
+        high = (e["ci_high"] if e["ci_high"] is not None else e["mean"]) * 100
+        ax.errorbar([x], [e["mean"] * 100], yerr=[[e["mean"] * 100 - low],
+                                                  [high - e["mean"] * 100]],
+                    fmt="o", color=method_color("sgsc"), capsize=4)
+        ax.annotate(f"{e['regime']}\n{e['verdict']}", (x, high), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("sgsc − sc test accuracy at equal size\n(percentage points, 95 % CI)")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def q_against_steps(histories: Mapping[str, dict]) -> Figure:
+    """``Q`` (bits per weight) against optimizer steps, one run per regime: whether the
+    bit depths settled within the budget."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    for label, run in histories.items():
+        rows = [r for r in run["history"] if r.get("Q") is not None]
+        ax.plot([r["step"] for r in rows], [r["Q"] for r in rows], "o-", ms=2, label=label)
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("Q (bits per weight)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

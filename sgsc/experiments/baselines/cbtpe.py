@@ -398,9 +398,11 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                               **(train | {"gamma": 0.0, "lr_quant": 0.0}))
     per_trial = dataclasses.replace(final, epochs=config.trial_epochs, progress=False)
 
+    out = ref.run_folder(method, final, dataclasses.asdict(config))
+    if (reopened := harness.finished(out, start)) is not None:
+        return reopened
     space = build_space(ref, config, seed)
     sampler = "cluster-tpe" if method == "cbtpe" else "tpe"
-    out = ref.run_folder(method, final, dataclasses.asdict(config))
     log = out / "search.json"
     if log.exists():  # a rerun or a resumed run: the search is deterministic, reuse it
         found = SearchResult.from_log(json.loads(log.read_text()))
@@ -420,6 +422,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                    "bits": found.best["bits"], "widths": found.best["widths"]},
         "search": summary, "selected_epoch": trained.selected_epoch,
         "train_s": round(found.wall_s + trained.wall_s, 2),  # search + final training
+        "train_flops": trained.train_flops,  # the final training's (the trials' uncounted)
         "trained_by": trained.trained_by,  # the code that trained the final model
         "mean_bits": fixed.mean_bits(),
         "sensitivity": {layer.name: layer.mean_trace for layer in space},

@@ -109,5 +109,6 @@ def packed_result(sc: SelfCompression, folder: Path, ref: Reference) -> dict[str
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "float_val": ref.float_metrics(),
         **harness.prefixed("val", evaluate(loaded, ref.splits.val, ref.device)),
-        **harness.prefixed("test", evaluate(loaded, ref.splits.test, ref.device)),
+        **harness.prefixed("test", evaluate(loaded, ref.splits.test, ref.device,
+                                            per_class=True)),
     }

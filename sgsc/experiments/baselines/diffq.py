@@ -186,6 +186,8 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
     config = train_config("diffq", data_name, seed=seed, device=device, progress=progress,
                                **train)
     out = ref.run_folder("diffq", config, dataclasses.asdict(settings))
+    if (reopened := harness.finished(out, start)) is not None:
+        return reopened
     trainer = DiffQTrainer(ref.copy(), ref.splits.train, ref.splits.val, config, settings,
                            out_dir=out)
     trained = trainer.fit()
@@ -200,6 +202,7 @@ def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: 
     fixed = to_fixed_bits(ref, trainer)
     result = {"params": {**dataclasses.asdict(config), "diffq": dataclasses.asdict(settings)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
+              "train_flops": trained.train_flops,
               "trained_by": trained.trained_by, **own_account,
               "mean_bits": fixed.mean_bits(), **packed_result(fixed.sc, out, ref)}
     return harness.finish("diffq", data_name, seed, result, start, out)

@@ -56,10 +56,13 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
 def _ptq(method, data_name, bits, seed, out_dir, device, progress, float_overrides) -> dict:
     start = time.perf_counter()
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
-    fixed = FixedBits(ref.copy(), bits)
     out = ref.run_folder(method, {"bits": bits})
+    if (reopened := harness.finished(out, start)) is not None:
+        return reopened
+    fixed = FixedBits(ref.copy(), bits)
     result = {"bits": bits, "params": {"bits": bits, "scheme": SCHEME, "training": "none"},
-              "selected_epoch": 0, "train_s": 0.0, "trained_by": [],  # trains nothing
+              "selected_epoch": 0, "train_s": 0.0, "train_flops": 0.0,
+              "trained_by": [],  # trains nothing
               **packed_result(fixed.sc, out, ref)}
     return harness.finish(method, data_name, seed, result, start, out)
 
@@ -70,8 +73,10 @@ def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     ref = reference(data_name, seed, out_dir, device, progress, float_overrides)
     config = train_config(method, data_name, seed=seed, device=device, progress=progress,
                                **(train | {"gamma": 0.0, "lr_quant": 0.0}))
-    fixed = FixedBits(ref.copy(), bits)
     out = ref.run_folder(method, config, {"bits": bits})
+    if (reopened := harness.finished(out, start)) is not None:
+        return reopened
+    fixed = FixedBits(ref.copy(), bits)
     trainer = Trainer(fixed.model, ref.splits.train, ref.splits.val, config,
                       compression=fixed.sc, out_dir=out)
     with fixed.tracking():
@@ -79,5 +84,6 @@ def _qat(method, data_name, bits, seed, out_dir, device, progress, float_overrid
     result = {"bits": bits,
               "params": {"bits": bits, "scheme": SCHEME, **dataclasses.asdict(config)},
               "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),
+              "train_flops": trained.train_flops,
               "trained_by": trained.trained_by, **packed_result(fixed.sc, out, ref)}
     return harness.finish(method, data_name, seed, result, start, out)

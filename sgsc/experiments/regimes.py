@@ -1,0 +1,278 @@
+"""The regime study (docs/PREREGISTRATION.md): sgsc against sc at equal size, in four data
+regimes, with equal tuning effort -- the plan, its training, and the tables it leaves.
+
+Per regime: a float reference per seed; on seed 0 at the middle gamma, four trials of each
+method's own settings beside its defaults, scored on validation against the default sc
+frontier of seed 0 at the same size (:func:`choose_settings`); then sc's and sgsc's
+frontiers on every seed with the settings chosen.  :func:`train` runs a stage's requests
+on worker processes (floats first, so no two workers train one float model);
+``python -m sgsc regimes`` trains the whole study, and notebook ``06_regimes`` reopens it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgsc.experiments import defaults, harness, runs
+from sgsc.reporting import compare
+
+METHODS = ("sc", "sgsc")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One data regime of the study and its pre-registered plan."""
+
+    name: str  # a data set of sgsc.experiments.defaults.DEFAULTS
+    sc_gammas: tuple[float, ...]
+    sgsc_gammas: tuple[float, ...]
+    middle: float  # the gamma tuning runs at
+    trials: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+
+    def gammas(self, method: str) -> tuple[float, ...]:
+        return self.sc_gammas if method == "sc" else self.sgsc_gammas
+
+
+def _sgsc_trials() -> tuple[dict[str, Any], ...]:
+    feedback = defaults.SGSC_EXTRA["feedback"]
+    return ({"lambda_pres": 0.25}, {"lambda_pres": 4.0}, {"l1_weights": 0.0},
+            {"feedback": feedback | {"threshold": 0.2}})
+
+
+MNIST_GAMMAS = {"sc_gammas": (0.005, 0.015, 0.05, 0.15, 0.4),
+                "sgsc_gammas": (0.015, 0.05, 0.15, 0.4), "middle": 0.05}
+MNIST_SC_TRIALS = ({"lr_quant": 0.1}, {"lr_quant": 0.25}, {"lr_quant": 1.0}, {"init_bits": 4.0})
+REGIMES = {
+    "digits": Regime("digits", (0.01, 0.03, 0.1, 0.3, 1.0), (0.03, 0.1, 0.3, 1.0), 0.1,
+                     {"sc": ({"lr_quant": 0.01}, {"lr_quant": 0.2}, {"lr_quant": 0.5},
+                             {"init_bits": 4.0}), "sgsc": _sgsc_trials()}),
+    **{name: Regime(name, **MNIST_GAMMAS, trials={"sc": MNIST_SC_TRIALS,
+                                                    "sgsc": _sgsc_trials()})
+       for name in ("mnist-1k", "mnist-4k", "mnist")},
+}
+
+
+def train_rows(regime: str) -> int:
+    """Training images of a regime (the x axis of the study's figure)."""
+    return len(harness.load_splits(regime).train)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def request(data: str, method: str, seed: int, gamma: float | None = None,
+            **overrides: Any) -> dict[str, Any]:
+    """One run: what :func:`train` and ``store.run_grid`` need to run or reopen it."""
+    settings = dict(overrides) | ({"gamma": gamma} if gamma is not None else {})
+    return {"data": data, "method": method, "seed": seed, "overrides": settings}
+
+
+def stage_one(regime: Regime, seeds: Sequence[int]) -> list[dict]:
+    """Floats of every seed, the default sc frontier of seed 0 (the tuning's yardstick),
+    the defaults of both methods at the middle gamma and each method's trials there."""
+    out = [request(regime.name, "float", s) for s in seeds]
+    out += [request(regime.name, "sc", seeds[0], g) for g in regime.sc_gammas]
+    out += [request(regime.name, "sgsc", seeds[0], regime.middle)]
+    for method in METHODS:
+        out += [request(regime.name, method, seeds[0], regime.middle, **trial)
+                for trial in regime.trials.get(method, ())]
+    return out
+
+
+def stage_two(regime: Regime, chosen: dict[str, dict], seeds: Sequence[int]) -> list[dict]:
+    """Both methods' frontiers on every seed, with the settings tuning chose."""
+    return [request(regime.name, method, s, g, **chosen.get(method, {}))
+            for method in METHODS for s in seeds for g in regime.gammas(method)]
+
+
+def choose_settings(regime: Regime, results: Sequence[dict]
+                    ) -> tuple[dict[str, dict], list[dict]]:
+    """Each method's settings (overrides beyond gamma), and the trial table: every trial
+    at the middle gamma on seed 0 (the default included), its validation accuracy, size,
+    and its score -- validation accuracy minus the default sc frontier's of seed 0 at the
+    same size (log-size interpolation; None outside that frontier's range)."""
+    seed = min(r["seed"] for r in results)
+    yardstick = [r for r in results if r["method"] == "sc" and r["seed"] == seed
+                 and r["data"] == regime.name and not _trial_of(r, regime)]
+    rows, chosen = [], {}
+    for method in METHODS:
+        candidates = [{}, *regime.trials.get(method, ())]
+        best, best_score = {}, None
+        for trial in candidates:
+            match = [r for r in results if r["method"] == method and r["seed"] == seed
+                     and r["data"] == regime.name and _gamma(r) == regime.middle
+                     and _trial_of(r, regime) == trial]
+            if not match:
+                continue
+            run = match[0]
+            reference = compare.interpolate_log_size(
+                [(r["storage_bytes"], r["val_acc"]) for r in yardstick], run["storage_bytes"])
+            score = None if reference is None else run["val_acc"] - reference
+            rows.append({"regime": regime.name, "method": method,
+                         "setting": _describe(trial), "gamma": regime.middle, "seed": seed,
+                         "val_acc": run["val_acc"], "storage_bytes": run["storage_bytes"],
+                         "val_gain_over_sc_frontier": score})
+            if score is not None and (best_score is None or score > best_score):
+                best, best_score = trial, score
+        chosen[method] = best
+        for row in rows:
+            if row["method"] == method:
+                row["chosen"] = row["setting"] == _describe(best)
+    return chosen, rows
+
+
+def _gamma(result: dict) -> float | None:
+    return (result.get("params") or {}).get("gamma")
+
+
+def _trial_of(result: dict, regime: Regime) -> dict[str, Any]:
+    """Which trial of its method a result is ({} for the defaults)."""
+    params = result.get("params") or {}
+    for trial in regime.trials.get(result["method"], ()):
+        if all(params.get(k) == v for k, v in trial.items()):
+            return trial
+    return {}
+
+
+def _describe(trial: dict[str, Any]) -> str:
+    if not trial:
+        return "defaults"
+    parts = []
+    for key, value in trial.items():
+        if isinstance(value, dict):  # feedback: name the field that differs
+            base = defaults.SGSC_EXTRA[key]
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if base.get(k) != v)
+            parts.append(f"{key}: {value}")
+        else:
+            parts.append(f"{key}={value}")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _run(spec: dict, out_dir: str, budget: dict[str, int | None]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    float_budget = {"epochs": budget.get("float_epochs")} if budget.get("float_epochs") else {}
+    settings = dict(spec["overrides"])
+    if budget.get("epochs") and spec["method"] != "float":
+        settings["epochs"] = budget["epochs"]
+    if spec["method"] == "float":
+        float_budget |= settings
+        settings = {}
+    result = runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
+                      progress=False, float_overrides=float_budget or None, **settings)
+    return result
+
+
+def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
+          budget: dict[str, int | None] | None = None,
+          log=print) -> list[dict]:
+    """Run (or reopen) every request on ``workers`` single-threaded processes: the float
+    references first, so that no two workers ever train the same float model; returns
+    the results in the requests' order."""
+    requests = list(requests)
+    budget = budget or {}
+    results: dict[int, dict] = {}
+    floats = [i for i, r in enumerate(requests) if r["method"] == "float"]
+    others = [i for i, r in enumerate(requests) if r["method"] != "float"]
+    # every run needs its seed's float: make sure those exist before the others start
+    needed = {(r["data"], r["seed"]) for r in requests}
+    extra = [request(d, "float", s) for d, s in sorted(needed)
+             if not any(requests[i]["data"] == d and requests[i]["seed"] == s
+                        for i in floats)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for batch in ([(i, requests[i]) for i in floats] + [(None, r) for r in extra],
+                      [(i, requests[i]) for i in others]):
+            futures = {pool.submit(_run, spec, out_dir, budget): (i, spec) for i, spec in batch}
+            for future in as_completed(futures):
+                i, spec = futures[future]
+                result = future.result()
+                if i is not None:
+                    results[i] = result
+                log(f"{spec['data']} {spec['method']} s{spec['seed']} "
+                    f"{spec['overrides'] or ''}: {result.get('storage_bytes')} B, "
+                    f"val {result.get('val_acc')}, {result.get('train_s')} s"
+                    f"{' (reopened)' if result.get('reopened') else ''}")
+    return [results[i] for i in range(len(requests))]
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def train_study(regime_names: Sequence[str], seeds: Sequence[int], out_dir: str,
+                workers: int = 1, budget: dict[str, int | None] | None = None,
+                log=print) -> dict[str, dict[str, dict]]:
+    """The whole study: stage one in every regime, the settings tuning chose, then stage
+    two; returns the chosen settings per regime and method."""
+    plans = {name: REGIMES[name] for name in regime_names}
+    first = [r for regime in plans.values() for r in stage_one(regime, seeds)]
+    results = train(first, out_dir, workers, budget, log)
+    chosen = {name: choose_settings(regime, [r for r in results if r["data"] == name])[0]
+              for name, regime in plans.items()}
+    for name, settings in chosen.items():
+        log(f"{name}: chosen {settings}")
+    second = [r for name, regime in plans.items() for r in stage_two(regime, chosen[name],
+                                                                     seeds)]
+    train(second, out_dir, workers, budget, log)
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def frontier_rows(regime: Regime, results: Sequence[dict], chosen: dict[str, dict]
+                  ) -> list[dict]:
+    """One row per frontier run of the regime (sc and sgsc with the chosen settings; each
+    run once): regime, method, seed, gamma, size, test and validation accuracy, the
+    worst class's test accuracy, and training cost."""
+    rows, seen = [], set()
+    for r in results:
+        if r["data"] != regime.name or r["method"] not in METHODS or r["run_dir"] in seen:
+            continue
+        if _trial_of(r, regime) != chosen.get(r["method"], {}):
+            continue
+        if _gamma(r) not in regime.gammas(r["method"]):
+            continue
+        seen.add(r["run_dir"])
+        classes = r.get("test_class_acc") or []
+        rows.append({"regime": regime.name, "method": r["method"], "seed": r["seed"],
+                     "gamma": _gamma(r), "storage_bytes": r["storage_bytes"],
+                     "entropy_coded_bytes": r.get("entropy_coded_bytes"),
+                     "test_acc": r["test_acc"], "val_acc": r["val_acc"],
+                     "worst_class_acc": min(classes) if classes else None,
+                     "train_s": r.get("train_s"), "train_flops": r.get("train_flops"),
+                     "run_dir": r["run_dir"], "trained_on": r.get("trained_on"),
+                     "threads": r.get("threads")})
+    return sorted(rows, key=lambda r: (r["method"], r["seed"], -r["gamma"]))
+
+
+def secondary_rows(regime: str, rows: Sequence[dict]) -> list[dict]:
+    """Secondary (labelled so): per gamma of sgsc, the matched difference of test and of
+    worst-class accuracy over seeds, and each method's spread over seeds at that gamma."""
+    out = []
+    for gamma in sorted({r["gamma"] for r in rows if r["method"] == "sgsc"}):
+        subset = [r for r in rows if r["method"] == "sc" or r["gamma"] == gamma]
+        line = {"regime": regime, "gamma": gamma, "kind": "secondary"}
+        for metric in ("test_acc", "worst_class_acc"):
+            if any(r.get(metric) is None for r in subset):
+                continue
+            pairs = [p["difference"] for p in compare.matched_differences(
+                subset, "sgsc", "sc", metric=metric) if p["difference"] is not None]
+            interval = compare.t_interval(pairs)
+            line |= {f"{metric}_difference": interval["mean"],
+                     f"{metric}_ci_low": interval["ci_low"],
+                     f"{metric}_ci_high": interval["ci_high"], f"{metric}_matched": len(pairs)}
+        for method in METHODS:
+            values = [r["test_acc"] for r in rows if r["method"] == method
+                      and r["gamma"] == gamma]
+            line[f"{method}_test_acc_std"] = compare.t_interval(values)["std"]
+        out.append(line)
+    return out

@@ -1,0 +1,63 @@
+"""The regime study's plan: the registered gammas and trials, equal tuning effort, and
+settings chosen on validation against the default sc frontier at the same size."""
+
+from __future__ import annotations
+
+from sgsc.experiments import regimes
+
+
+def test_every_regime_is_planned_as_registered():
+    assert set(regimes.REGIMES) == {"digits", "mnist-1k", "mnist-4k", "mnist"}
+    for regime in regimes.REGIMES.values():
+        assert len(regime.sc_gammas) == 5 and len(regime.sgsc_gammas) == 4
+        assert regime.middle in regime.sgsc_gammas and regime.middle in regime.sc_gammas
+        # sc's range reaches past sgsc's (sgsc is larger at equal gamma)
+        assert min(regime.sc_gammas) < min(regime.sgsc_gammas)
+        assert len(regime.trials["sc"]) == len(regime.trials["sgsc"]) == 4  # equal effort
+
+
+def test_stage_one_trains_the_yardstick_and_the_trials_on_seed_0():
+    regime = regimes.REGIMES["mnist-1k"]
+    plan = regimes.stage_one(regime, [0, 1, 2])
+    floats = [r for r in plan if r["method"] == "float"]
+    assert [r["seed"] for r in floats] == [0, 1, 2]
+    others = [r for r in plan if r["method"] != "float"]
+    assert {r["seed"] for r in others} == {0}
+    yardstick = [r for r in others if r["method"] == "sc" and set(r["overrides"]) == {"gamma"}]
+    assert sorted(r["overrides"]["gamma"] for r in yardstick) == sorted(regime.sc_gammas)
+    trials = [r for r in others if set(r["overrides"]) != {"gamma"}]
+    assert len(trials) == 8 and all(r["overrides"]["gamma"] == regime.middle for r in trials)
+
+
+def _result(method, gamma, size, val_acc, **params):
+    base = {"gamma": gamma, "lr_quant": 0.5, "init_bits": 8.0}
+    return {"data": "mnist-1k", "method": method, "seed": 0, "storage_bytes": size,
+            "val_acc": val_acc, "params": base | params}
+
+
+def test_settings_are_chosen_by_validation_gain_over_the_sc_frontier_at_equal_size():
+    regime = regimes.REGIMES["mnist-1k"]
+    # the default sc frontier: 0.90 at 1 KB ... 0.98 at 16 KB (a line in log size)
+    results = [_result("sc", g, s, a) for g, s, a in
+               ((0.4, 1000, 0.90), (0.15, 2000, 0.92), (0.05, 4000, 0.94),
+                (0.015, 8000, 0.96), (0.005, 16000, 0.98))]
+    # sc's lr_quant 1.0 is smaller and just as accurate as the line: a gain
+    results.append(_result("sc", 0.05, 2000, 0.93, lr_quant=1.0))
+    # sgsc at its default: larger and higher, but below the line; with lambda 4: above
+    results.append(_result("sgsc", 0.05, 8000, 0.955))
+    results.append(_result("sgsc", 0.05, 8000, 0.965, lambda_pres=4.0))
+    results.append(_result("sgsc", 0.05, 64000, 0.99, l1_weights=0.0))  # outside: unscored
+    chosen, table = regimes.choose_settings(regime, results)
+    assert chosen == {"sc": {"lr_quant": 1.0}, "sgsc": {"lambda_pres": 4.0}}
+    rows = {(r["method"], r["setting"]): r for r in table}
+    assert rows[("sgsc", "l1_weights=0.0")]["val_gain_over_sc_frontier"] is None
+    assert abs(rows[("sgsc", "defaults")]["val_gain_over_sc_frontier"] + 0.005) < 1e-9
+    assert rows[("sgsc", "lambda_pres=4.0")]["chosen"]
+    stage_two = regimes.stage_two(regime, chosen, [0, 1])
+    assert len(stage_two) == 2 * (5 + 4)
+    assert all(r["overrides"]["lambda_pres"] == 4.0 for r in stage_two if r["method"] == "sgsc")
+
+
+def test_the_feedback_trial_names_the_field_it_changes():
+    [trial] = [t for t in regimes.REGIMES["digits"].trials["sgsc"] if "feedback" in t]
+    assert regimes._describe(trial) == "feedback: threshold=0.2"
