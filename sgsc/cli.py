@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -341,9 +342,13 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown regime(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(regimes.REGIMES)}")
         out = args.out or f"runs/{args.profile}"
+        log = functools.partial(print, flush=True)
         regimes.train_study(names, list(prof.regime_seeds), out, args.workers,
-                            dict(prof.regime_budget),
-                            log=lambda line: print(line, flush=True))
+                            dict(prof.regime_budget), log=log)
+        if args.files:
+            files = regimes.file_requests(prof.file_regime, prof.file_seeds,
+                                          prof.file_rate_gammas, prof.file_long)
+            regimes.train(files, out, args.workers, dict(prof.regime_budget), log=log)
     except _expected_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -366,6 +371,8 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--workers", type=int, default=default_workers(),
                      help="single-threaded worker processes (default: one per core)")
     cmd.add_argument("--out", default=None, help="run folder (default runs/<profile>)")
+    cmd.add_argument("--files", action="store_true",
+                     help="then 07_file_budget's runs too (sc-rate, longer budgets)")
     cmd.set_defaults(handler=_cmd_regimes)
 
 

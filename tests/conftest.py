@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference data directory, when this machine has one."""
+"""Shared fixtures: the reference data directory when this machine has one, the data sets, and
+a stored run (a compressed model file and its result)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,27 @@ def mnist(shared_data_dir):
 @pytest.fixture(scope="session")
 def digits():
     return data.load_digits()
+
+
+@pytest.fixture
+def stored_run(tmp_path):
+    """A run folder holding a compressed digits CNN's file, and the result the report
+    would hold for it (its test accuracy measured on the reloaded file)."""
+    import torch
+
+    from sgsc.core.compress import SelfCompression
+    from sgsc.core.tasks import evaluate
+    from sgsc.experiments import harness, store
+    from sgsc.experiments.models import CNNConfig, MnistCNN
+    from sgsc.fileformat.export import load_compressed, save_compressed
+
+    torch.manual_seed(0)
+    sc = SelfCompression(MnistCNN(CNNConfig.for_digits()), init_bits=4)
+    run_dir = tmp_path / "runs" / "digits" / "sc-s0-abc"
+    run_dir.mkdir(parents=True)
+    info = save_compressed(sc, run_dir / store.PACKED)
+    test = harness.load_splits("digits").test
+    accuracy = evaluate(load_compressed(run_dir / store.PACKED), test,
+                        torch.device("cpu"))["accuracy"]
+    return {"method": "sc", "data": "digits", "seed": 0, "params": {"gamma": 0.1},
+            "run_dir": str(run_dir), "storage_bytes": info.file_bytes, "test_acc": accuracy}

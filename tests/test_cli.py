@@ -146,3 +146,56 @@ def test_a_report_into_a_read_only_folder_is_one_error_line(tmp_path, monkeypatc
     monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
     assert main(["report", "--profile", "quick", "--reports", str(tmp_path)]) == 2
     assert "read-only file system" in _one_error_line(capsys)
+
+
+def test_verify_prints_a_line_per_file_and_exits_by_the_result(tmp_path, stored_run, capsys):
+    from sgsc.experiments import store
+
+    report = tmp_path / "report"
+    store.keep_models([stored_run], report)
+    assert main(["verify", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok   digits/sc-s0-abc.sgsc") and "1 of 1 model files match" in out
+    manifest = report / store.MODELS / store.MANIFEST
+    entries = json.loads(manifest.read_text())
+    entries[0]["storage_bytes"] += 1
+    manifest.write_text(json.dumps(entries))
+    assert main(["verify", str(report)]) == 1
+    assert capsys.readouterr().out.startswith("FAIL")
+    assert main(["verify", str(tmp_path / "nothing")]) == 2
+    assert "lists no model files" in _one_error_line(capsys)
+
+
+def test_inspect_prints_where_the_bytes_go(tmp_path, stored_run, capsys):
+    from sgsc.fileformat.export import byte_budget
+
+    path = f"{stored_run['run_dir']}/model.sgsc"
+    assert main(["inspect", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(byte_budget(path)))
+    assert main(["inspect", path]) == 0
+    assert "conv1" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "missing.sgsc")]) == 2
+    _one_error_line(capsys)
+
+
+def test_regimes_trains_the_profiles_study_and_names_a_wrong_regime(tmp_path, monkeypatch,
+                                                                   capsys):
+    from sgsc.experiments import profiles, regimes
+
+    calls = []
+    monkeypatch.setattr(regimes, "train_study", lambda *args, **kwargs: calls.append(args))
+    assert main(["regimes", "--profile", "quick", "--workers", "3",
+                 "--out", str(tmp_path)]) == 0
+    quick = profiles.PROFILES["quick"]
+    assert calls == [(list(quick.regimes), list(quick.regime_seeds), str(tmp_path), 3,
+                      dict(quick.regime_budget))]
+    files = []
+    monkeypatch.setattr(regimes, "train", lambda requests, *args, **kwargs: files.append(
+        (requests, args)))
+    assert main(["regimes", "--profile", "quick", "--workers", "3", "--out", str(tmp_path),
+                 "--files"]) == 0
+    assert files == [(regimes.file_requests(quick.file_regime, quick.file_seeds,
+                                            quick.file_rate_gammas, quick.file_long),
+                      (str(tmp_path), 3, dict(quick.regime_budget)))]
+    assert main(["regimes", "--regime", "mnist-2k"]) == 2
+    assert "unknown regime" in _one_error_line(capsys) and len(calls) == 2

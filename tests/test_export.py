@@ -526,3 +526,52 @@ def test_a_format_1_file_still_loads_to_its_model(coding) -> None:
     assert read_container(path).version == 1
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(expected["input_seed"]))
     assert torch.equal(_logits(load_compressed(path), x), torch.tensor(expected["logits"]))
+
+
+# ---- where the bytes go, and files written again ---------------------------------------------
+
+@pytest.mark.parametrize("coding", ["packed", "entropy"])
+def test_the_byte_budget_accounts_for_every_byte(tmp_path, coding) -> None:
+    from sgsc.fileformat.export import byte_budget
+
+    sc = _compressed("mnist_cnn")
+    path = tmp_path / "m.sgsc"
+    info = save_compressed(sc, path, coding=coding)
+    budget = byte_budget(path)
+    assert budget["coding"] == coding and budget["format"] == 2
+    assert sum(budget["sections"].values()) == budget["file_bytes"] == info.file_bytes
+    assert budget["file_bytes"] == path.stat().st_size
+    for layer in budget["layers"]:
+        stored = sum(b > 0 for b in layer["bits"])
+        per_row = layer["codes"] // stored if stored else 0
+        assert layer["packed_bytes"] == sum(layer["bits"]) * per_row / 8
+        # the order-0 entropy of each bit depth's codes never exceeds packing them
+        assert 0 <= layer["entropy_floor_bytes"] <= layer["packed_bytes"] + 1e-9
+    assert sum(t["bytes"] for t in budget["other_tensors"]) > 0
+
+
+def test_a_reopened_file_saves_to_the_same_bytes(tmp_path) -> None:
+    from sgsc.fileformat.export import reopen_compressed
+
+    sc = _compressed("mnist_cnn")
+    first = tmp_path / "first.sgsc"
+    save_compressed(sc, first)
+    again = tmp_path / "again.sgsc"
+    save_compressed(reopen_compressed(first), again)
+    assert again.read_bytes() == first.read_bytes()
+
+
+def test_a_format_1_file_rewritten_as_format_2_keeps_its_model(tmp_path) -> None:
+    import json
+
+    from sgsc.fileformat.export import reopen_compressed
+
+    expected = json.loads((DATA / "format1_digits_cnn.json").read_text())
+    old = DATA / "format1_digits_cnn.packed.sgsc"
+    new = tmp_path / "rewritten.sgsc"
+    info = save_compressed(reopen_compressed(old), new)
+    assert read_container(new).version == 2
+    assert info.file_bytes < old.stat().st_size  # 5-bit depths and binary metadata
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(expected["input_seed"]))
+    torch.testing.assert_close(_logits(load_compressed(new), x),
+                               torch.tensor(expected["logits"]), rtol=1e-5, atol=1e-5)

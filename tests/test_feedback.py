@@ -293,3 +293,41 @@ def test_the_allowance_goes_to_the_most_decrease_per_bit_first(allowance, chosen
     expected = sum(slopes[n] * 0.25 * costs[n] for n in chosen)
     assert event.predicted_change == pytest.approx(expected)
     assert event.monitor_loss_after - event.monitor_loss_before == pytest.approx(expected)
+
+
+def test_every_attempt_is_logged_with_the_validation_loss_kept_or_not(digits, trained):
+    """The log the feedback's effect is judged on holds the rolled-back attempts too: a
+    restore judged only where it was kept would look good by construction."""
+    from sgsc.experiments.runs import feedback_effect
+
+    sc, fb = _controller(digits, trained, policy="refine", threshold=0.02, backtracks=2)
+    val_x, val_y = digits.val.tensors
+
+    def validation():
+        with torch.no_grad():
+            return task_loss(sc.model, val_x, val_y).item()
+
+    fb.validation = validation
+    fb.check(0)
+    _damage(sc, 2)
+    damaged_val = validation()
+    bits = _bits(sc)
+    real = fb.monitor
+    level = real().loss
+    fb.monitor = lambda: Reading(level + (0.0 if _same(sc, bits) else 1.0), None)
+    assert fb.check(1) is None
+    fb.monitor = real
+    rolled_back = list(fb.attempts)
+    assert len(rolled_back) >= 2 and not any(a["kept"] for a in rolled_back)
+    assert [a["attempt"] for a in rolled_back] == list(range(1, len(rolled_back) + 1))
+    assert all(a["val_loss_before"] == pytest.approx(damaged_val) for a in rolled_back)
+    assert all(a["val_loss_after"] != a["val_loss_before"] for a in rolled_back)  # measured
+
+    event = fb.check(2)  # the real monitor: now a restore is kept
+    assert event is not None and fb.attempts[-1]["kept"]
+    assert fb.attempts[-1]["monitor_loss_after"] == pytest.approx(event.monitor_loss_after)
+    effect = feedback_effect([dataclasses.asdict(event)], fb.attempts)
+    assert effect["feedback_attempts"] == len(fb.attempts)
+    changes = [a["val_loss_after"] - a["val_loss_before"] for a in fb.attempts]
+    assert effect["feedback_attempt_val_change"] == pytest.approx(sum(changes) / len(changes))
+    assert effect["feedback_bits"] == event.bits_added

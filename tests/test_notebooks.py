@@ -44,6 +44,8 @@ EXPECTED = {
                                                     "run")},
     "06_regimes": {"figures": ("answer", "q_steps"),
                    "metrics": ("tuning", "runs", "endpoint", "secondary", "run")},
+    "07_file_budget": {"figures": ("frontier",),
+                       "metrics": ("variants", "smallest", "sections", "layers", "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

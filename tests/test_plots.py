@@ -81,3 +81,44 @@ def test_per_class_draws_a_bar_per_class_and_method():
     ax = plots.per_class(table).axes[0]
     heights = sorted(round(p.get_height(), 4) for p in ax.patches)
     assert len(ax.patches) == 20 and heights[0] == 0.98 and heights[-1] == 0.99
+
+
+def test_regime_answer_draws_each_regimes_interval_at_its_training_images():
+    endpoints = [
+        {"regime": "digits", "mean": 0.02, "ci_low": 0.01, "ci_high": 0.03, "margin": 0.002,
+         "verdict": "sgsc better"},
+        {"regime": "mnist", "mean": -0.005, "ci_low": -0.008, "ci_high": -0.002,
+         "margin": 0.002, "verdict": "sgsc worse"},
+        {"regime": "mnist-1k", "mean": None, "ci_low": None, "ci_high": None,
+         "margin": 0.002, "verdict": "not enough matched seeds"}]
+    fig = plots.regime_answer(endpoints, {"digits": 1257, "mnist": 55000, "mnist-1k": 1000})
+    ax = fig.axes[0]
+    points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in points] == [
+        (1257, pytest.approx(2.0)), (55000, pytest.approx(-0.5))]  # in points; no mean: none
+    assert ax.get_xscale() == "log"
+    band = ax.patches[0]  # the equivalence margin, in points
+    assert (band.get_y(), band.get_y() + band.get_height()) == (pytest.approx(-0.2),
+                                                                 pytest.approx(0.2))
+    assert sorted(t.get_text().split("\n")[0] for t in ax.texts) == ["digits", "mnist"]
+
+
+def test_q_against_steps_draws_one_line_per_run_without_missing_points():
+    runs = {"digits": {"history": [{"step": 10, "Q": 8.0}, {"step": 20, "Q": None},
+                                   {"step": 30, "Q": 2.0}]},
+            "mnist": {"history": [{"step": 100, "Q": 4.0}]}}
+    lines = plots.q_against_steps(runs).axes[0].get_lines()
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in lines] == [
+        ([10, 30], [8.0, 2.0]), ([100], [4.0])]
+
+
+def test_file_frontier_draws_a_line_per_method_budget_and_encoding():
+    rows = [{"method": m, "epochs": 6, "variant": v, "file_bytes_mean": size * k,
+             "test_acc_mean": acc} for m in ("sc", "sc-rate") for v, k in
+            (("packed", 1.0), ("entropy", 0.8)) for size, acc in ((3000, 0.99), (2000, 0.98))]
+    ax = plots.file_frontier(rows, target=0.99).axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label()[0] != "_"]
+    assert len(lines) == 4
+    first = lines[0]
+    assert list(first.get_xdata()) == [2000, 3000] and list(first.get_ydata()) == [0.98, 0.99]
+    assert any(list(line.get_ydata()) == [0.99, 0.99] for line in ax.get_lines())  # target

@@ -67,3 +67,25 @@ def test_a_run_says_which_cpu_trained_it_and_which_evaluated_it(tmp_path):
     assert row["trained_on"] == provenance.cpu_model()
     assert row["machine"] == provenance.machine()
     assert row["trained_by"] == [provenance.training_state()]
+
+
+def test_peak_flops_is_a_matmul_rate_measured_once_per_process():
+    import time
+
+    import torch
+
+    from sgsc.experiments import provenance
+
+    provenance.peak_flops.cache_clear()
+    start = time.perf_counter()
+    peak = provenance.peak_flops(seconds=0.2, size=256)
+    assert time.perf_counter() - start < 5.0
+    # a 256 x 256 product timed here: the peak is at least what one product achieves
+    a = torch.randn(256, 256)
+    torch.mm(a, a)
+    t = time.perf_counter()
+    torch.mm(a, a)
+    once = 2 * 256**3 / (time.perf_counter() - t)
+    assert peak >= 0.5 * once and peak > 1e8
+    assert provenance.peak_flops(seconds=0.2, size=256) == peak  # cached, not measured again
+    provenance.peak_flops.cache_clear()

@@ -61,3 +61,34 @@ def test_settings_are_chosen_by_validation_gain_over_the_sc_frontier_at_equal_si
 def test_the_feedback_trial_names_the_field_it_changes():
     [trial] = [t for t in regimes.REGIMES["digits"].trials["sgsc"] if "feedback" in t]
     assert regimes._describe(trial) == "feedback: threshold=0.2"
+
+
+def test_secondary_rows_match_sizes_per_seed_for_accuracy_and_the_worst_class():
+    import pytest
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.004), (2, -0.002)):
+        for gamma, size, acc in ((0.3, 1000, 0.90), (0.1, 4000, 0.94)):
+            rows.append({"method": "sc", "seed": seed, "gamma": gamma, "storage_bytes": size,
+                         "test_acc": acc + shift, "worst_class_acc": acc - 0.1})
+        # sgsc at 2000 B, halfway on the log-size axis: 1 point above sc there
+        rows.append({"method": "sgsc", "seed": seed, "gamma": 0.2, "storage_bytes": 2000,
+                     "test_acc": 0.93 + shift, "worst_class_acc": 0.80})
+    [line] = regimes.secondary_rows("digits", rows)
+    assert line["kind"] == "secondary" and line["gamma"] == 0.2
+    assert line["test_acc_difference"] == pytest.approx(0.01)
+    assert line["test_acc_ci_low"] == pytest.approx(0.01)  # no spread in the difference
+    assert line["worst_class_acc_difference"] == pytest.approx(-0.02)
+    assert line["test_acc_matched"] == 3
+    assert line["sgsc_test_acc_std"] == pytest.approx(0.003055, abs=1e-5)
+
+
+def test_the_file_runs_are_sc_rate_at_each_gamma_and_both_at_the_longer_budget():
+    requests = regimes.file_requests("mnist", [0, 1], [0.05, 0.4], {"gamma": 0.15,
+                                                                   "epochs": 18})
+    assert [(r["method"], r["seed"], r["overrides"]) for r in requests] == [
+        ("sc-rate", 0, {"gamma": 0.05}), ("sc-rate", 0, {"gamma": 0.4}),
+        ("sc-rate", 1, {"gamma": 0.05}), ("sc-rate", 1, {"gamma": 0.4}),
+        ("sc", 0, {"epochs": 18, "gamma": 0.15}), ("sc", 1, {"epochs": 18, "gamma": 0.15}),
+        ("sc-rate", 0, {"epochs": 18, "gamma": 0.15}),
+        ("sc-rate", 1, {"epochs": 18, "gamma": 0.15})]

@@ -69,3 +69,37 @@ def test_run_requests_train_each_request_with_its_overrides_in_order(tmp_path):
                            **budget)
     assert again[0]["run_dir"] == results[0]["run_dir"]  # the same run, found in its folder
     assert again[0]["test_acc"] == results[0]["test_acc"]
+
+
+def test_kept_model_files_verify_and_a_changed_one_fails(tmp_path, stored_run):
+    import json
+
+    from sgsc.experiments import harness, store
+
+    result = stored_run
+    report = tmp_path / "report"
+    rows = store.keep_models([result, {**result, "run_dir": None, "method": "float"}], report)
+    assert [r["file"] for r in rows] == ["digits/sc-s0-abc.sgsc"]  # float keeps no file
+    assert store.read_manifest(report)["digits/sc-s0-abc.sgsc"]["storage_bytes"] == \
+        result["storage_bytes"]
+    assert [r["ok"] for r in store.verify_models(report)] == [True]
+
+    manifest = report / store.MODELS / store.MANIFEST
+    entries = json.loads(manifest.read_text())
+    test_size = len(harness.load_splits("digits").test)  # a report two examples off
+    entries[0]["test_acc"] += 2 / test_size
+    manifest.write_text(json.dumps(entries))
+    assert [r["ok"] for r in store.verify_models(report, tolerance=0)] == [False]
+    assert [r["ok"] for r in store.verify_models(report, tolerance=2)] == [True]
+    entries[0]["storage_bytes"] += 1
+    manifest.write_text(json.dumps(entries))
+    assert [r["ok"] for r in store.verify_models(report, tolerance=2)] == [False]
+
+
+def test_a_report_without_model_files_says_so(tmp_path):
+    import pytest
+
+    from sgsc.experiments import store
+
+    with pytest.raises(FileNotFoundError, match="lists no model files"):
+        store.verify_models(tmp_path)

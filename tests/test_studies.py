@@ -265,3 +265,47 @@ def test_tuning_rows_compare_values_on_the_seeds_they_share():
     # seeds that no two values share: nothing to compare
     rows[-1]["seed"] = 7
     assert studies.tuning_rows(rows[:1] + rows[-1:], "digits", {"l1_weights": (0.0,)}) == []
+
+
+def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_path,
+                                                                         stored_run):
+    from sgsc.experiments import harness
+    from sgsc.fileformat.export import byte_budget
+
+    result = stored_run | {"params": {"gamma": 0.1, "epochs": 6}}
+    rows = studies.file_variants([result], harness.load_splits("digits"), tmp_path / "files")
+    by_variant = {r["variant"]: r for r in rows}
+    assert list(by_variant) == list(studies.FILE_VARIANTS)
+    packed = by_variant["packed"]
+    assert packed["file_bytes"] == result["storage_bytes"] and packed["same_accuracy"]
+    assert by_variant["entropy"]["same_accuracy"]  # entropy coding is lossless
+    assert by_variant["entropy"]["file_bytes"] < packed["file_bytes"]
+    assert by_variant["narrow+entropy"]["file_bytes"] < by_variant["entropy"]["file_bytes"]
+    for variant, row in by_variant.items():
+        if variant != "packed":
+            written = tmp_path / "files" / f"sc-s0-abc.{variant}.sgsc"
+            assert written.stat().st_size == row["file_bytes"]
+    budget = byte_budget(f"{result['run_dir']}/model.sgsc")
+    assert packed["entropy_floor_bytes"] <= budget["file_bytes"]
+    assert {r["gamma"] for r in rows} == {0.1} and {r["epochs"] for r in rows} == {6}
+
+
+def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_target():
+    def rows(gamma, variant, sizes, accs, same=True):
+        return [{"method": "sc", "epochs": 6, "gamma": gamma, "variant": variant, "seed": s,
+                 "file_bytes": size, "test_acc": acc, "entropy_floor_bytes": size * 0.8,
+                 "same_accuracy": same}
+                for s, (size, acc) in enumerate(zip(sizes, accs, strict=True))]
+
+    table = studies.smallest_at(
+        rows(0.1, "packed", [3000, 3100], [0.991, 0.990])
+        + rows(0.3, "packed", [2000, 2100], [0.991, 0.987])  # mean 0.989: misses
+        + rows(0.05, "packed", [4000, 4000], [0.995, 0.995])
+        + rows(0.3, "narrow", [1500, 1500], [0.995, 0.995], same=False), target=0.99)
+    packed = {r["gamma"]: r for r in table if r["variant"] == "packed"}
+    assert packed[0.1]["file_bytes_mean"] == 3050 and packed[0.1]["seeds"] == 2
+    assert [g for g, r in packed.items() if r["smallest_at_target"]] == [0.1]
+    assert not packed[0.3]["reaches_target"] and packed[0.05]["reaches_target"]
+    [narrow] = [r for r in table if r["variant"] == "narrow"]
+    # a narrowed file that classifies differently from its exact one does not count
+    assert not narrow["allowed"] and not narrow["smallest_at_target"]

@@ -246,3 +246,38 @@ def test_every_code_that_trained_a_run_is_recorded(digits, tmp_path, monkeypatch
     assert json.loads((tmp_path / "history.json").read_text())["trained_by"] == [first, later]
     _, again = _fit(digits, tmp_path)  # nothing left to train: nobody new trained it
     assert again.trained_by == [first, later]
+
+
+def test_training_flops_follow_the_network_as_it_shrinks(digits):
+    """6 x forward MACs x examples, step by step, at the size the network had at that step:
+    what a run costs, not what its starting network would have cost."""
+    from sgsc.structure.prune import count_flops
+
+    start = count_flops(_cnn().eval(), digits.train.tensors[0][:1])
+    trainer, result = _shrinking_fit(digits, None, epochs=2)
+    shrinks = trainer.record.shrinks
+    assert shrinks, "the run should have cut channels"
+    n, batch = len(digits.train), trainer.config.batch_size
+    sizes = [min(batch, n - i) for i in range(0, n, batch)]
+    expected = 0.0
+    for step in range(1, trainer.step + 1):
+        earlier = [s["flops_after"] for s in shrinks if s["step"] < step]
+        macs = earlier[-1] if earlier else start
+        expected += 6.0 * macs * sizes[(step - 1) % len(sizes)]
+    assert result.train_flops == pytest.approx(expected)
+    assert result.train_flops < 6.0 * start * n * 2
+
+
+def test_a_rate_run_trains_on_the_rate_estimate(digits):
+    from sgsc.experiments.defaults import train_config
+
+    assert train_config("sc-rate", "digits").size_term == "rate"
+    assert train_config("sc", "digits").size_term == "bits"
+    model = _cnn()
+    sc = SelfCompression(model)
+    config = TrainConfig(epochs=1, batch_size=64, gamma=0.1, size_term="rate", progress=False)
+    trainer = Trainer(model, digits.train, digits.val, config, compression=sc)
+    x, y = digits.train.tensors[0][:8], digits.train.tensors[1][:8]
+    size = trainer.loss.terms(x, y)["size"].item()
+    assert size == pytest.approx(sc.rate_loss().item())
+    assert size != pytest.approx(sc.size_loss().item())

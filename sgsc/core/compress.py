@@ -239,7 +239,7 @@ class SelfCompression:
         """An estimate of the entropy-coded file, in bits per ORIGINAL weight (the unit of
         :meth:`size_loss`): per stored row its header (``HEADER_BITS``, fading in over the
         first bit of depth so that a row's last bit can still be given up) plus, per stored
-        input, ``min(H, b)`` bits -- ``H = log2(1 + 2e·mean|code|)``, within 0.15 bits of the
+        input, ``min(H, b)`` bits -- ``H = log2(1 + 2e·mean|code|)``, within 0.16 bits of the
         entropy of a discretized Laplace with the row's mean absolute code (what the file's
         per-row Laplace model spends), and never more than packing's ``b``.
 

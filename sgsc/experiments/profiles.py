@@ -61,6 +61,13 @@ class Profile:
     regimes: tuple[str, ...] = ("digits", "mnist-1k", "mnist-4k", "mnist")
     regime_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     regime_budget: dict[str, int | None] = field(default_factory=dict)  # float_epochs, epochs
+    # 07_file_budget: the smallest file at the accuracy target, on one regime's sc and sgsc
+    # frontiers (06's runs) beside sc-rate's and longer budgets (issue: files that earn
+    # every byte)
+    file_regime: str = "mnist"
+    file_seeds: tuple[int, ...] = (0, 1, 2)
+    file_rate_gammas: tuple[float, ...] = (0.015, 0.05, 0.15, 0.4)
+    file_long: dict[str, Any] = field(default_factory=lambda: {"gamma": 0.15, "epochs": 18})
 
     def budget(self, kind: str = "image") -> dict[str, int | None]:
         """Epoch budgets (``float_epochs``, ``epochs``) for
@@ -113,7 +120,9 @@ PROFILES: dict[str, Profile] = {
         search_settings={"n_trials": 6, "n_startup_trials": 3, "trial_epochs": 1},
         search_budget={"float_epochs": 2, "epochs": 2},
         regimes=("digits",), regime_seeds=(0, 1),
-        regime_budget={"float_epochs": 2, "epochs": 2}),
+        regime_budget={"float_epochs": 2, "epochs": 2},
+        file_regime="digits", file_seeds=(0, 1), file_rate_gammas=(0.1, 1.0),
+        file_long={"gamma": 0.3, "epochs": 4}),
     # The reported results: MNIST with three seeds and default budgets; every baseline
     # (uniform PTQ and QAT at 2-4 bits, DiffQ, CB-TPE and plain TPE) beside the frontiers.
     "paper": Profile(

@@ -71,6 +71,15 @@ def request(data: str, method: str, seed: int, gamma: float | None = None,
     return {"data": data, "method": method, "seed": seed, "overrides": settings}
 
 
+def file_requests(data: str, seeds: Sequence[int], rate_gammas: Sequence[float],
+                  long: dict[str, Any]) -> list[dict]:
+    """07_file_budget's runs beside the study's frontiers: sc-rate at ``rate_gammas``, and
+    sc and sc-rate at ``long["gamma"]`` for ``long["epochs"]`` compression epochs."""
+    runs = [request(data, "sc-rate", s, g) for s in seeds for g in rate_gammas]
+    return runs + [request(data, method, s, long["gamma"], epochs=long["epochs"])
+                   for method in ("sc", "sc-rate") for s in seeds]
+
+
 def stage_one(regime: Regime, seeds: Sequence[int]) -> list[dict]:
     """Floats of every seed, the default sc frontier of seed 0 (the tuning's yardstick),
     the defaults of both methods at the middle gamma and each method's trials there."""

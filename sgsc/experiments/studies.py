@@ -43,7 +43,7 @@ from sgsc.core.tasks import evaluate
 from sgsc.experiments import store, sweep
 from sgsc.experiments.defaults import SAFETY_METHODS, train_config
 from sgsc.reporting import compare
-from sgsc.reporting.report import summarize
+from sgsc.reporting.report import mean_std, summarize
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
 
@@ -571,3 +571,76 @@ def race_tables(logs: dict[tuple[str, int], dict], results: Sequence[dict]
         points.append({"method": "sc", "seed": r["seed"], "trial": 1, "best_value": value,
                        "value": value, "train_s": r["train_s"]})
     return curves, race, points
+
+
+# ----------------------------------------------------------------------------- 07's files
+
+# Each run's model file, encoded the four ways an inference file can be (format 2): the
+# packed file it was measured as, and entropy coded, narrowed, or both.
+FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
+                 "narrow": {"precision": "narrow"},
+                 "narrow+entropy": {"coding": "entropy", "precision": "narrow"}}
+
+
+def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLike[str]
+                  ) -> list[dict]:
+    """Per run and encoding (:data:`FILE_VARIANTS`): the file's bytes and the test accuracy
+    of the model reloaded from it, beside the entropy floor of the packed file's codes --
+    the file with every layer's codes at their empirical entropy (an order-0 table per
+    bit depth) and everything else as stored."""
+    from sgsc.fileformat import export
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for result in results:
+        packed = Path(result["run_dir"]) / store.PACKED
+        budget = export.byte_budget(packed)
+        excess = sum(layer["packed_bytes"] - layer["entropy_floor_bytes"]
+                     for layer in budget["layers"])
+        reopened = export.reopen_compressed(packed)
+        base = {"method": result["method"], "seed": result["seed"],
+                "gamma": (result.get("params") or {}).get("gamma"),
+                "epochs": (result.get("params") or {}).get("epochs"),
+                "entropy_floor_bytes": round(budget["file_bytes"] - excess, 1),
+                "run_dir": result["run_dir"]}
+        for variant, options in FILE_VARIANTS.items():
+            if variant == "packed":
+                path, size, accuracy = packed, packed.stat().st_size, result["test_acc"]
+            else:
+                path = folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
+                size = export.save_compressed(reopened, path, **options).file_bytes
+                accuracy = evaluate(export.load_compressed(path), splits.test,
+                                    torch.device("cpu"))["accuracy"]
+            rows.append(base | {"variant": variant, "file_bytes": size, "test_acc": accuracy,
+                                "same_accuracy": accuracy == result["test_acc"]})
+    return rows
+
+
+def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
+    """Per (method, epochs, gamma, variant): mean test accuracy and file bytes over seeds;
+    which reach ``target`` on the mean, and the smallest that does per variant.  A
+    narrowed variant counts only where every seed's accuracy equals its exact file's."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["epochs"], row["gamma"], row["variant"]),
+                          []).append(row)
+    table = []
+    for (method, epochs, gamma, variant), members in groups.items():
+        acc, acc_std = mean_std([m["test_acc"] for m in members])
+        size, size_std = mean_std([m["file_bytes"] for m in members])
+        floor, _ = mean_std([m["entropy_floor_bytes"] for m in members])
+        allowed = not variant.startswith("narrow") or all(m["same_accuracy"] for m in members)
+        table.append({"method": method, "epochs": epochs, "gamma": gamma, "variant": variant,
+                      "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,
+                      "file_bytes_mean": size, "file_bytes_std": size_std,
+                      "entropy_floor_bytes_mean": floor, "allowed": allowed,
+                      "reaches_target": allowed and acc is not None and acc >= target})
+    for variant in FILE_VARIANTS:
+        sizes = [r["file_bytes_mean"] for r in table
+                 if r["variant"] == variant and r["reaches_target"]]
+        for r in table:
+            if r["variant"] == variant:
+                r["smallest_at_target"] = bool(sizes) and r["reaches_target"] and \
+                    r["file_bytes_mean"] == min(sizes)
+    return sorted(table, key=lambda r: (r["variant"], r["file_bytes_mean"]))

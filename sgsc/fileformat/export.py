@@ -1064,8 +1064,7 @@ def reopen_compressed(path: str | os.PathLike[str],
     loaded = load_compressed(path, model)
     layers = _decode_payload(container.meta, container.payload, container.flags).layers
     names = [layer.key.removesuffix(".weight") for layer in layers]
-    sc = SelfCompression(loaded, include=names, example_input=None if hasattr(
-        loaded, "channel_graph") or hasattr(loaded, "example_input") else None)
+    sc = SelfCompression(loaded, include=names)
     with torch.no_grad():
         for name, layer in zip(names, layers, strict=True):
             quantizer = sc.quantizers[name]

@@ -421,3 +421,24 @@ def q_against_steps(histories: Mapping[str, dict]) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def file_frontier(rows: Sequence[dict], target: float | None = None) -> Figure:
+    """Test accuracy against file bytes (log x), one line per method and encoding (the
+    means over seeds at each gamma), ``target`` as a dashed line."""
+    fig = Figure(figsize=(7.0, 4.0))
+    ax = fig.subplots()
+    styles = {"packed": "-", "entropy": "--", "narrow": ":", "narrow+entropy": "-."}
+    for (method, epochs, variant) in dict.fromkeys((r["method"], r["epochs"], r["variant"])
+                                                   for r in rows):
+        points = sorted((r["file_bytes_mean"], r["test_acc_mean"]) for r in rows
+                        if (r["method"], r["epochs"], r["variant"]) == (method, epochs,
+                                                                         variant))
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, ls=styles.get(variant, "-"),
+                color=method_color(method), label=f"{method}, {epochs} epochs, {variant}")
+    if target is not None:
+        ax.axhline(target, color="#444444", ls="--", lw=0.8)
+    _size_axes(ax, "file bytes (log scale)", "test accuracy (mean over seeds)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
