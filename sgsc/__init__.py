@@ -27,6 +27,6 @@ from sgsc.core.safety import SafetyGuidance  # noqa: E402
 from sgsc.experiments import models as _models  # noqa: E402, F401  (registers the models)
 from sgsc.fileformat.export import load_compressed, save_compressed  # noqa: E402
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 __all__ = ["CompressionLoss", "FeedbackConfig", "SafetyGuidance", "SelfCompression",
            "build_preservation_set", "load_compressed", "save_compressed"]

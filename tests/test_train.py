@@ -281,3 +281,27 @@ def test_a_rate_run_trains_on_the_rate_estimate(digits):
     size = trainer.loss.terms(x, y)["size"].item()
     assert size == pytest.approx(sc.rate_loss().item())
     assert size != pytest.approx(sc.size_loss().item())
+
+
+def test_validation_every_few_epochs_selects_among_those_and_trains_the_same(digits,
+                                                                            monkeypatch):
+    """eval_every=2 validates epochs 2, 4 and the last; training is the same step for step
+    as a run that validates every epoch."""
+    calls = []
+    original = Trainer.epoch_metrics
+
+    def counted(self, train_metrics):
+        calls.append(self.epoch)
+        return original(self, train_metrics)
+
+    monkeypatch.setattr(Trainer, "epoch_metrics", counted)
+    sparse, result = _fit(digits, None, epochs=5, eval_every=2)
+    assert calls == [2, 4, 5]
+    assert [row["epoch"] for row in result.history] == [2, 4, 5]
+    assert result.selected_epoch in (2, 4, 5)
+    _, every = _fit(digits, None, epochs=5)
+    # validating trains nothing: the rows of the epochs both validated are the same
+    assert _without_time(result.history) == _without_time(
+        [row for row in every.history if row["epoch"] in (2, 4, 5)])
+    with pytest.raises(ValueError, match="eval_every=0"):
+        TrainConfig(eval_every=0)

@@ -55,8 +55,8 @@ class RunRecord:
 
     @property
     def selected(self) -> dict:
-        """The history row of the selected epoch ({} before the first epoch)."""
-        return self.history[self.selected_epoch - 1] if self.history else {}
+        """The history row of the selected epoch ({} before the first validation)."""
+        return next((row for row in self.history if row["epoch"] == self.selected_epoch), {})
 
     def add(self, row: dict, state: Callable[[], dict], *, smallest: bool,
             tolerance: float) -> bool:

@@ -29,6 +29,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from sgsc.core.compress import SelfCompression
 from sgsc.core.preservation import PreservationSet, build_preservation_set
 from sgsc.core.safety import SafetyGuidance
@@ -57,6 +59,11 @@ from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as ru
 from sgsc.experiments.train import Trainer, count_weights, float_storage_bytes
 from sgsc.fileformat import atomic
 from sgsc.fileformat.export import entropy_coded_bytes, load_compressed, save_compressed
+
+# The feedback's log reads the validation loss before and after every attempted restore
+# (never to decide one): on a fixed sample of this many validation images, so that a run
+# with many attempts does not spend more on its log than on its training.
+FEEDBACK_LOG_ROWS = 1000
 
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
@@ -120,7 +127,7 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
                                 augment=config.pres_augment, bn=config.pres_bn, seed=seed,
                                 lr=config.lr, task_batch_size=config.batch_size,
                                 float_level=level.get("float_level") if config.feedback
-                                else None, validation_set=splits.val)
+                                else None, validation_set=_log_sample(splits.val))
         if config.feedback is not None and safety.float_level is None:
             safety.calibrate()  # a float fine-tune: kept in the float run's folder
             atomic.write_json({"monitor_indices": monitor, "float_level": safety.float_level},
@@ -215,6 +222,14 @@ def _run_baseline(method: str, data_name: str, **kw) -> dict:
     from sgsc.experiments.baselines import cbtpe
 
     return cbtpe.run(method, data_name, **kw)
+
+
+def _log_sample(val: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+    """:data:`FEEDBACK_LOG_ROWS` validation images, the same seeded sample in every run."""
+    if len(val) <= FEEDBACK_LOG_ROWS:
+        return val
+    rows = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.Subset(val, rows[:FEEDBACK_LOG_ROWS].tolist())
 
 
 def feedback_effect(events: list[dict], attempts: list[dict] | None = None) -> dict:
