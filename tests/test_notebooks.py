@@ -45,7 +45,8 @@ EXPECTED = {
     "06_regimes": {"figures": ("answer", "q_steps"),
                    "metrics": ("tuning", "runs", "endpoint", "secondary", "run")},
     "07_file_budget": {"figures": ("frontier",),
-                       "metrics": ("variants", "smallest", "sections", "layers", "run")},
+                       "metrics": ("variants", "smallest", "best", "sections", "layers",
+                                   "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

@@ -13,7 +13,10 @@ def test_every_regime_is_planned_as_registered():
         assert regime.middle in regime.sgsc_gammas and regime.middle in regime.sc_gammas
         # sc's range reaches past sgsc's (sgsc is larger at equal gamma)
         assert min(regime.sc_gammas) < min(regime.sgsc_gammas)
-        assert len(regime.trials["sc"]) == len(regime.trials["sgsc"]) == 4  # equal effort
+        assert len(regime.trials["sc"]) == len(regime.trials["sgsc"]) == 5  # equal effort
+        # sgsc's knobs as the issue lists them: weight, set size, threshold, L1
+        knobs = {k for trial in regime.trials["sgsc"] for k in trial}
+        assert knobs == {"lambda_pres", "preservation_size", "feedback", "l1_weights"}
 
 
 def test_stage_one_trains_the_yardstick_and_the_trials_on_seed_0():
@@ -26,7 +29,7 @@ def test_stage_one_trains_the_yardstick_and_the_trials_on_seed_0():
     yardstick = [r for r in others if r["method"] == "sc" and set(r["overrides"]) == {"gamma"}]
     assert sorted(r["overrides"]["gamma"] for r in yardstick) == sorted(regime.sc_gammas)
     trials = [r for r in others if set(r["overrides"]) != {"gamma"}]
-    assert len(trials) == 8 and all(r["overrides"]["gamma"] == regime.middle for r in trials)
+    assert len(trials) == 10 and all(r["overrides"]["gamma"] == regime.middle for r in trials)
 
 
 def _result(method, gamma, size, val_acc, **params):
@@ -56,6 +59,17 @@ def test_settings_are_chosen_by_validation_gain_over_the_sc_frontier_at_equal_si
     stage_two = regimes.stage_two(regime, chosen, [0, 1])
     assert len(stage_two) == 2 * (5 + 4)
     assert all(r["overrides"]["lambda_pres"] == 4.0 for r in stage_two if r["method"] == "sgsc")
+
+
+def test_the_set_size_trial_is_told_apart_by_the_runs_preservation_size():
+    regime = regimes.REGIMES["mnist-1k"]
+    results = [_result("sc", g, s, a) for g, s, a in ((0.4, 1000, 0.90), (0.005, 16000, 0.98))]
+    default = _result("sgsc", 0.05, 4000, 0.94) | {"preservation_size": 100}
+    larger = _result("sgsc", 0.05, 4000, 0.95) | {"preservation_size": 300}
+    chosen, table = regimes.choose_settings(regime, [*results, default, larger])
+    assert chosen["sgsc"] == {"preservation_size": 300}
+    assert {r["setting"] for r in table if r["method"] == "sgsc"} == {
+        "defaults", "preservation_size=300"}
 
 
 def test_the_feedback_trial_names_the_field_it_changes():

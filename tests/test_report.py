@@ -355,3 +355,44 @@ def test_writing_the_readme_block_needs_its_markers(report_dir, tmp_path):
     assert report.write_readme_results(readme, report_dir)
     assert not report.write_readme_results(readme, report_dir)  # unchanged the second time
     assert readme.read_text().endswith(f"{report.README_END}\ntail\n")
+
+
+def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
+    """With the regime study's endpoint (06) and the file table (07), the first sentence is
+    every regime's mean, interval and verdict, the second the smallest files at the
+    target -- or that none reaches it; MNIST's 01 sentence gives way (three at most)."""
+    report.save_table([
+        {"regime": "digits", "train_rows": 1257, "seeds": 5, "mean": 0.021, "ci_low": 0.011,
+         "ci_high": 0.031, "t_p": 0.004, "holm_p": 0.012, "sign_flip_p": 0.0625,
+         "equivalence_p": 0.9, "margin": 0.002, "verdict": "sgsc better", "dominated": 0,
+         "sgsc_runs": 20, "per_seed": {"0": 0.02}},
+        {"regime": "mnist", "train_rows": 55000, "seeds": 5, "mean": -0.005,
+         "ci_low": -0.007, "ci_high": -0.003, "t_p": 0.001, "holm_p": 0.004,
+         "sign_flip_p": 0.0625, "equivalence_p": 0.99, "margin": 0.002,
+         "verdict": "sgsc worse", "dominated": 12, "sgsc_runs": 20, "per_seed": {"0": -0.005}},
+        {"regime": "mnist-1k", "train_rows": 1000, "seeds": 3, "mean": None, "ci_low": None,
+         "ci_high": None, "t_p": None, "holm_p": None, "sign_flip_p": None,
+         "equivalence_p": None, "margin": 0.002, "verdict": "inconclusive", "dominated": 0,
+         "sgsc_runs": 0, "per_seed": {}}], report_dir, "06_regimes__endpoint")
+    smallest = [{"method": "sc-rate", "epochs": 18, "gamma": 0.15, "variant": v, "seeds": 3,
+                 "test_acc_mean": acc, "file_bytes_mean": size, "reaches_target": acc >= 0.99,
+                 "smallest_at_target": acc >= 0.99}
+                for v, size, acc in (("packed", 2890.3, 0.9904), ("entropy", 2411.0, 0.9904),
+                                     ("narrow+entropy", 2100.0, 0.9891))]
+    report.save_table(smallest, report_dir, "07_file_budget__smallest")
+    regime, files = report.answer_sentences(report_dir)
+    assert "digits (1,257 training images, +2.10 points [+1.10, +3.10]): sgsc better" in regime
+    assert "mnist (55,000 training images, −0.50 points [−0.70, −0.30]): sgsc worse" in regime
+    assert "mnist-1k" not in regime and "mean over 5 seeds" in regime
+    assert files == ("The smallest MNIST files at 99.0 % test accuracy (mean of 3 seeds): "
+                     "2,890 bytes packed (sc-rate, γ 0.15, 18 epochs, 99.04 %) and 2,411 bytes "
+                     "entropy coded (sc-rate, γ 0.15, 18 epochs, 99.04 %).")
+    for row in smallest:
+        row["reaches_target"] = row["smallest_at_target"] = False
+    report.save_table(smallest, report_dir, "07_file_budget__smallest")
+    assert report.answer_sentences(report_dir)[1].startswith(
+        "No MNIST file reaches 99.0 % test accuracy (mean of 3 seeds); the most accurate is "
+        "2,890 bytes packed")
+    text = report.build_report(report_dir, "quick").read_text()
+    assert text.index("06_regimes__endpoint.json") < text.index("01_mnist_cnn__matched_size")
+    assert check_index(report.build_report(report_dir, "quick")) == []

@@ -1,7 +1,7 @@
 """The regime study (docs/PREREGISTRATION.md): sgsc against sc at equal size, in four data
 regimes, with equal tuning effort -- the plan, its training, and the tables it leaves.
 
-Per regime: a float reference per seed; on seed 0 at the middle gamma, four trials of each
+Per regime: a float reference per seed; on seed 0 at the middle gamma, five trials of each
 method's own settings beside its defaults, scored on validation against the default sc
 frontier of seed 0 at the same size (:func:`choose_settings`); then sc's and sgsc's
 frontiers on every seed with the settings chosen.  :func:`train` runs a stage's requests
@@ -37,21 +37,26 @@ class Regime:
         return self.sc_gammas if method == "sc" else self.sgsc_gammas
 
 
-def _sgsc_trials() -> tuple[dict[str, Any], ...]:
+def _sgsc_trials(data: str) -> tuple[dict[str, Any], ...]:
+    """sgsc's five trials: the preservation weight both ways, no L1, a laxer feedback
+    threshold, and a preservation set three times the regime's default size."""
     feedback = defaults.SGSC_EXTRA["feedback"]
     return ({"lambda_pres": 0.25}, {"lambda_pres": 4.0}, {"l1_weights": 0.0},
-            {"feedback": feedback | {"threshold": 0.2}})
+            {"feedback": feedback | {"threshold": 0.2}},
+            {"preservation_size": 3 * defaults.DEFAULTS[data]["preservation_size"]})
 
 
 MNIST_GAMMAS = {"sc_gammas": (0.005, 0.015, 0.05, 0.15, 0.4),
                 "sgsc_gammas": (0.015, 0.05, 0.15, 0.4), "middle": 0.05}
-MNIST_SC_TRIALS = ({"lr_quant": 0.1}, {"lr_quant": 0.25}, {"lr_quant": 1.0}, {"init_bits": 4.0})
+MNIST_SC_TRIALS = ({"lr_quant": 0.1}, {"lr_quant": 0.25}, {"lr_quant": 1.0}, {"init_bits": 4.0},
+                   {"init_bits": 6.0})
 REGIMES = {
     "digits": Regime("digits", (0.01, 0.03, 0.1, 0.3, 1.0), (0.03, 0.1, 0.3, 1.0), 0.1,
                      {"sc": ({"lr_quant": 0.01}, {"lr_quant": 0.2}, {"lr_quant": 0.5},
-                             {"init_bits": 4.0}), "sgsc": _sgsc_trials()}),
+                             {"init_bits": 4.0}, {"init_bits": 6.0}),
+                      "sgsc": _sgsc_trials("digits")}),
     **{name: Regime(name, **MNIST_GAMMAS, trials={"sc": MNIST_SC_TRIALS,
-                                                    "sgsc": _sgsc_trials()})
+                                                    "sgsc": _sgsc_trials(name)})
        for name in ("mnist-1k", "mnist-4k", "mnist")},
 }
 
@@ -139,10 +144,13 @@ def _gamma(result: dict) -> float | None:
 
 
 def _trial_of(result: dict, regime: Regime) -> dict[str, Any]:
-    """Which trial of its method a result is ({} for the defaults)."""
+    """Which trial of its method a result is ({} for the defaults).  A trial's setting is
+    a training setting (in ``params``) or the preservation set's size (beside them)."""
     params = result.get("params") or {}
+    default_size = defaults.DEFAULTS[regime.name].get("preservation_size")
     for trial in regime.trials.get(result["method"], ()):
-        if all(params.get(k) == v for k, v in trial.items()):
+        if all((params[k] if k in params else result.get(k, default_size)) == v
+               for k, v in trial.items()):
             return trial
     return {}
 

@@ -197,13 +197,78 @@ def _side(row: dict) -> str:
     return "interval above zero" if row["difference"] > 0 else "interval below zero"
 
 
+def _signed_points(value: float) -> str:
+    return f"{value * 100:+.2f}".replace("-", "−")
+
+
+def _regime_sentence(rows: list[dict]) -> str | None:
+    """The regime study's primary endpoint in one sentence, every regime with its mean,
+    interval and verdict (docs/PREREGISTRATION.md's words)."""
+    decided = [r for r in rows if r.get("mean") is not None]
+    if not decided:
+        return None
+    seeds = max(r["seeds"] for r in decided)
+    parts = []
+    for r in decided:
+        images = f"{r['train_rows']:,} training images, " if r.get("train_rows") else ""
+        interval = (f" [{_signed_points(r['ci_low'])}, {_signed_points(r['ci_high'])}]"
+                    if r.get("ci_low") is not None else "")
+        parts.append(f"{r['regime']} ({images}{_signed_points(r['mean'])} points"
+                     f"{interval}): {r['verdict']}")
+    return ("Safety-guided minus plain self-compression, test accuracy in a file of the same "
+            f"size (mean over {seeds} seeds, 95 % interval, Holm-corrected across regimes, "
+            f"equivalence at ±{decided[0]['margin'] * 100:g} points): " + "; ".join(parts)
+            + ".")
+
+
+def _file_sentence(rows: list[dict], target: float) -> str | None:
+    """The smallest file at the accuracy target, packed and entropy coded, or that none
+    reaches it."""
+    if not rows:
+        return None
+
+    def best(variants: tuple[str, ...]) -> dict | None:
+        hits = [r for r in rows if r["variant"] in variants and r.get("reaches_target")]
+        return min(hits, key=lambda r: r["file_bytes_mean"]) if hits else None
+
+    def said(row: dict) -> str:
+        words = {"entropy": "entropy coded", "narrow": "narrowed",
+                 "narrow+entropy": "narrowed and entropy coded"}
+        return (f"{row['file_bytes_mean']:,.0f} bytes {words.get(row['variant'], row['variant'])} "
+                f"({row['method']}, γ {row['gamma']:g}, {row['epochs']} epochs, "
+                f"{row['test_acc_mean'] * 100:.2f} %)")
+
+    seeds = max(r["seeds"] for r in rows)
+    packed, coded = best(("packed",)), best(("entropy", "narrow+entropy"))
+    if packed is None and coded is None:
+        top = max(rows, key=lambda r: r["test_acc_mean"] or 0.0)
+        return (f"No MNIST file reaches {target * 100:.1f} % test accuracy (mean of {seeds} "
+                f"seeds); the most accurate is {said(top)}.")
+    found = [said(r) for r in (packed, coded) if r is not None]
+    return (f"The smallest MNIST files at {target * 100:.1f} % test accuracy (mean of {seeds} "
+            f"seeds): " + " and ".join(found) + ".")
+
+
+FILE_TARGET = 0.99  # 07_file_budget's accuracy target (the project's MNIST target)
+
+
 def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
-    """The study's answer in at most three sentences, generated from the matched-size
-    metrics (sgsc against sc in a file of the same size), whichever way they fall."""
+    """The study's answer in at most three sentences, generated from the metrics,
+    whichever way they fall: the regime study's primary endpoint (06_regimes; else the
+    MNIST matched-size table of 01), the smallest file at the target (07_file_budget),
+    and the character transformer at matched size (02)."""
     sentences = []
     folder = Path(report_dir) / METRICS
+    endpoint = folder / "06_regimes__endpoint.json"
+    regime = _regime_sentence(_load(endpoint)) if endpoint.exists() else None
+    if regime is not None:
+        sentences.append(regime)
+    smallest = folder / "07_file_budget__smallest.json"
+    files = _file_sentence(_load(smallest), FILE_TARGET) if smallest.exists() else None
+    if files is not None:
+        sentences.append(files)
     mnist = folder / "01_mnist_cnn__matched_size.json"
-    if mnist.exists():
+    if regime is None and mnist.exists():
         rows = [r for r in _load(mnist) if r.get("method") == "sgsc"
                 and r.get("metric") == "test_acc" and r.get("difference") is not None]
         worse = [r for r in rows if r["verdict"] != "inconclusive" and r["difference"] < 0]
@@ -459,6 +524,13 @@ def _timings(report_dir: Path) -> dict[str, Any]:
 _MATCHED_COLUMNS = ("method", "gamma", "metric", "size_mean", "matched", "difference",
                     "ci_low", "ci_high", "confidence", "verdict", "seeds_to_resolve")
 ANSWER = (
+    ("06_regimes__endpoint", "When does safety guidance help? sgsc minus sc test accuracy in "
+     "a file of the same size, per data regime (the pre-registered primary endpoint)",
+     ("regime", "train_rows", "seeds", "mean", "ci_low", "ci_high", "t_p", "holm_p",
+      "sign_flip_p", "equivalence_p", "margin", "verdict", "dominated", "sgsc_runs")),
+    ("07_file_budget__best", "The smallest MNIST file at the target, per encoding",
+     ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
+      "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
     ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
      "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
     ("02_char_transformer__matched_size", "The same on the character transformer: test "
@@ -469,7 +541,9 @@ ANSWER = (
     ("05_paper_claims__targets", "This project's targets", None),
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
 )
-ANSWER_FIGURES = (("01_mnist_cnn_frontier", "MNIST: test accuracy against file size, every "
+ANSWER_FIGURES = (("06_regimes_answer", "sgsc − sc at equal size against the training "
+                   "images of each regime, with the 95 % interval and the equivalence band"),
+                  ("01_mnist_cnn_frontier", "MNIST: test accuracy against file size, every "
                    "method (sc and sgsc at several γ, mean over seeds)"),
                   ("02_char_transformer_frontier", "Names: test loss against file size"))
 ANSWER_FILE = "report_answer"  # metrics/report_answer.json: the sentences, from the metrics
