@@ -43,10 +43,11 @@ EXPECTED = {
     "05_paper_claims": {"figures": (), "metrics": ("claims", "size_at_target", "targets",
                                                     "run")},
     "06_regimes": {"figures": ("answer", "q_steps"),
-                   "metrics": ("tuning", "runs", "endpoint", "secondary", "run")},
+                   "metrics": ("tuning", "all_runs", "runs", "endpoint", "secondary",
+                               "run")},
     "07_file_budget": {"figures": ("frontier",),
-                       "metrics": ("variants", "smallest", "best", "sections", "layers",
-                                   "run")},
+                       "metrics": ("runs", "variants", "smallest", "best", "sections",
+                                   "layers", "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

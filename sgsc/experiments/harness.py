@@ -147,7 +147,10 @@ def finished(folder: Path, start: float) -> dict | None:
         return None
     if not isinstance(row, dict) or ("test_acc" in row and "test_class_acc" not in row):
         return None
-    return row | {"wall_s": round(time.perf_counter() - start, 2), "reopened": True}
+    # run_dir: where the run is now, as this caller names it (the stored one is relative to
+    # whichever folder trained it: a worker at the repository root, a notebook in notebooks/)
+    return row | {"wall_s": round(time.perf_counter() - start, 2), "reopened": True,
+                  "run_dir": str(folder)}
 
 
 def finish(method: str, data_name: str, seed: int, result: dict, start: float,

@@ -266,9 +266,25 @@ def frontier_rows(regime: Regime, results: Sequence[dict], chosen: dict[str, dic
                      "test_acc": r["test_acc"], "val_acc": r["val_acc"],
                      "worst_class_acc": min(classes) if classes else None,
                      "train_s": r.get("train_s"), "train_flops": r.get("train_flops"),
+                     "feedback_attempts": r.get("feedback_attempts"),
+                     "feedback_attempt_val_change": r.get("feedback_attempt_val_change"),
                      "run_dir": r["run_dir"], "trained_on": r.get("trained_on"),
                      "threads": r.get("threads")})
     return sorted(rows, key=lambda r: (r["method"], r["seed"], -r["gamma"]))
+
+
+def run_rows(results: Sequence[dict]) -> list[dict]:
+    """Every run of the study once (floats, tuning trials and frontiers): what it is, its
+    folder and what it cost -- the study's bill."""
+    rows = {}
+    for r in results:
+        rows.setdefault(r["run_dir"], {
+            "regime": r["data"], "method": r["method"], "seed": r["seed"],
+            "gamma": _gamma(r) if r["method"] != "float" else None,
+            "storage_bytes": r.get("storage_bytes"), "val_acc": r.get("val_acc"),
+            "train_s": r.get("train_s"), "train_flops": r.get("train_flops"),
+            "run_dir": r["run_dir"]})
+    return list(rows.values())
 
 
 def secondary_rows(regime: str, rows: Sequence[dict]) -> list[dict]:

@@ -46,6 +46,10 @@ from sgsc.reporting import compare
 from sgsc.reporting.report import mean_std, summarize
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
+# The smallest matched-size difference worth finding, per metric: what an undecided row's
+# seeds_to_resolve is planned for (half a point of accuracy; 0.02 nats of loss).
+SMALLEST_EFFECT = {"test_acc": 0.005, "worst_class_acc": 0.005, "val_acc": 0.005,
+                   "test_loss": 0.02, "val_loss": 0.02}
 
 
 # ----------------------------------------------------------------------------- safety study
@@ -225,8 +229,11 @@ def matched_size(rows: Sequence[dict], data_name: str, methods: Sequence[str],
                             "difference": interval["mean"], "std": interval["std"],
                             "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
                             "confidence": compare.CONFIDENCE,
-                            "verdict": compare.verdict(interval, 0.0, better),
-                            "seeds_to_resolve": compare.seeds_to_resolve(interval)})
+                            "verdict": (verdict := compare.verdict(interval, 0.0, better)),
+                            "smallest_effect": SMALLEST_EFFECT[metric],
+                            "seeds_to_resolve": compare.seeds_for_power(
+                                interval["std"], SMALLEST_EFFECT[metric])
+                            if verdict == "inconclusive" else None})
     return out
 
 

@@ -3,11 +3,16 @@ metrics files.
 
 Each :class:`Claim` quotes a paper (``../shared/PAPERS.md`` gives the figures), names the
 per-seed quantity that tests it, the value the paper claims and on which side of it the
-claim lies.  :func:`assess_claims` measures every claim, puts a 95 % Student-t interval
-around the mean (:mod:`sgsc.reporting.compare`) and reads a verdict off it: *supported* when the
-whole interval lies on the claimed side, *refuted* when it lies wholly on the other,
-*inconclusive* otherwise -- with the number of seeds that would decide it at the observed
-spread.  Each seed (or, for the variance claim, each gamma) enters a claim once.
+claim lies, and where the paper measured it (its *operating point*: e.g. a model kept at
+60 % of the float size).  :func:`assess_claims` measures every claim, puts a 95 %
+Student-t interval around the mean (:mod:`sgsc.reporting.compare`), tests the mean against
+the claimed value (two-sided t-test) with Holm's correction across the claims, and reads a
+verdict off the adjusted p: *supported* when it is below 0.05 with the mean on the claimed
+side, *refuted* when below 0.05 on the other side, *inconclusive* otherwise -- then, and
+only then, with the seeds that would find the claim's stated smallest effect with 80 %
+power.  Each row says how large the measured model is against its float and whether that
+is the paper's operating point.  Each seed (or, for the variance claim, each gamma) enters
+a claim once.
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ SGSC = "Zbeeb et al. 2025 (SGSC)"
 CBTPE = "Azizi et al. 2023 (CB-TPE)"
 
 
+Measure = Callable[[dict[str, list[dict]]], list[float]]
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A claim in the paper's words, the quantity that tests it, the claimed value."""
+    """A claim in the paper's words, the quantity that tests it, the claimed value, and
+    where the paper measured it."""
 
     id: str
     source: str
@@ -37,7 +46,11 @@ class Claim:
     measurement: str  # what one value of the measurement is
     claimed: float
     side: str  # "above" or "below": where the claim puts the measurement
-    measure: Callable[[dict[str, list[dict]]], list[float]]
+    measure: Measure
+    smallest_effect: float  # the smallest departure from `claimed` worth finding (its units)
+    operating_point: str = ""  # where the paper measured it
+    size_fraction: Measure | None = None  # per seed: the measured model's size / float's
+    paper_fraction: float | None = None  # the paper's size / float, when it states one
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -65,10 +78,19 @@ def _float_fraction_weights(tables: dict[str, list[dict]]) -> list[float]:
     return _paired(_by(runs, "sc"), _by(runs, "float"), "live_weights", lambda x, y: x / y)
 
 
-def _vs_float(method: str) -> Callable[[dict], list[float]]:
+def _vs_float(method: str, column: str = "test_acc") -> Measure:
     def measure(tables: dict[str, list[dict]]) -> list[float]:
         runs = tables.get("image_runs", [])
-        return _paired(_by(runs, method), _by(runs, "float"), "test_acc")
+        return _paired(_by(runs, method), _by(runs, "float"), column)
+    return measure
+
+
+def _fraction_of_float(method: str, key: str = "image_runs") -> Measure:
+    """Per seed: ``method``'s file size over the float model's of the same seed."""
+    def measure(tables: dict[str, list[dict]]) -> list[float]:
+        runs = tables.get(key, [])
+        return _paired(_by(runs, method), _by(runs, "float"), "storage_bytes",
+                       lambda x, y: x / y)
     return measure
 
 
@@ -78,13 +100,22 @@ def _study(tables: dict[str, list[dict]], **match) -> list[dict]:
             and all(r.get(k) == v for k, v in match.items())]
 
 
-def _matched(metric: str) -> Callable[[dict], list[float]]:
-    """sgsc - sc at matched size, per seed, at sgsc's default gamma (01's study)."""
+def _matched(metric: str, method: str = "sgsc") -> Measure:
+    """``method`` - sc at matched size, per seed, at the default gamma (01's study)."""
     def measure(tables: dict[str, list[dict]]) -> list[float]:
         rows = [r for r in _study(tables) if r["method"] == "sc"
-                or (r["method"] == "sgsc" and r["default_gamma"])]
-        pairs = compare.matched_differences(rows, "sgsc", "sc", metric=metric)
+                or (r["method"] == method and r["default_gamma"])]
+        pairs = compare.matched_differences(rows, method, "sc", metric=metric)
         return [p["difference"] for p in pairs if p["difference"] is not None]
+    return measure
+
+
+def _matched_fraction(method: str) -> Measure:
+    """Per seed: the size of ``method``'s default-gamma run (01's study) over the float's."""
+    def measure(tables: dict[str, list[dict]]) -> list[float]:
+        floats = _by(tables.get("image_runs", []), "float")
+        runs = {r["seed"]: r for r in _study(tables, method=method, default_gamma=True)}
+        return _paired(runs, floats, "storage_bytes", lambda x, y: x / y)
     return measure
 
 
@@ -110,9 +141,16 @@ def _text_loss_change(tables: dict[str, list[dict]]) -> list[float]:
 
 
 def _feedback_effect(tables: dict[str, list[dict]]) -> list[float]:
-    return [r["feedback_monitor_change"] for r in _study(tables, method="sgsc",
-                                                         default_gamma=True)
-            if r.get("feedback_monitor_change") is not None]
+    """Per regime and seed of the regime study (06): the mean change of the validation
+    loss over every attempted restore of its sgsc runs -- kept or rolled back, so that the
+    measurement is not good by construction (a restore is kept only when it lowered the
+    monitor loss)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in tables.get("regime_runs", []):
+        change = r.get("feedback_attempt_val_change")
+        if r["method"] == "sgsc" and change is not None:
+            groups.setdefault((r["regime"], r["seed"]), []).append(change)
+    return [sum(v) / len(v) for _, v in sorted(groups.items())]
 
 
 def _search(tables: dict[str, list[dict]], column: str, combine) -> list[float]:
@@ -126,85 +164,144 @@ def _search(tables: dict[str, list[dict]], column: str, combine) -> list[float]:
     return []
 
 
+SIXTY = ("the SGSC paper: a model kept at about 60 % of the float size, against a float "
+         "MNIST model of 98.6 %")
+OPTUNA = ("standard TPE is Optuna's TPESampler at the same trial budget, not the paper's "
+          "comparators")
 CLAIMS = (
     Claim("sgsc-accuracy-vs-float", SGSC,
           "\u201cup to a 2.5 % enhancement in test accuracy relative to the original "
           "unquantized models\u201d, \u201cmaintaining 60 % of the initial model size\u201d",
-          "uniform PTQ at 16 bits (of the quantized models, the one nearest 60 % of the "
-          "float size) minus float test accuracy, same seed", 0.0, "above",
-          _vs_float("uniform-ptq-16")),
-    Claim("sgsc-small-vs-float", SGSC, "the same claim, at sgsc's own size",
-          "sgsc minus float test accuracy, same seed",
-          0.0, "above", _vs_float("sgsc")),
+          "sgsc minus float test accuracy, same seed, sgsc at its default gamma (no sgsc "
+          "run here is near 60 % of the float size: see at_operating_point)",
+          0.0, "above", _vs_float("sgsc"), 0.005, SIXTY, _fraction_of_float("sgsc"), 0.6),
+    Claim("ptq16-vs-float", SGSC, "the same claim, measured on a model that is not sgsc: "
+          "uniform PTQ at 16 bits, the quantized model here nearest 60 % of the float size",
+          "uniform PTQ at 16 bits minus float test accuracy, same seed (not sgsc)",
+          0.0, "above", _vs_float("uniform-ptq-16"), 0.005, SIXTY,
+          _fraction_of_float("uniform-ptq-16"), 0.6),
     Claim("sgsc-vs-sc-matched", SGSC, "safety guidance keeps the critical examples, so the "
           "compressed model is better than plain self-compression",
           "sgsc minus sc test accuracy at sgsc's size (sc interpolated on its frontier), "
-          "same seed", 0.0, "above", _matched("test_acc")),
+          "same seed (01's study; the regime study's endpoint is the primary test)",
+          0.0, "above", _matched("test_acc"), 0.005, "no size stated",
+          _matched_fraction("sgsc")),
     Claim("sgsc-worst-class-matched", SGSC, "the same, for the hardest class",
           "sgsc minus sc worst-class test accuracy at sgsc's size, same seed", 0.0, "above",
-          _matched("worst_class_acc")),
+          _matched("worst_class_acc"), 0.005, "no size stated", _matched_fraction("sgsc")),
     Claim("sgsc-variance", SGSC, "\u201creduces variance and eliminates parameter noise\u201d",
           "per gamma: std over seeds of sgsc's test accuracy minus sc's at the same sizes",
-          0.0, "below", _variance_at_matched_size),
+          0.0, "below", _variance_at_matched_size, 0.002, "no size stated"),
     Claim("sgsc-feedback", SGSC, "a feedback loop \u201crestores precision of the affected "
           "components when [the preservation set's] performance drops\u201d",
-          "sgsc: mean change of the monitor loss per restore, per run (negative: restores "
-          "help)", 0.0, "below", _feedback_effect),
+          "per regime and seed of the regime study: mean change of the validation loss over "
+          "every attempted restore of its sgsc runs, kept or rolled back (negative: "
+          "restores help)", 0.0, "below", _feedback_effect, 0.01, "no size stated"),
+    Claim("sc-feedback-vs-sc-matched", SGSC, "the same feedback loop, by its effect on the "
+          "compressed model", "sc with the feedback alone (sc-feedback) minus sc test "
+          "accuracy at sc-feedback's size, same seed (01's study)", 0.0, "above",
+          _matched("test_acc", "sc-feedback"), 0.005, "no size stated",
+          _matched_fraction("sc-feedback")),
     Claim("sgsc-text-loss", SGSC, "the character model's test loss falls, 1.8 \u2192 1.6",
           "sgsc minus float test loss (nats per character), same seed", 0.0, "below",
-          _text_loss_change),
+          _text_loss_change, 0.02, "the SGSC paper: the transformer at about 60 % of its "
+          "float size", _fraction_of_float("sgsc", "text_runs"), 0.6),
     Claim("scnn-accuracy", SCNN, "\u201cfloating-point accuracy with about 3 % of the bits "
           "and 18 % of the weights\u201d",
           "sc minus float test accuracy, same seed (within half a point counts as float "
-          "accuracy)", -0.005, "above", _vs_float("sc")),
+          "accuracy)", -0.005, "above", _vs_float("sc"), 0.005,
+          "SCNN: about 3 % of the float bits", _fraction_of_float("sc"), 0.03),
     Claim("scnn-bits", SCNN, "\u201cabout 3 % of the bits\u201d",
           "sc packed file size / float32 size, same seed", 0.03, "below",
-          _float_fraction_bits),
+          _float_fraction_bits, 0.005, "SCNN: about 3 % of the float bits",
+          _fraction_of_float("sc"), 0.03),
     Claim("scnn-weights", SCNN, "\u201c18 % of the weights\u201d",
           "sc weights left / float weights, same seed", 0.18, "below",
-          _float_fraction_weights),
+          _float_fraction_weights, 0.02, "SCNN: about 3 % of the float bits",
+          _fraction_of_float("sc"), 0.03),
     Claim("cbtpe-smaller", CBTPE, "\u201cabout 20 % smaller models at no accuracy loss\u201d",
           "1 - CB-TPE size / standard TPE size, same seed and trial budget (notebook "
-          "01's runs, MNIST in paper; else 04's race)", 0.2, "above",
-          lambda t: _search(t, "storage_bytes", lambda a, b: 1 - a / b)),
+          f"01's runs, MNIST in paper; else 04's race); {OPTUNA}", 0.2, "above",
+          lambda t: _search(t, "storage_bytes", lambda a, b: 1 - a / b), 0.05,
+          "CB-TPE against the paper's own baselines"),
     Claim("cbtpe-no-loss", CBTPE, "\u201cat no accuracy loss\u201d",
           "CB-TPE minus standard TPE test accuracy, same seed (within half a point; "
-          "notebook 01's runs, MNIST in paper; else 04's race)",
-          -0.005, "above", lambda t: _search(t, "test_acc", lambda a, b: a - b)),
+          f"notebook 01's runs, MNIST in paper; else 04's race); {OPTUNA}",
+          -0.005, "above", lambda t: _search(t, "test_acc", lambda a, b: a - b), 0.005,
+          "CB-TPE against the paper's own baselines"),
     Claim("cbtpe-faster", CBTPE, "search \u201cabout 12\u00d7 faster\u201d",
           "standard TPE search time / CB-TPE search time, same seed and trial budget "
-          "(notebook 01's runs, MNIST in paper; else 04's race)",
-          12.0, "above", lambda t: _search(t, "search_s", lambda a, b: b / a)),
+          f"(notebook 01's runs, MNIST in paper; else 04's race); {OPTUNA}",
+          12.0, "above", lambda t: _search(t, "search_s", lambda a, b: b / a), 1.0,
+          "CB-TPE against the paper's own baselines"),
 )
+
+ALPHA = 0.05
+POWER = 0.8
+OPERATING_TOLERANCE = 0.5  # a measured size within half the paper's fraction either way
+
+
+def _at_operating_point(fraction: float | None, paper: float | None) -> str | None:
+    """"yes" when the measured size fraction is within :data:`OPERATING_TOLERANCE` of the
+    paper's (relative), "no" otherwise, None when the paper states none or nothing was
+    measured."""
+    if fraction is None or paper is None:
+        return None
+    return "yes" if abs(fraction - paper) <= OPERATING_TOLERANCE * paper else "no"
 
 
 def assess_claims(tables: dict[str, list[dict]]) -> list[dict]:
-    """The claims table: quote, measurement, n, mean, 95 % CI, verdict, seeds to decide."""
+    """The claims table: quote, measurement, operating point (the paper's, the measured
+    size fraction and whether they agree), n, mean, 95 % CI, the t-test p against the
+    claimed value and its Holm adjustment across the claims, the verdict, and -- for
+    inconclusive rows only -- the seeds that would find the stated smallest effect."""
     rows = []
     for claim in CLAIMS:
         values = [v for v in claim.measure(tables) if v is not None and math.isfinite(v)]
         interval = compare.t_interval(values)
-        verdict = ("not measured" if not values else
-                   compare.verdict(interval, claim.claimed, claim.side))
+        fractions = claim.size_fraction(tables) if claim.size_fraction else []
+        fraction = mean_std(fractions)[0] if fractions else None
         rows.append({"id": claim.id, "source": claim.source, "quote": claim.quote,
-                     "measurement": claim.measurement, "n": interval["n"],
-                     "mean": interval["mean"], "std": interval["std"],
+                     "measurement": claim.measurement,
+                     "operating_point": claim.operating_point,
+                     "size_fraction": fraction, "paper_fraction": claim.paper_fraction,
+                     "at_operating_point": _at_operating_point(fraction, claim.paper_fraction),
+                     "n": interval["n"], "mean": interval["mean"], "std": interval["std"],
                      "ci_low": interval["ci_low"], "ci_high": interval["ci_high"],
                      "confidence": compare.CONFIDENCE, "claimed": claim.claimed,
-                     "side": claim.side, "verdict": verdict,
-                     "seeds_to_resolve": (compare.seeds_to_resolve(interval, claim.claimed)
-                                          if verdict == "inconclusive" else None)})
+                     "side": claim.side,
+                     "p": compare.t_test_p([v - claim.claimed for v in values]),
+                     "smallest_effect": claim.smallest_effect})
+    adjusted = compare.holm({r["id"]: r["p"] for r in rows})
+    for row, claim in zip(rows, CLAIMS, strict=True):
+        row["holm_p"] = adjusted[row["id"]]
+        row["verdict"] = _verdict(row)
+        row["seeds_to_resolve"] = (compare.seeds_for_power(row["std"], claim.smallest_effect,
+                                                           ALPHA, POWER)
+                                   if row["verdict"] == "inconclusive" else None)
     return rows
+
+
+def _verdict(row: dict) -> str:
+    if row["n"] == 0:
+        return "not measured"
+    if row["holm_p"] is None or row["holm_p"] >= ALPHA:
+        return "inconclusive"
+    above = row["mean"] > row["claimed"]
+    return "supported" if above == (row["side"] == "above") else "refuted"
 
 
 TABLES = {"image_runs": "01_mnist_cnn__runs", "study_runs": "01_mnist_cnn__study_runs",
           "text_runs": "02_char_transformer__runs",
           "text_study_runs": "02_char_transformer__frontier_runs", "sweep_runs": "03_sweeps__runs",
-          "image_search_runs": "01_mnist_cnn__search_runs", "search_runs": "04_cbtpe_search__runs"}
+          "image_search_runs": "01_mnist_cnn__search_runs", "search_runs": "04_cbtpe_search__runs",
+          "regime_runs": "06_regimes__runs", "regime_all_runs": "06_regimes__all_runs",
+          "file_runs": "07_file_budget__runs", "file_smallest": "07_file_budget__smallest"}
 # each notebook's runs: every table that lists some (a run in two is counted once)
 COST_TABLES = {"01_mnist_cnn": ("study_runs",),
                "02_char_transformer": ("text_runs", "text_study_runs"),
-               "03_sweeps": ("sweep_runs",), "04_cbtpe_search": ("search_runs",)}
+               "03_sweeps": ("sweep_runs",), "04_cbtpe_search": ("search_runs",),
+               "06_regimes": ("regime_all_runs",), "07_file_budget": ("file_runs",)}
 
 
 def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
@@ -222,7 +319,9 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
         runs = counted = 0
         seconds = counted_seconds = flops = 0.0
         for row in (row for key in keys for row in tables.get(key, [])):
-            folder = row.get("run_dir")
+            # a run by its data set and keyed folder name: notebooks name the same folder
+            # from different working directories
+            folder = Path(row["run_dir"]).parts[-2:] if row.get("run_dir") else None
             if folder is None or folder in seen or row.get("train_s") is None:
                 continue
             seen.add(folder)
@@ -297,13 +396,17 @@ def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
 
     Every gamma of the studies' frontiers (``study_runs``, ``text_study_runs``; tuning
     runs left out) is a row of its own, so the table shows how close each operating point
-    comes; without those tables, the main runs (``image_runs``, ``text_runs``)."""
+    comes; without those tables, the main runs (``image_runs``, ``text_runs``).  Where
+    07_file_budget ran (``file_smallest``), its inference files are the image rows: every
+    model of its frontiers, packed and at its smallest entropy coding."""
     image = [r for r in tables.get("study_runs") or tables.get("image_runs", [])
              if not r.get("tuning")]
     study = tables.get("text_study_runs")  # rise and size against the same seed's float
     text = (compare_to_float(study, score="test_loss", lower_is_better=True) if study
             else tables.get("text_runs", []))
-    rows = []
+    rows = _file_targets(tables.get("file_smallest", []))
+    if rows:  # 07's inference files stand for the image target
+        image = []
     for method in ("sc", "sgsc"):
         for gamma, members in _by_gamma(image, method):
             stats = {k: mean_std(_column(members, method, k)) for k in IMAGE_TARGET}
@@ -329,6 +432,39 @@ def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
                          "float_fraction_mean": fraction, "float_fraction_std": fraction_std,
                          "met": met})
     return rows
+
+
+def _file_targets(smallest: Sequence[dict]) -> list[dict]:
+    """The image target from 07_file_budget's table (:func:`sgsc.experiments.studies.
+    smallest_at`): per method, budget and gamma, the packed file and the smallest
+    entropy-coded one (a narrowed file only where it classifies as its exact one does),
+    with the test accuracy of each, and whether both meet the target."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in smallest:
+        groups.setdefault((r["method"], r["epochs"], r["gamma"]), {})[r["variant"]] = r
+    rows = []
+    for (method, epochs, gamma), variants in groups.items():
+        packed = variants.get("packed")
+        coded = [v for k, v in variants.items() if "entropy" in k and v.get("allowed", True)]
+        entropy = min(coded, key=lambda r: r["file_bytes_mean"]) if coded else None
+        if packed is None:
+            continue
+        acc = packed["test_acc_mean"]
+        met = acc is not None and acc >= IMAGE_TARGET["test_acc"] and \
+            packed["file_bytes_mean"] <= IMAGE_TARGET["storage_bytes"] and \
+            entropy is not None and entropy["test_acc_mean"] >= IMAGE_TARGET["test_acc"] and \
+            entropy["file_bytes_mean"] <= IMAGE_TARGET["entropy_coded_bytes"]
+        rows.append({"data": "mnist", "method": method, "epochs": epochs, "gamma": gamma,
+                     "n": packed["seeds"], "test_acc_mean": acc,
+                     "test_acc_std": packed["test_acc_std"],
+                     "storage_bytes_mean": packed["file_bytes_mean"],
+                     "storage_bytes_std": packed["file_bytes_std"],
+                     "entropy_coded_bytes_mean": entropy and entropy["file_bytes_mean"],
+                     "entropy_coded_bytes_std": entropy and entropy["file_bytes_std"],
+                     "entropy_coding": entropy and entropy["variant"],
+                     "entropy_coded_test_acc_mean": entropy and entropy["test_acc_mean"],
+                     "met": met})
+    return sorted(rows, key=lambda r: (r["method"], r["epochs"], r["gamma"]))
 
 
 def _gamma(row: dict) -> float | None:

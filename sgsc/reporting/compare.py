@@ -10,8 +10,8 @@ the reference frontier are not extrapolated: that run gets no difference.
 :func:`t_interval` turns paired differences into a mean with a Student-t confidence
 interval, and :func:`verdict` reads a claim off it: *supported* when the interval lies
 wholly on the claimed side of the claimed value, *refuted* when wholly on the other,
-*inconclusive* otherwise -- with :func:`seeds_to_resolve` saying how many seeds would
-decide it if the spread stayed what it is.
+*inconclusive* otherwise -- with :func:`seeds_for_power` saying how many seeds would
+find a stated smallest effect at the observed spread.
 """
 
 from __future__ import annotations
@@ -56,15 +56,19 @@ def verdict(interval: dict[str, Any], claimed: float = 0.0, side: str = "above")
     return "inconclusive"
 
 
-def seeds_to_resolve(interval: dict[str, Any], claimed: float = 0.0,
-                     confidence: float = CONFIDENCE, limit: int = 10_000) -> int | None:
-    """Seeds for which the interval would exclude ``claimed`` if mean and std stayed as
-    observed (None: no spread measured, or the mean sits on ``claimed``)."""
-    mean, std = interval.get("mean"), interval.get("std")
-    if mean is None or not std or mean == claimed:
+def seeds_for_power(std: float | None, effect: float, alpha: float = 0.05,
+                    power: float = 0.8, limit: int = 10_000) -> int | None:
+    """Seeds a two-sided one-sample t-test at ``alpha`` needs to find a true difference of
+    ``effect`` with probability ``power``, at spread ``std`` (noncentral t).  The effect is
+    a stated smallest effect worth finding, never the observed mean -- a planned n from
+    the observed mean has about even odds.  None without a spread."""
+    if not std or effect <= 0:
         return None
     for n in range(2, limit + 1):
-        if stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n) < abs(mean - claimed):
+        critical = stats.t.ppf(1 - alpha / 2, n - 1)
+        shift = effect / std * math.sqrt(n)
+        reached = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
+        if reached >= power:
             return n
     return None
 

@@ -535,9 +535,11 @@ ANSWER = (
      "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
     ("02_char_transformer__matched_size", "The same on the character transformer: test "
      "loss at the same size (negative: sgsc's loss is lower)", _MATCHED_COLUMNS),
-    ("05_paper_claims__claims", "The papers' claims", ("source", "quote", "n", "mean",
-                                                       "ci_low", "ci_high", "side", "claimed",
-                                                       "verdict", "seeds_to_resolve")),
+    ("05_paper_claims__claims", "The papers' claims: where each paper measured it, what was "
+     "measured here, and the verdict after Holm's correction across the rows",
+     ("source", "quote", "measurement", "operating_point", "size_fraction",
+      "at_operating_point", "n", "mean", "ci_low", "ci_high", "side", "claimed", "holm_p",
+      "verdict", "seeds_to_resolve")),
     ("05_paper_claims__targets", "This project's targets", None),
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
 )
