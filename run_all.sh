@@ -64,7 +64,7 @@ if [ "$jobs" -gt 1 ]; then
     "$PY" -m sgsc pretrain --profile "$profile" --workers "$jobs" --device "$device" \
         --out runs --no-progress || pretrain_status=failed
     "$PY" -m sgsc regimes --profile "$profile" --workers "$jobs" --out "runs/$profile" \
-        --files || pretrain_status=failed
+        --device "$device" --files || pretrain_status=failed
     pretrain_entry="{\"notebook\": \"pretrain\", \"status\": \"$pretrain_status\", \
 \"wall_s\": $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'), \
 \"workers\": $jobs, \"cores\": $(nproc)}"

@@ -3,8 +3,9 @@
 Each worker count gets its own LocalCluster and a fresh output folder (nothing cached);
 the cluster is started, and torch imported and the digits loaded on every worker, before
 the clock starts: only the sweep is timed.  The grid: a float reference and ``sc`` and
-``sgsc`` at two values of gamma for every seed.  Prints both wall times and their ratio
-(1 worker / 2 workers; 2.0 would be perfect scaling).
+``sgsc`` at two values of gamma for every seed (a profile's mix).  Prints both wall times,
+their ratio (1 worker / 2 workers; 2.0 would be perfect scaling) and the efficiency (the
+ratio over the ideal one; target 90 %).  Run it on an otherwise idle machine.
 
     python benchmarks/sweep_scaling.py --seeds 2 --epochs 2
 """
@@ -66,8 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     for workers, wall in walls.items():
         print(f"{workers} worker(s): {wall:7.2f} s for {runs} runs")
     first, last = args.workers[0], args.workers[-1]
-    print(f"ratio {first} / {last} workers: {walls[first] / walls[last]:.2f}x "
-          f"(total {time.perf_counter() - start:.1f} s with cluster start-up)")
+    speedup = walls[first] / walls[last]
+    # efficiency: the speed-up over the ideal one (last / first workers)
+    efficiency = speedup * first / last
+    print(f"ratio {first} / {last} workers: {speedup:.2f}x, efficiency {efficiency:.0%} "
+          f"(target >= 90 %; total {time.perf_counter() - start:.1f} s with cluster "
+          "start-up)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The public API: :class:`SelfCompression` wraps any model with learnable per-chan
 depths (the size term); :class:`SafetyGuidance` adds the preservation term and the
 feedback controller (:class:`FeedbackConfig`) to any training loop;
 :class:`CompressionLoss` composes the method's loss for that loop;
-:func:`save_compressed` / :func:`load_compressed` write and read the packed file;
+:func:`save_compressed` / :func:`load_compressed` write and read the packed file
+(:func:`reopen_compressed` wraps a file's model again, to write it another way);
 :func:`build_preservation_set` picks the critical training examples that guide it.
 
 The package is organised by role (``docs/ARCHITECTURE.md``): ``sgsc.structure`` (channel
@@ -25,8 +26,12 @@ from sgsc.core.loss import CompressionLoss  # noqa: E402
 from sgsc.core.preservation import build_preservation_set  # noqa: E402
 from sgsc.core.safety import SafetyGuidance  # noqa: E402
 from sgsc.experiments import models as _models  # noqa: E402, F401  (registers the models)
-from sgsc.fileformat.export import load_compressed, save_compressed  # noqa: E402
+from sgsc.fileformat.export import (  # noqa: E402
+    load_compressed,
+    reopen_compressed,
+    save_compressed,
+)
 
 __version__ = "0.3.1"
 __all__ = ["CompressionLoss", "FeedbackConfig", "SafetyGuidance", "SelfCompression",
-           "build_preservation_set", "load_compressed", "save_compressed"]
+           "build_preservation_set", "load_compressed", "reopen_compressed", "save_compressed"]

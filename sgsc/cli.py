@@ -10,6 +10,13 @@ import sys
 from sgsc.experiments import data, provenance
 
 
+def _print_error(err: BaseException) -> None:
+    """One ``error:`` line on stderr, however many lines the message has (a notebook's
+    parameter check lists its problems one per line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    print("error: " + " ".join(lines), file=sys.stderr)
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     datasets = tuple(args.datasets) or data.DATASETS
     unknown = [name for name in datasets if name not in data.DATASETS]
@@ -20,7 +27,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     try:
         report = data.fetch(datasets) if args.action == "fetch" else data.verify(datasets)
     except data.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 1
     print(f"data directory: {data.data_dir().resolve()}  (set {data.DATA_DIR_ENV} to change)")
     for status in report:
@@ -61,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           float_overrides={"epochs": args.float_epochs},
                           **overrides)
     except expected as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     print(json.dumps(result))
     return 0
@@ -78,7 +85,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if args.readme:
             changed = report.write_readme_results(args.readme, folder)
     except (ValueError, FileNotFoundError, atomic.WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     print(f"report written to {path}")
     if args.readme:
@@ -158,7 +165,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             grid.out = args.out
         done, todo = sweep.plan(grid)
     except (sweep.GridError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     print(f"{len(done) + len(todo)} runs in {args.grid}: {len(done)} cached, {len(todo)} to run")
     if args.dry_run:
@@ -170,7 +177,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         atomic.ensure_writable(grid.out)
     except atomic.WriteError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     client = sweep.make_client(args.workers, args.scheduler)
     try:
@@ -211,7 +218,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                                       args.device)
         atomic.ensure_writable(args.out)
     except (ValueError, sweep.GridError, atomic.WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     todo = [s for grid in grids for s in sweep.plan(grid)[1]]
     print(f"{len(todo)} runs to train for profile {args.profile} ({', '.join(args.parts)})")
@@ -256,7 +263,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     try:
         budget = export.byte_budget(args.file)
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     if args.json:
         print(json.dumps(budget))
@@ -302,7 +309,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         rows = store.verify_models(args.report, sample=args.sample, seed=args.seed,
                                    tolerance=args.tolerance)
     except (OSError, ValueError, data.DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     for row in rows:
         metric = (f"test acc {row['test_acc']:.4f} (report {row['expected_acc']:.4f})"
@@ -335,7 +342,7 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
     from sgsc.experiments import profiles, regimes
 
     try:
-        prof = profiles.check_parameters(profile=args.profile)
+        prof = profiles.check_parameters(profile=args.profile, device=args.device)
         names = args.regime or list(prof.regimes)
         unknown = [n for n in names if n not in regimes.REGIMES]
         if unknown:
@@ -344,13 +351,14 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
         out = args.out or f"runs/{args.profile}"
         log = functools.partial(print, flush=True)
         regimes.train_study(names, list(prof.regime_seeds), out, args.workers,
-                            dict(prof.regime_budget), log=log)
+                            dict(prof.regime_budget), log=log, device=args.device)
         if args.files:
             files = regimes.file_requests(prof.file_regime, prof.file_seeds,
                                           prof.file_rate_gammas, prof.file_long)
-            regimes.train(files, out, args.workers, dict(prof.regime_budget), log=log)
+            regimes.train(files, out, args.workers, dict(prof.regime_budget), log=log,
+                          device=args.device)
     except _expected_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     return 0
 
@@ -371,6 +379,7 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--workers", type=int, default=default_workers(),
                      help="single-threaded worker processes (default: one per core)")
     cmd.add_argument("--out", default=None, help="run folder (default runs/<profile>)")
+    cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     cmd.add_argument("--files", action="store_true",
                      help="then 07_file_budget's runs too (sc-rate, longer budgets)")
     cmd.set_defaults(handler=_cmd_regimes)

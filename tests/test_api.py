@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_names():
     for name in ("SelfCompression", "SafetyGuidance", "FeedbackConfig", "CompressionLoss",
-                 "save_compressed", "load_compressed", "build_preservation_set"):
+                 "save_compressed", "load_compressed", "reopen_compressed",
+                 "build_preservation_set"):
         assert callable(getattr(sgsc, name)), name
     for method in ("size_loss", "storage_bits", "live_weights", "bit_depths", "exponents",
-                   "quantized_weights", "param_groups", "prune"):
+                   "quantized_weights", "param_groups", "prune", "rate_loss"):
         assert callable(getattr(sgsc.SelfCompression, method)), method
 
 

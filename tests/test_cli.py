@@ -7,6 +7,7 @@ import errno
 import json
 
 import pytest
+import torch
 
 from sgsc.cli import build_parser, main
 from sgsc.experiments import runs
@@ -197,5 +198,8 @@ def test_regimes_trains_the_profiles_study_and_names_a_wrong_regime(tmp_path, mo
     assert files == [(regimes.file_requests(quick.file_regime, quick.file_seeds,
                                             quick.file_rate_gammas, quick.file_long),
                       (str(tmp_path), 3, dict(quick.regime_budget)))]
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: before training
+        assert main(["regimes", "--profile", "quick", "--device", "cuda"]) == 2
+        assert "cuda" in _one_error_line(capsys) and len(calls) == 2
     assert main(["regimes", "--regime", "mnist-2k"]) == 2
     assert "unknown regime" in _one_error_line(capsys) and len(calls) == 2

@@ -106,3 +106,14 @@ def test_the_file_runs_are_sc_rate_at_each_gamma_and_both_at_the_longer_budget()
         ("sc", 0, {"epochs": 18, "gamma": 0.15}), ("sc", 1, {"epochs": 18, "gamma": 0.15}),
         ("sc-rate", 0, {"epochs": 18, "gamma": 0.15}),
         ("sc-rate", 1, {"epochs": 18, "gamma": 0.15})]
+
+
+def test_run_rows_list_every_run_once_with_its_cost():
+    results = [{"data": "mnist", "method": "float", "seed": 0, "run_dir": "f0", "train_s": 50.0,
+                "train_flops": 1e12, "params": {"epochs": 3}},
+               {"data": "mnist", "method": "sc", "seed": 0, "run_dir": "s0", "train_s": 80.0,
+                "train_flops": 2e12, "params": {"gamma": 0.05}, "storage_bytes": 4000,
+                "val_acc": 0.99}]
+    rows = regimes.run_rows(results + results[1:])  # a run reopened twice counts once
+    assert [(r["method"], r["gamma"], r["train_s"]) for r in rows] == [
+        ("float", None, 50.0), ("sc", 0.05, 80.0)]

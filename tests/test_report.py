@@ -344,6 +344,8 @@ def test_the_readme_says_what_the_committed_report_says():
     text = (root / "README.md").read_text()
     block = text.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
     assert block.strip().splitlines() == report.answer_sentences(root / "reports" / "paper")
+    cost = text.split(report.COST_START, 1)[1].split(report.COST_END, 1)[0]
+    assert cost.strip().splitlines() == report.cost_sentence(root / "reports" / "paper")
 
 
 def test_writing_the_readme_block_needs_its_markers(report_dir, tmp_path):
@@ -396,3 +398,20 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
     text = report.build_report(report_dir, "quick").read_text()
     assert text.index("06_regimes__endpoint.json") < text.index("01_mnist_cnn__matched_size")
     assert check_index(report.build_report(report_dir, "quick")) == []
+
+
+def test_the_cost_sentence_says_core_hours_and_worker_wall_times(report_dir, tmp_path):
+    report.save_table([{"notebook": "01_mnist_cnn", "runs": 10, "train_s": 36_000.0,
+                        "longest_run_s": 1_800.0, "vs_floor": 1.4},
+                       {"notebook": "all", "runs": 200, "train_s": 360_000.0,
+                        "longest_run_s": 9_000.0, "vs_floor": 1.43}],
+                      report_dir, "05_paper_claims__compute")
+    [sentence] = report.cost_sentence(report_dir)
+    # 100 core-hours: 12.5 h on 8 workers, 6.25 on 16, and on 64 the longest run's 2.5 h
+    assert "100.0 core-hours (200 runs) (1.4× the time its FLOPs need" in sentence
+    assert "about 12.5 h on 8, 6.2 h on 16, 2.5 h on 64 single-threaded workers" in sentence
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_START}\n{report.README_END}\n"
+                      f"{report.COST_START}\nold\n{report.COST_END}\n")
+    assert report.write_readme_results(readme, report_dir)
+    assert f"{report.COST_START}\n{sentence}\n{report.COST_END}" in readme.read_text()

@@ -103,3 +103,20 @@ def test_a_report_without_model_files_says_so(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="lists no model files"):
         store.verify_models(tmp_path)
+
+
+def test_a_sample_of_the_committed_reports_model_files_verifies(shared_data_dir):
+    """CI's share of ``python -m sgsc verify reports/paper``: a seeded sample of the model
+    files the paper report keeps reloads to the sizes and test accuracies it reports."""
+    from pathlib import Path
+
+    import pytest
+
+    from sgsc.experiments import store
+
+    report = Path(__file__).resolve().parents[1] / "reports" / "paper"
+    if not store.read_manifest(report):
+        pytest.skip("the paper report keeps no model files yet")
+    rows = store.verify_models(report, sample=4, seed=0, tolerance=2)
+    assert len(rows) == min(4, len(store.read_manifest(report)))
+    assert all(row["ok"] for row in rows), [r for r in rows if not r["ok"]]

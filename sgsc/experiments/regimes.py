@@ -172,7 +172,7 @@ def _describe(trial: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- training
 
 
-def _run(spec: dict, out_dir: str, budget: dict[str, int | None]) -> dict:
+def _run(spec: dict, out_dir: str, budget: dict[str, int | None], device: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -184,16 +184,18 @@ def _run(spec: dict, out_dir: str, budget: dict[str, int | None]) -> dict:
         float_budget |= settings
         settings = {}
     result = runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
-                      progress=False, float_overrides=float_budget or None, **settings)
+                      device=device, progress=False, float_overrides=float_budget or None,
+                      **settings)
     return result
 
 
 def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
           budget: dict[str, int | None] | None = None,
-          log=print) -> list[dict]:
+          log=print, device: str = "auto") -> list[dict]:
     """Run (or reopen) every request on ``workers`` single-threaded processes: the float
     references first, so that no two workers ever train the same float model; returns
-    the results in the requests' order."""
+    the results in the requests' order.  ``device``: auto, cpu or cuda (every worker
+    uses it; not part of a run's key)."""
     requests = list(requests)
     budget = budget or {}
     results: dict[int, dict] = {}
@@ -207,7 +209,8 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for batch in ([(i, requests[i]) for i in floats] + [(None, r) for r in extra],
                       [(i, requests[i]) for i in others]):
-            futures = {pool.submit(_run, spec, out_dir, budget): (i, spec) for i, spec in batch}
+            futures = {pool.submit(_run, spec, out_dir, budget, device): (i, spec)
+                       for i, spec in batch}
             for future in as_completed(futures):
                 i, spec = futures[future]
                 result = future.result()
@@ -226,19 +229,19 @@ def default_workers() -> int:
 
 def train_study(regime_names: Sequence[str], seeds: Sequence[int], out_dir: str,
                 workers: int = 1, budget: dict[str, int | None] | None = None,
-                log=print) -> dict[str, dict[str, dict]]:
+                log=print, device: str = "auto") -> dict[str, dict[str, dict]]:
     """The whole study: stage one in every regime, the settings tuning chose, then stage
     two; returns the chosen settings per regime and method."""
     plans = {name: REGIMES[name] for name in regime_names}
     first = [r for regime in plans.values() for r in stage_one(regime, seeds)]
-    results = train(first, out_dir, workers, budget, log)
+    results = train(first, out_dir, workers, budget, log, device)
     chosen = {name: choose_settings(regime, [r for r in results if r["data"] == name])[0]
               for name, regime in plans.items()}
     for name, settings in chosen.items():
         log(f"{name}: chosen {settings}")
     second = [r for name, regime in plans.items() for r in stage_two(regime, chosen[name],
                                                                      seeds)]
-    train(second, out_dir, workers, budget, log)
+    train(second, out_dir, workers, budget, log, device)
     return chosen
 
 

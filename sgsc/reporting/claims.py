@@ -317,7 +317,7 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
     rows = []
     for notebook, keys in COST_TABLES.items():
         runs = counted = 0
-        seconds = counted_seconds = flops = 0.0
+        seconds = counted_seconds = flops = longest = 0.0
         for row in (row for key in keys for row in tables.get(key, [])):
             # a run by its data set and keyed folder name: notebooks name the same folder
             # from different working directories
@@ -327,23 +327,26 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
             seen.add(folder)
             runs += 1
             seconds += float(row["train_s"])
+            longest = max(longest, float(row["train_s"]))
             if row.get("train_flops") is not None:
                 counted += 1
                 counted_seconds += float(row["train_s"])
                 flops += float(row["train_flops"])
         rows.append(_cost_row(notebook, runs, seconds, counted, counted_seconds, flops,
-                              peak_gflops))
+                              peak_gflops, longest))
     total = {k: sum(r[k] for r in rows) for k in ("runs", "train_s", "runs_with_flops",
                                                    "train_s_with_flops", "train_flops")}
     rows.append(_cost_row("all", total["runs"], total["train_s"], total["runs_with_flops"],
-                          total["train_s_with_flops"], total["train_flops"], peak_gflops))
+                          total["train_s_with_flops"], total["train_flops"], peak_gflops,
+                          max(r["longest_run_s"] for r in rows)))
     return rows
 
 
 def _cost_row(notebook: str, runs: int, seconds: float, counted: int, counted_seconds: float,
-              flops: float, peak_gflops: float | None) -> dict:
+              flops: float, peak_gflops: float | None, longest: float) -> dict:
     floor = flops / (peak_gflops * 1e9) if peak_gflops and flops else None
     return {"notebook": notebook, "runs": runs, "train_s": round(seconds, 1),
+            "longest_run_s": round(longest, 1),
             "runs_with_flops": counted, "train_s_with_flops": round(counted_seconds, 1),
             "train_flops": flops, "peak_gflops": peak_gflops,
             "floor_s": None if floor is None else round(floor, 1),

@@ -315,19 +315,54 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
     return sentences
 
 
+COST_START = "<!-- cost: written by python -m sgsc report --readme README.md -->"
+COST_END = "<!-- /cost -->"
+WORKERS = (8, 16, 64)
+
+
+def cost_sentence(report_dir: str | os.PathLike[str]) -> list[str]:
+    """What regenerating a profile's results from scratch costs (05's compute table): its
+    core-hours of training against the FLOP floor, and the wall time on 8, 16 and 64
+    single-threaded workers if every worker stays busy -- never less than the longest run."""
+    path = Path(report_dir) / METRICS / "05_paper_claims__compute.json"
+    rows = {r["notebook"]: r for r in _load(path)} if path.exists() else {}
+    total = rows.get("all")
+    if not total or not total.get("train_s"):
+        return []
+    hours = total["train_s"] / 3600
+    floor = (f" ({total['vs_floor']:.1f}× the time its FLOPs need at this machine's matmul "
+             "peak)" if total.get("vs_floor") else "")
+    longest = total.get("longest_run_s") or 0.0  # absent from tables of older code
+    walls = ", ".join(f"{max(total['train_s'] / n, longest) / 3600:.1f} h on {n}"
+                      for n in WORKERS)
+    bound = f" (the longest run alone takes {longest / 60:.0f} minutes)" if longest else ""
+    return [f"Training every run of the {Path(report_dir).name} profile from scratch takes "
+            f"{hours:.1f} core-hours ({total['runs']:,} runs){floor}: about {walls} "
+            f"single-threaded workers if each stays busy{bound}."]
+
+
+def _replace_block(text: str, start: str, end: str, lines: list[str], path: Path) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no block for these sentences: put {start} and {end} "
+                         "where they go")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + "\n".join(lines) + "\n" + end + tail
+
+
 def write_readme_results(readme: str | os.PathLike[str],
                          report_dir: str | os.PathLike[str]) -> bool:
-    """Put :func:`answer_sentences` between the README's results markers; returns whether
-    the text changed.  A README without the markers is an error naming them."""
+    """Put :func:`answer_sentences` between the README's results markers, and
+    :func:`cost_sentence` between its cost markers where it has them; returns whether the
+    text changed.  A README without the results markers is an error naming them."""
     path = Path(readme)
     text = path.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{path} has no results block: put {README_START} and {README_END} "
                          "where the sentences go")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    block = "\n" + "\n".join(answer_sentences(report_dir)) + "\n"
-    new = head + README_START + block + README_END + tail
+    new = _replace_block(text, README_START, README_END, answer_sentences(report_dir), path)
+    if COST_START in new:
+        new = _replace_block(new, COST_START, COST_END, cost_sentence(report_dir), path)
     if new != text:
         atomic.write_bytes(path, new.encode())
     return new != text
@@ -544,7 +579,7 @@ ANSWER = (
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
 )
 ANSWER_FIGURES = (("06_regimes_answer", "sgsc − sc at equal size against the training "
-                   "images of each regime, with the 95 % interval and the equivalence band"),
+                   "images of each regime, with its confidence interval and the equivalence band"),
                   ("01_mnist_cnn_frontier", "MNIST: test accuracy against file size, every "
                    "method (sc and sgsc at several γ, mean over seeds)"),
                   ("02_char_transformer_frontier", "Names: test loss against file size"))
