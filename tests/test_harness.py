@@ -53,3 +53,18 @@ def test_check_run_is_what_run_checks_before_training():
 def test_prefixed_names_metrics_as_results_do():
     assert harness.prefixed("val", {"accuracy": 0.5, "loss": 1.0}) == {"val_acc": 0.5,
                                                                        "val_loss": 1.0}
+
+
+def test_a_reopened_run_names_the_folder_it_was_reopened_from(tmp_path):
+    """A result stores the folder as its trainer named it (relative to that process's
+    working directory); reopened from elsewhere, run_dir is where it is now, so that what
+    reads the folder (a history, a model file) finds it."""
+    import time
+
+    folder = tmp_path / "digits" / "sc-s0-abc"
+    folder.mkdir(parents=True)
+    (folder / harness.RESULT).write_text(json.dumps(
+        {"method": "sc", "test_acc": 0.9, "test_class_acc": [0.9] * 10,
+         "run_dir": "runs/paper/digits/sc-s0-abc"}))
+    reopened = harness.finished(folder, time.perf_counter())
+    assert reopened["run_dir"] == str(folder) and reopened["reopened"]
