@@ -52,7 +52,7 @@ if [ ${#notebooks[@]} -eq 0 ]; then
 fi
 
 # With --jobs N > 1 the training runs of 01 and 02 are trained first on N single-threaded
-# workers (python -m sgsc pretrain), and those of 06 and 07 (python -m sgsc regimes --files);
+# workers (python -m sgsc pretrain), and those of 06-08 (python -m sgsc regimes --extras);
 # the notebooks then find them in runs/<profile>.
 pretrain_entry=""
 total_start=$(date +%s.%N)
@@ -64,7 +64,7 @@ if [ "$jobs" -gt 1 ]; then
     "$PY" -m sgsc pretrain --profile "$profile" --workers "$jobs" --device "$device" \
         --out runs --no-progress || pretrain_status=failed
     "$PY" -m sgsc regimes --profile "$profile" --workers "$jobs" --out "runs/$profile" \
-        --device "$device" --files || pretrain_status=failed
+        --device "$device" --extras || pretrain_status=failed
     pretrain_entry="{\"notebook\": \"pretrain\", \"status\": \"$pretrain_status\", \
 \"wall_s\": $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'), \
 \"workers\": $jobs, \"cores\": $(nproc)}"

@@ -339,7 +339,7 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_regimes(args: argparse.Namespace) -> int:
-    from sgsc.experiments import profiles, regimes
+    from sgsc.experiments import profiles, regimes, studies
 
     try:
         prof = profiles.check_parameters(profile=args.profile, device=args.device)
@@ -352,11 +352,15 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
         log = functools.partial(print, flush=True)
         regimes.train_study(names, list(prof.regime_seeds), out, args.workers,
                             dict(prof.regime_budget), log=log, device=args.device)
-        if args.files:
+        if args.extras:  # 07's runs on the regime budget, 08's on the point's own
             files = regimes.file_requests(prof.file_regime, prof.file_seeds,
                                           prof.file_rate_gammas, prof.file_long)
             regimes.train(files, out, args.workers, dict(prof.regime_budget), log=log,
                           device=args.device)
+            point = prof.operating_point
+            regimes.train(studies.operating_point_requests(point), out, args.workers,
+                          {"float_epochs": point["float_epochs"],
+                           "epochs": point.get("epochs")}, log=log, device=args.device)
     except _expected_errors() as err:
         _print_error(err)
         return 2
@@ -380,8 +384,9 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
                      help="single-threaded worker processes (default: one per core)")
     cmd.add_argument("--out", default=None, help="run folder (default runs/<profile>)")
     cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    cmd.add_argument("--files", action="store_true",
-                     help="then 07_file_budget's runs too (sc-rate, longer budgets)")
+    cmd.add_argument("--extras", action="store_true",
+                     help="then the runs of 07_file_budget (sc-rate, longer budgets) and "
+                          "08_operating_point too")
     cmd.set_defaults(handler=_cmd_regimes)
 
 

@@ -227,3 +227,18 @@ def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
     assert sc["entropy_coded_bytes_mean"] == 1_450 and sc["storage_bytes_mean"] == 2_900
     rate = rows[("sc-rate", 0.4)]  # its narrowed file changed its accuracy: not counted
     assert rate["entropy_coded_bytes_mean"] == 1_700 and not rate["met"]
+
+
+def test_the_60_percent_claim_is_measured_at_the_papers_point_where_08_ran(tables):
+    op = [{"method": m, "seed": s, "test_acc": acc + 0.001 * s, "float_fraction": frac,
+           "test_acc_minus_float": gain}
+          for s in range(3) for m, acc, frac, gain in (("float", 0.986, 1.0, 0.0),
+                                                       ("sc", 0.993, 0.63, 0.007),
+                                                       ("sgsc", 0.994, 0.63, 0.008))]
+    rows = {r["id"]: r for r in claims.assess_claims(tables | {"op_runs": op})}
+    sixty = rows["sgsc-accuracy-vs-float"]
+    assert sixty["mean"] == pytest.approx(0.008) and sixty["at_operating_point"] == "yes"
+    assert sixty["size_fraction"] == pytest.approx(0.63)
+    assert rows["sgsc-vs-sc-at-point"]["mean"] == pytest.approx(0.001)
+    without = {r["id"]: r for r in claims.assess_claims(tables)}
+    assert without["sgsc-vs-sc-at-point"]["verdict"] == "not measured"

@@ -48,6 +48,7 @@ EXPECTED = {
     "07_file_budget": {"figures": ("frontier",),
                        "metrics": ("runs", "variants", "smallest", "best", "sections",
                                    "layers", "run")},
+    "08_operating_point": {"figures": ("accuracy",), "metrics": ("runs", "summary", "run")},
 }
 NEEDS_DATA = {"02_char_transformer": "names"}
 

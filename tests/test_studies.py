@@ -309,3 +309,18 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     [narrow] = [r for r in table if r["variant"] == "narrow"]
     # a narrowed file that classifies differently from its exact one does not count
     assert not narrow["allowed"] and not narrow["smallest_at_target"]
+
+
+def test_the_operating_point_runs_sc_and_sgsc_from_a_brief_float_and_compares_with_it():
+    point = {"data": "mnist", "seeds": (0, 1), "float_epochs": 1, "init_bits": 20.0,
+             "gamma": 0.0}
+    requests = studies.operating_point_requests(point)
+    assert [(r["method"], r["seed"]) for r in requests] == [
+        ("float", 0), ("sc", 0), ("sgsc", 0), ("float", 1), ("sc", 1), ("sgsc", 1)]
+    assert requests[1]["overrides"] == {"init_bits": 20.0, "gamma": 0.0}
+    results = [{"method": m, "seed": 0, "val_acc": 0.98, "test_acc": acc,
+                "storage_bytes": size, "run_dir": m}
+               for m, acc, size in (("float", 0.986, 1000), ("sgsc", 0.994, 620))]
+    rows = {r["method"]: r for r in studies.operating_point_rows(results)}
+    assert rows["sgsc"]["float_fraction"] == pytest.approx(0.62)
+    assert rows["sgsc"]["test_acc_minus_float"] == pytest.approx(0.008)

@@ -651,3 +651,33 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
                 r["smallest_at_target"] = bool(sizes) and r["reaches_target"] and \
                     r["file_bytes_mean"] == min(sizes)
     return sorted(table, key=lambda r: (r["variant"], r["file_bytes_mean"]))
+
+
+# ----------------------------------------------------------------------------- 08's point
+
+def operating_point_requests(point: dict[str, Any]) -> list[dict]:
+    """08_operating_point's runs: per seed a float trained for ``point["float_epochs"]``
+    and, from it, sc and sgsc at ``point["init_bits"]`` and ``point["gamma"]``."""
+    from sgsc.experiments.regimes import request
+
+    return [request(point["data"], method, seed, point["gamma"], init_bits=point["init_bits"])
+            if method != "float" else request(point["data"], "float", seed)
+            for seed in point["seeds"] for method in ("float", "sc", "sgsc")]
+
+
+def operating_point_rows(results: Sequence[dict]) -> list[dict]:
+    """Per run: its accuracy, size, and size and accuracy against the float of its seed."""
+    floats = {r["seed"]: r for r in results if r["method"] == "float"}
+    rows = []
+    for r in results:
+        reference = floats.get(r["seed"])
+        rows.append({"method": r["method"], "seed": r["seed"], "val_acc": r["val_acc"],
+                     "test_acc": r["test_acc"], "storage_bytes": r["storage_bytes"],
+                     "float_fraction": r["storage_bytes"] / reference["storage_bytes"]
+                     if reference else None,
+                     "test_acc_minus_float": r["test_acc"] - reference["test_acc"]
+                     if reference else None,
+                     "train_s": r.get("train_s"), "train_flops": r.get("train_flops"),
+                     "run_dir": r["run_dir"]})
+    return rows
+
