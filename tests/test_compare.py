@@ -153,3 +153,17 @@ def test_regime_endpoints_report_every_regime_with_holm_across_them():
     worse = [dict(r, test_acc=r["test_acc"] - 0.05) if r["method"] == "sgsc" else r
              for r in same]
     assert compare.dominated(worse) == (15, 15)  # 5 points worse: a smaller sc beats each
+
+
+def test_an_unfinished_regime_is_listed_and_counts_in_holm_as_p_one():
+    better = [r for s in range(5) for r in _frontier_rows(s, 0.01 + 0.001 * s)]
+    same = [r for s in range(5) for r in _frontier_rows(s, (-1) ** s * 0.0002)]
+    alone = {r["regime"]: r for r in compare.regime_endpoints({"small": better, "big": same})}
+    table = {r["regime"]: r for r in compare.regime_endpoints(
+        {"small": better, "big": same}, family=("small", "big", "huge", "tiny"))}
+    assert table["huge"]["verdict"] == compare.NOT_FINISHED and table["huge"]["mean"] is None
+    assert table["tiny"]["holm_p"] is None and table["tiny"]["seeds"] == 0
+    # the smallest p is multiplied by the registered family's size (4), not the finished 2
+    assert table["small"]["holm_p"] == pytest.approx(min(1.0, 4 * table["small"]["t_p"]))
+    assert alone["small"]["holm_p"] == pytest.approx(min(1.0, 2 * alone["small"]["t_p"]))
+    assert table["small"]["t_p"] == alone["small"]["t_p"]  # nothing else moves

@@ -17,7 +17,7 @@ import pytest
 from test_report import check_index
 
 from sgsc.experiments import data
-from sgsc.reporting import report
+from sgsc.reporting import compare, report
 
 papermill = pytest.importorskip("papermill")
 
@@ -173,6 +173,33 @@ def test_report_of_the_quick_profile(quick):
     text = index.read_text()
     for name in _notebooks():  # a notebook skipped for lack of data has no section
         assert (f'id="{name}"' in text) == (skipped[name] is None), name
+
+
+@pytest.mark.slow
+def test_an_unfinished_study_is_listed_not_computed_and_nothing_trains(quick, tmp_path):
+    """06 with train_missing=False on the quick study less one sgsc run: the regime is
+    listed as not finished with exactly that run, nothing is computed from it, and the
+    run is still missing afterwards."""
+    import shutil
+
+    report_dir, _ = quick
+    runs = tmp_path / "runs"
+    shutil.copytree(report_dir.parent.parent / "runs", runs)
+    source = report_dir.parent.parent / "runs"
+    study_run = next(Path(r["run_dir"]) for r in report.load_table(report_dir, "06_regimes__runs")
+                     if r["method"] == "sgsc" and r["seed"] == 1)
+    gone = runs / study_run.resolve().relative_to(source.resolve()) / "result.json"
+    gone.unlink()
+    out = tmp_path / "report"
+    out.mkdir()
+    _execute("06_regimes", out / "06_regimes.ipynb", profile="quick", out_dir=str(runs),
+             report_dir=str(out), train_missing=False)
+    missing = report.load_table(out, "06_regimes__missing")
+    assert [(m["regime"], m["method"], m["seed"]) for m in missing] == [("digits", "sgsc", 1)]
+    [row] = report.load_table(out, "06_regimes__endpoint")
+    assert row["verdict"] == compare.NOT_FINISHED and row["mean"] is None
+    assert report.load_table(out, "06_regimes__runs") == []
+    assert not gone.exists()  # reopening only: nothing trained it
 
 
 @pytest.mark.slow

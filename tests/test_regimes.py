@@ -117,3 +117,16 @@ def test_run_rows_list_every_run_once_with_its_cost():
     rows = regimes.run_rows(results + results[1:])  # a run reopened twice counts once
     assert [(r["method"], r["gamma"], r["train_s"]) for r in rows] == [
         ("float", None, 50.0), ("sc", 0.05, 80.0)]
+
+
+def test_reopening_only_lists_a_regimes_missing_runs_and_trains_none(tmp_path):
+    regime = regimes.REGIMES["digits"]
+    study = regimes.regime_runs(regime, [0, 1], str(tmp_path), train_missing=False)
+    assert study.results == [] and study.chosen == {} and study.tuning == []
+    planned = regimes.stage_one(regime, [0, 1])
+    stage_one = [m for m in study.missing if m["stage"] == "one"]
+    assert len(stage_one) == len(planned)
+    assert [m for m in study.missing if m["stage"] == "two"] == [
+        {"regime": "digits", "stage": "two", "method": "all", "seed": None,
+         "overrides": "planned after stage one"}]
+    assert not any(tmp_path.iterdir())

@@ -200,3 +200,19 @@ def test_safety_runs_of_a_seed_share_one_calibration(sgsc_digits, monkeypatch):
     pres = json.loads((out / "digits" / other["run_dir"].rsplit("/", 1)[-1]
                        / "preservation.json").read_text())
     assert pres["float_level"] == level
+
+
+def test_reopen_only_returns_finished_runs_and_none_for_the_rest_writing_nothing(
+        sgsc_digits, tmp_path):
+    compressed, reference, out = sgsc_digits
+    before = sorted(p for p in out.rglob("*"))
+    again = runs.run("sgsc", "digits", out_dir=out, progress=False, reopen_only=True)
+    assert again["reopened"] and again["test_acc"] == compressed["test_acc"]
+    assert runs.run("float", "digits", out_dir=out, progress=False,
+                    reopen_only=True)["test_acc"] == reference["test_acc"]
+    assert runs.run("sc", "digits", out_dir=out, progress=False, gamma=0.77,
+                    reopen_only=True) is None
+    assert sorted(p for p in out.rglob("*")) == before  # nothing trained, nothing written
+    # no float reference yet: nothing to reopen, and no folder made for one
+    assert runs.run("sc", "digits", out_dir=tmp_path, progress=False, reopen_only=True) is None
+    assert not any(tmp_path.iterdir())

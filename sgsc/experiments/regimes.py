@@ -172,10 +172,20 @@ def _describe(trial: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- training
 
 
-def _run(spec: dict, out_dir: str, budget: dict[str, int | None], device: str) -> dict:
+def _run(spec: dict, out_dir: str, budget: dict[str, int | None], device: str,
+         reopen_only: bool = False) -> dict | None:
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker's runs are single-threaded (part of a run's key)
+    try:
+        return _run_one_thread(spec, out_dir, budget, device, reopen_only)
+    finally:
+        torch.set_num_threads(threads)  # reopening in the caller's process leaves it as it was
+
+
+def _run_one_thread(spec: dict, out_dir: str, budget: dict[str, int | None], device: str,
+                    reopen_only: bool) -> dict | None:
     float_budget = {"epochs": budget.get("float_epochs")} if budget.get("float_epochs") else {}
     settings = dict(spec["overrides"])
     if budget.get("epochs") and spec["method"] != "float":
@@ -183,21 +193,23 @@ def _run(spec: dict, out_dir: str, budget: dict[str, int | None], device: str) -
     if spec["method"] == "float":
         float_budget |= settings
         settings = {}
-    result = runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
-                      device=device, progress=False, float_overrides=float_budget or None,
-                      **settings)
-    return result
+    return runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
+                    device=device, progress=False, float_overrides=float_budget or None,
+                    reopen_only=reopen_only, **settings)
 
 
 def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
           budget: dict[str, int | None] | None = None,
-          log=print, device: str = "auto") -> list[dict]:
+          log=print, device: str = "auto", train_missing: bool = True) -> list[dict | None]:
     """Run (or reopen) every request on ``workers`` single-threaded processes: the float
     references first, so that no two workers ever train the same float model; returns
     the results in the requests' order.  ``device``: auto, cpu or cuda (every worker
-    uses it; not part of a run's key)."""
+    uses it; not part of a run's key).  ``train_missing=False`` trains nothing: a run
+    that has not finished gives None in its place."""
     requests = list(requests)
     budget = budget or {}
+    if not train_missing:
+        return [_run(spec, out_dir, budget, device, reopen_only=True) for spec in requests]
     results: dict[int, dict] = {}
     floats = [i for i, r in enumerate(requests) if r["method"] == "float"]
     others = [i for i, r in enumerate(requests) if r["method"] != "float"]
@@ -243,6 +255,44 @@ def train_study(regime_names: Sequence[str], seeds: Sequence[int], out_dir: str,
                                                                      seeds)]
     train(second, out_dir, workers, budget, log, device)
     return chosen
+
+
+@dataclass
+class RegimeRuns:
+    """What one regime's study holds: its finished runs (both stages), each method's chosen
+    settings and the tuning table -- or, where runs are missing, which ones."""
+
+    results: list[dict]
+    chosen: dict[str, dict]
+    tuning: list[dict]
+    missing: list[dict]  # one row per run not finished: stage, method, seed, overrides
+
+
+def regime_runs(regime: Regime, seeds: Sequence[int], out_dir: str, workers: int = 1,
+                budget: dict[str, int | None] | None = None, device: str = "auto",
+                train_missing: bool = True, log=print) -> RegimeRuns:
+    """Both stages of one regime: trained where missing, or with ``train_missing=False``
+    only reopened -- then a regime with any run missing lists them and is left out of
+    every computation (docs/PREREGISTRATION.md); stage two's runs are not planned until
+    stage one has finished, since they depend on its choice."""
+    plan = stage_one(regime, seeds)
+    first = train(plan, out_dir, workers, budget, log, device, train_missing)
+    missing = _missing("one", plan, first)
+    if missing:
+        return RegimeRuns([r for r in first if r is not None], {}, [],
+                          missing + [{"regime": regime.name, "stage": "two", "method": "all",
+                                      "seed": None, "overrides": "planned after stage one"}])
+    chosen, tuning = choose_settings(regime, first)
+    plan = stage_two(regime, chosen, seeds)
+    second = train(plan, out_dir, workers, budget, log, device, train_missing)
+    return RegimeRuns(first + [r for r in second if r is not None], chosen, tuning,
+                      _missing("two", plan, second))
+
+
+def _missing(stage: str, plan: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
+    return [{"regime": spec["data"], "stage": stage, "method": spec["method"],
+             "seed": spec["seed"], "overrides": str(spec["overrides"])}
+            for spec, result in zip(plan, results, strict=True) if result is None]
 
 
 # ----------------------------------------------------------------------------- the tables

@@ -68,11 +68,17 @@ FEEDBACK_LOG_ROWS = 1000
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
         device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
-        preservation_size: int | None = None, **overrides) -> dict:
-    """Run ``method`` on ``data_name``; see the module docstring for the result."""
+        preservation_size: int | None = None, reopen_only: bool = False,
+        **overrides) -> dict | None:
+    """Run ``method`` on ``data_name``; see the module docstring for the result.
+
+    ``reopen_only``: train nothing -- return the finished run's result, or None where the
+    run (or its float reference) has not finished."""
     check_method(method, data_name)
     # --- baselines: uniform PTQ/QAT, DiffQ, CB-TPE (sgsc.experiments.baselines) -------------------
     if method in BASELINE_METHODS:
+        if reopen_only:
+            raise ValueError(f"reopen_only is for float, sc and the safety methods, not {method}")
         if preservation_size is not None:
             raise ValueError(f"{method} uses no preservation set; drop preservation_size")
         return _run_baseline(method, data_name, seed=seed, out_dir=out_dir, device=device,
@@ -86,6 +92,8 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
     config, size = check_run(method, data_name, seed=seed, device=device, progress=progress,
                              float_overrides=float_overrides,
                              preservation_size=preservation_size, **overrides)
+    if reopen_only and not _float_finished(data_name, seed, root, device, float_overrides):
+        return None
     atomic.ensure_writable(root)  # an unwritable output fails now, not after training
     splits = load_splits(data_name)
     float_model, float_info = train_float(data_name, splits, seed, root, device, progress,
@@ -114,8 +122,8 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         pres_info = {"preservation_size": len(chosen.indices),
                      "preservation_counts": chosen.counts(), "monitor_size": len(monitor)}
     out = run_folder(root, method, seed, config, pres_info, float_info["run_dir"].name)
-    if (reopened := finished(out, start)) is not None:  # nothing to train or measure
-        return reopened
+    if (reopened := finished(out, start)) is not None or reopen_only:
+        return reopened  # nothing to train or measure (or, reopening only, nothing there)
     model = build_data_model(data_name, splits).to(dev)
     model.load_state_dict(float_model.state_dict())
     compression = SelfCompression(model, init_bits=config.init_bits)
@@ -162,6 +170,13 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
         **prefixed("test", evaluate(loaded, splits.test, dev, per_class=True)),
     }
     return finish(method, data_name, seed, result, start, out)
+
+
+def _float_finished(data_name: str, seed: int, root: Path, device: str,
+                    float_overrides: dict | None) -> bool:
+    config = train_config("float", data_name, seed=seed, device=device, progress=False,
+                          **(float_overrides or {}))
+    return finished(run_folder(root, "float", seed, config), time.perf_counter()) is not None
 
 
 def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, *,

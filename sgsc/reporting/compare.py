@@ -217,12 +217,21 @@ def dominated(rows: Sequence[dict], method: str = "sgsc", reference: str = "sc",
     return count, len(runs)
 
 
+NOT_FINISHED = "not finished"  # the verdict of a registered regime whose runs are missing
+
+
 def regime_endpoints(rows_by_regime: dict[str, Sequence[dict]],
-                     margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
+                     margin: float = EQUIVALENCE_MARGIN,
+                     family: Sequence[str] = ()) -> list[dict]:
     """The primary endpoint of every regime (docs/PREREGISTRATION.md), Holm across them:
     per regime the per-seed values, their mean and 95 % t-interval, the t-test p (raw and
     Holm-adjusted), the sign-flip p, the equivalence p and the verdict, and the
-    (secondary) dominance count."""
+    (secondary) dominance count.
+
+    ``family``: the registered regimes.  One without rows (its runs did not all finish)
+    gets a row of its own, verdict ``not finished`` and nothing computed, and counts in
+    Holm's correction with p = 1 -- a valid p-value for any hypothesis, so the finished
+    regimes' family-wise error stays controlled across the whole registered family."""
     table = []
     for regime, rows in rows_by_regime.items():
         per_seed = per_seed_endpoint(rows)
@@ -235,8 +244,13 @@ def regime_endpoints(rows_by_regime: dict[str, Sequence[dict]],
                       "sign_flip_p": sign_flip_p(values),
                       "equivalence_p": equivalence_p(values, margin),
                       "margin": margin, "dominated": beaten, "sgsc_runs": total})
-    adjusted = holm({row["regime"]: row["t_p"] for row in table})
+    absent = [name for name in family if name not in rows_by_regime]
+    adjusted = holm({row["regime"]: row["t_p"] for row in table} | dict.fromkeys(absent, 1.0))
     for row in table:
         row["holm_p"] = adjusted[row["regime"]]
         row["verdict"] = regime_verdict(row["mean"], row["holm_p"], row["equivalence_p"])
-    return table
+    return table + [{"regime": name, "seeds": 0, "per_seed": {}, "mean": None,
+                     "ci_low": None, "ci_high": None, "t_p": None, "sign_flip_p": None,
+                     "equivalence_p": None, "margin": margin, "dominated": None,
+                     "sgsc_runs": 0, "holm_p": None, "verdict": NOT_FINISHED}
+                    for name in absent]
