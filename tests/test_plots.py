@@ -100,7 +100,10 @@ def test_regime_answer_draws_each_regimes_interval_at_its_training_images():
     band = ax.patches[0]  # the equivalence margin, in points
     assert (band.get_y(), band.get_y() + band.get_height()) == (pytest.approx(-0.2),
                                                                  pytest.approx(0.2))
-    assert sorted(t.get_text().split("\n")[0] for t in ax.texts) == ["digits", "mnist"]
+    # every regime named, the one without a mean at its place with its verdict and no point
+    assert sorted(t.get_text() for t in ax.texts) == [
+        "digits\nsgsc better", "mnist\nsgsc worse", "mnist-1k\nnot enough matched seeds"]
+    assert list(ax.get_xticks()) == [1000, 1257, 55000]
 
 
 def test_q_against_steps_draws_one_line_per_run_without_missing_points():

@@ -380,24 +380,40 @@ def search_race(curves: Mapping[str, Sequence[Sequence[dict]]],
 def regime_answer(endpoints: Sequence[dict], train_rows: Mapping[str, int]) -> Figure:
     """The study's answer: sgsc minus sc test accuracy at equal size (points), with its
     95 % interval over seeds, against the regime's training images (log x); the shaded
-    band is the equivalence margin."""
+    band is the equivalence margin.  A regime without a mean (not finished) is named at
+    its place on the axis, with no point."""
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.subplots()
     margin = max((e.get("margin") or 0.0 for e in endpoints), default=0.0) * 100
     ax.axhspan(-margin, margin, color="#dddddd", label=f"±{margin:g} points (equivalence)")
     ax.axhline(0.0, color="#444444", lw=0.8)
-    for e in endpoints:
+    placed = sorted(((train_rows[e["regime"]], e) for e in endpoints
+                     if e["regime"] in train_rows), key=lambda item: item[0])
+    xs = [x for x, _ in placed]
+    for i, (x, e) in enumerate(placed):
+        # labels go right of the point, but left of the last one and of one whose right
+        # neighbour is close on the log axis (1,000 and 1,257 images)
+        left = i == len(xs) - 1 or xs[i + 1] < 1.5 * x
+        side = {"ha": "right", "xytext": (-6, 0)} if left else {"ha": "left", "xytext": (6, 0)}
         if e.get("mean") is None:
+            ax.annotate(f"{e['regime']}\n{e.get('verdict') or 'no mean'}", (x, 0.0),
+                        textcoords="offset points", va="center", fontsize=7,
+                        color="#777777", **side)
+            ax.plot([x], [0.0], marker="x", color="#777777", ls="none")
             continue
-        x = train_rows[e["regime"]]
         low = (e["ci_low"] if e["ci_low"] is not None else e["mean"]) * 100
         high = (e["ci_high"] if e["ci_high"] is not None else e["mean"]) * 100
         ax.errorbar([x], [e["mean"] * 100], yerr=[[e["mean"] * 100 - low],
                                                   [high - e["mean"] * 100]],
                     fmt="o", color=method_color("sgsc"), capsize=4)
-        ax.annotate(f"{e['regime']}\n{e['verdict']}", (x, high), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=7)
+        ax.annotate(f"{e['regime']}\n{e['verdict']}", (x, e["mean"] * 100),
+                    textcoords="offset points", va="center", fontsize=7, **side)
     ax.set_xscale("log")
+    if xs:  # ticks at the regimes' sizes, written out (close ones on two lines)
+        ax.set_xlim(min(xs) / 2, max(xs) * 2)
+        ax.set_xticks(xs, [("\n" if i and x < 1.5 * xs[i - 1] else "") + f"{x:,}"
+                           for i, x in enumerate(xs)], fontsize=7)
+        ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("sgsc − sc test accuracy at equal size\n(percentage points, 95 % CI)")
     ax.legend(loc="lower right", fontsize=7)
