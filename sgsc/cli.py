@@ -305,18 +305,20 @@ def _add_inspect_parser(commands: argparse._SubParsersAction) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from sgsc.experiments import store
 
-    try:
-        rows = store.verify_models(args.report, sample=args.sample, seed=args.seed,
-                                   tolerance=args.tolerance)
+    rows = []
+    try:  # a line per file as it is checked: the whole report takes minutes
+        for row in store.verify_models(args.report, sample=args.sample, seed=args.seed,
+                                       tolerance=args.tolerance):
+            rows.append(row)
+            metric = (f"test acc {row['test_acc']:.4f} (report {row['expected_acc']:.4f})"
+                      if "test_acc" in row else
+                      f"test loss {row['test_loss']:.4f} (report {row['expected_loss']:.4f})")
+            print(f"{'ok  ' if row['ok'] else 'FAIL'} {row['file']}: "
+                  f"{row['storage_bytes']:,} B (report {row['expected_bytes']:,} B), {metric}",
+                  flush=True)
     except (OSError, ValueError, data.DataError) as err:
         _print_error(err)
         return 2
-    for row in rows:
-        metric = (f"test acc {row['test_acc']:.4f} (report {row['expected_acc']:.4f})"
-                  if "test_acc" in row else
-                  f"test loss {row['test_loss']:.4f} (report {row['expected_loss']:.4f})")
-        print(f"{'ok  ' if row['ok'] else 'FAIL'} {row['file']}: {row['storage_bytes']:,} B "
-              f"(report {row['expected_bytes']:,} B), {metric}")
     failed = sum(not row["ok"] for row in rows)
     print(f"{len(rows) - failed} of {len(rows)} model files match the report")
     return 1 if failed else 0

@@ -117,6 +117,6 @@ def test_a_sample_of_the_committed_reports_model_files_verifies(shared_data_dir)
     report = Path(__file__).resolve().parents[1] / "reports" / "paper"
     if not store.read_manifest(report):
         pytest.skip("the paper report keeps no model files yet")
-    rows = store.verify_models(report, sample=4, seed=0, tolerance=2)
+    rows = list(store.verify_models(report, sample=4, seed=0, tolerance=2))
     assert len(rows) == min(4, len(store.read_manifest(report)))
     assert all(row["ok"] for row in rows), [r for r in rows if not r["ok"]]

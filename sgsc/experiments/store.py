@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +210,14 @@ def read_manifest(report_dir: str | os.PathLike[str]) -> dict[str, dict]:
 
 
 def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
-                  seed: int = 0, tolerance: int = 0) -> list[dict]:
+                  seed: int = 0, tolerance: int = 0) -> Iterator[dict]:
     """Reload every kept model file of a report (or a seeded ``sample`` of them),
     re-measure its size and its test metric, and compare both with the manifest.
 
     A file's size must match exactly; its test accuracy may differ by ``tolerance`` test
     examples (another CPU rounds a few borderline logits the other way), its test loss by
-    the same share.  Returns one row per file with the measured values and ``ok``.
+    the same share.  Yields one row per file, as each is checked, with the measured values
+    and ``ok``; a report without model files is an error at the call.
     """
     manifest = sorted(read_manifest(report_dir).values(), key=lambda r: r["file"])
     if not manifest:
@@ -225,10 +226,13 @@ def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
     if sample is not None and sample < len(manifest):
         picked = np.random.default_rng(seed).choice(len(manifest), sample, replace=False)
         manifest = [manifest[i] for i in sorted(picked)]
+    return _verified(Path(report_dir), manifest, tolerance)
+
+
+def _verified(report_dir: Path, manifest: list[dict], tolerance: int) -> Iterator[dict]:
     splits: dict[str, Any] = {}
-    rows = []
     for entry in manifest:
-        path = Path(report_dir) / MODELS / entry["file"]
+        path = report_dir / MODELS / entry["file"]
         model = export.load_compressed(path)
         if entry["data"] not in splits:
             splits[entry["data"]] = harness.load_splits(entry["data"])
@@ -245,8 +249,7 @@ def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
         elif "test_loss" in entry:
             row |= {"test_loss": measured["loss"], "expected_loss": entry["test_loss"]}
             ok &= abs(measured["loss"] - entry["test_loss"]) <= 1e-4 + slack
-        rows.append(row | {"ok": bool(ok)})
-    return rows
+        yield row | {"ok": bool(ok)}
 
 
 def bit_depth_table(layers: dict[str, dict[str, Any]]) -> list[dict]:
