@@ -391,6 +391,12 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
     assert files == ("The smallest MNIST files at 99.0 % test accuracy (mean of 3 seeds): "
                      "2,890 bytes packed (sc-rate, γ 0.15, 18 epochs, 99.04 %) and 2,411 bytes "
                      "entropy coded (sc-rate, γ 0.15, 18 epochs, 99.04 %).")
+    report.save_table([{"request": "the regime study on mnist: 19 runs (its frontiers are "
+                                   "left out)"}], report_dir, "07_file_budget__missing")
+    assert report.answer_sentences(report_dir)[1] == files + (
+        " Not yet among the models compared: the regime study on mnist: 19 runs (its "
+        "frontiers are left out).")
+    report.save_table([], report_dir, "07_file_budget__missing")
     for row in smallest:
         row["reaches_target"] = row["smallest_at_target"] = False
     report.save_table(smallest, report_dir, "07_file_budget__smallest")

@@ -272,6 +272,10 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
     full_mnist = any(r["regime"] == "mnist" and r.get("mean") is not None for r in endpoints)
     smallest = folder / "07_file_budget__smallest.json"
     files = _file_sentence(_load(smallest), FILE_TARGET) if smallest.exists() else None
+    left_out = folder / "07_file_budget__missing.json"
+    if files is not None and left_out.exists() and _load(left_out):
+        files += (" Not yet among the models compared: "
+                  + "; ".join(r["request"] for r in _load(left_out)) + ".")
     if files is not None:
         sentences.append(files)
     mnist = folder / "01_mnist_cnn__matched_size.json"
@@ -577,6 +581,7 @@ ANSWER = (
       "sign_flip_p", "equivalence_p", "margin", "verdict", "dominated", "sgsc_runs")),
     ("06_regimes__missing", "The regime study's runs not finished yet: nothing is computed "
      "from a regime with any of them missing", None),
+    ("07_file_budget__missing", "Runs 07 has not compared yet (not finished)", None),
     ("07_file_budget__best", "The smallest MNIST file at the target, per encoding",
      ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
       "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
