@@ -581,7 +581,7 @@ ANSWER = (
       "sign_flip_p", "equivalence_p", "margin", "verdict", "dominated", "sgsc_runs")),
     ("06_regimes__missing", "The regime study's runs not finished yet: nothing is computed "
      "from a regime with any of them missing", None),
-    ("07_file_budget__missing", "Runs 07 has not compared yet (not finished)", None),
+    ("07_file_budget__missing", "Models the file study has not compared yet (not finished)", None),
     ("07_file_budget__best", "The smallest MNIST file at the target, per encoding",
      ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
       "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
