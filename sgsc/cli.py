@@ -361,8 +361,7 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
                           device=args.device)
             point = prof.operating_point
             regimes.train(studies.operating_point_requests(point), out, args.workers,
-                          {"float_epochs": point["float_epochs"],
-                           "epochs": point.get("epochs")}, log=log, device=args.device)
+                          studies.operating_point_budget(point), log=log, device=args.device)
     except _expected_errors() as err:
         _print_error(err)
         return 2

@@ -63,13 +63,19 @@ def _train_rows(data_name: str, block_size: int | None) -> int:
     return len(load_splits(data_name).train)
 
 
+def float_reference(data_name: str, seed: int, root: Path, device: str, progress: bool,
+                    **overrides) -> tuple[TrainConfig, Path]:
+    """The float model of ``seed``: its TrainConfig and its folder under ``root``."""
+    config = train_config("float", data_name, seed=seed, device=device, progress=progress,
+                          **overrides)
+    return config, run_folder(root, "float", seed, config)
+
+
 def train_float(data_name: str, splits, seed: int, root: Path, device: str,
                 progress: bool, **overrides) -> tuple[nn.Module, dict]:
     """Train (or resume, or reuse) the float model of ``seed`` in a folder under ``root``
     (``info["run_dir"]``)."""
-    config = train_config("float", data_name, seed=seed, device=device, progress=progress,
-                          **overrides)
-    folder = run_folder(root, "float", seed, config)
+    config, folder = float_reference(data_name, seed, root, device, progress, **overrides)
     torch.manual_seed(seed)
     model = build_data_model(data_name, splits)
     trainer = Trainer(model, splits.train, splits.val, config, out_dir=folder)

@@ -51,6 +51,7 @@ from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as ru
     check_run,
     finish,
     finished,
+    float_reference,
     load_splits,
     prefixed,
     run_folder,
@@ -174,9 +175,8 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
 
 def _float_finished(data_name: str, seed: int, root: Path, device: str,
                     float_overrides: dict | None) -> bool:
-    config = train_config("float", data_name, seed=seed, device=device, progress=False,
-                          **(float_overrides or {}))
-    return finished(run_folder(root, "float", seed, config), time.perf_counter()) is not None
+    _, folder = float_reference(data_name, seed, root, device, False, **(float_overrides or {}))
+    return finished(folder, time.perf_counter()) is not None
 
 
 def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, *,

@@ -665,6 +665,12 @@ def operating_point_requests(point: dict[str, Any]) -> list[dict]:
             for seed in point["seeds"] for method in ("float", "sc", "sgsc")]
 
 
+def operating_point_budget(point: dict[str, Any]) -> dict[str, int | None]:
+    """08_operating_point's budget: the point's own float epochs (and compression epochs,
+    where it names them) instead of the profile's."""
+    return {"float_epochs": point["float_epochs"], "epochs": point.get("epochs")}
+
+
 def operating_point_rows(results: Sequence[dict]) -> list[dict]:
     """Per run: its accuracy, size, and size and accuracy against the float of its seed."""
     floats = {r["seed"]: r for r in results if r["method"] == "float"}

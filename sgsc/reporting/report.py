@@ -263,19 +263,17 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
     MNIST's endpoint) and the character transformer at matched size (02)."""
     sentences = []
     folder = Path(report_dir) / METRICS
-    endpoint = folder / "06_regimes__endpoint.json"
-    endpoints = _load(endpoint) if endpoint.exists() else []
+    endpoints = _table_if_any(report_dir, "06_regimes__endpoint")
     regime = _regime_sentence(endpoints)
     if regime is not None:
         sentences.append(regime)
     # 01's MNIST sentence stays until the regime study has full MNIST's endpoint
     full_mnist = any(r["regime"] == "mnist" and r.get("mean") is not None for r in endpoints)
-    smallest = folder / "07_file_budget__smallest.json"
-    files = _file_sentence(_load(smallest), FILE_TARGET) if smallest.exists() else None
-    left_out = folder / "07_file_budget__missing.json"
-    if files is not None and left_out.exists() and _load(left_out):
+    files = _file_sentence(_table_if_any(report_dir, "07_file_budget__smallest"), FILE_TARGET)
+    left_out = _table_if_any(report_dir, "07_file_budget__missing")
+    if files is not None and left_out:
         files += (" Not yet among the models compared: "
-                  + "; ".join(r["request"] for r in _load(left_out)) + ".")
+                  + "; ".join(r["request"] for r in left_out) + ".")
     if files is not None:
         sentences.append(files)
     mnist = folder / "01_mnist_cnn__matched_size.json"
@@ -335,8 +333,7 @@ def cost_sentence(report_dir: str | os.PathLike[str]) -> list[str]:
     """What regenerating a profile's results from scratch costs (05's compute table): its
     core-hours of training against the FLOP floor, and the wall time on 8, 16 and 64
     single-threaded workers if every worker stays busy -- never less than the longest run."""
-    path = Path(report_dir) / METRICS / "05_paper_claims__compute.json"
-    rows = {r["notebook"]: r for r in _load(path)} if path.exists() else {}
+    rows = {r["notebook"]: r for r in _table_if_any(report_dir, "05_paper_claims__compute")}
     total = rows.get("all")
     if not total or not total.get("train_s"):
         return []
@@ -347,8 +344,7 @@ def cost_sentence(report_dir: str | os.PathLike[str]) -> list[str]:
     walls = ", ".join(f"{max(total['train_s'] / n, longest) / 3600:.1f} h on {n}"
                       for n in WORKERS)
     bound = f" (the longest run alone takes {longest / 60:.0f} minutes)" if longest else ""
-    missing = Path(report_dir) / METRICS / "06_regimes__missing.json"
-    unfinished = sorted({r["regime"] for r in _load(missing)}) if missing.exists() else []
+    unfinished = sorted({r["regime"] for r in _table_if_any(report_dir, "06_regimes__missing")})
     # a study reported before it finished: its missing runs cost what nobody measured yet
     untold = (f" The regime study's runs not finished yet ({', '.join(unfinished)}) are not "
               "counted." if unfinished else "")
@@ -515,6 +511,12 @@ def _notebooks(report_dir: Path) -> list[str]:
 
 def _load(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def _table_if_any(report_dir: str | os.PathLike[str], stem: str) -> list[dict]:
+    """A metrics table of the report, or no rows where its notebook has not written it."""
+    path = Path(report_dir) / METRICS / f"{stem}.json"
+    return _load(path) if path.exists() else []
 
 
 def _block(obj: Any, file: str) -> dict[str, Any]:
