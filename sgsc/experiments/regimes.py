@@ -79,10 +79,12 @@ def request(data: str, method: str, seed: int, gamma: float | None = None,
 def file_requests(data: str, seeds: Sequence[int], rate_gammas: Sequence[float],
                   long: dict[str, Any]) -> list[dict]:
     """07_file_budget's runs beside the study's frontiers: sc-rate at ``rate_gammas``, and
-    sc and sc-rate at ``long["gamma"]`` for ``long["epochs"]`` compression epochs."""
+    each method of ``long["gammas"]`` (method -> gammas) at its gammas for
+    ``long["epochs"]`` compression epochs."""
     runs = [request(data, "sc-rate", s, g) for s in seeds for g in rate_gammas]
-    return runs + [request(data, method, s, long["gamma"], epochs=long["epochs"])
-                   for method in ("sc", "sc-rate") for s in seeds]
+    return runs + [request(data, method, s, g, epochs=long["epochs"])
+                   for method, gammas in long["gammas"].items() for g in gammas
+                   for s in seeds]
 
 
 def stage_one(regime: Regime, seeds: Sequence[int]) -> list[dict]:
