@@ -227,6 +227,8 @@ def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
     assert sc["entropy_coded_bytes_mean"] == 1_450 and sc["storage_bytes_mean"] == 2_900
     rate = rows[("sc-rate", 0.4)]  # its narrowed file changed its accuracy: not counted
     assert rate["entropy_coded_bytes_mean"] == 1_700 and not rate["met"]
+    assert rate["met_packed"] and not rate["met_coded"]  # each half of the target apart
+    assert sc["met_packed"] and sc["met_coded"]
 
 
 def test_the_60_percent_claim_is_measured_at_the_papers_point_where_08_ran(tables):

@@ -125,3 +125,10 @@ def test_file_frontier_draws_a_line_per_method_budget_and_encoding():
     first = lines[0]
     assert list(first.get_xdata()) == [2000, 3000] and list(first.get_ydata()) == [0.98, 0.99]
     assert any(list(line.get_ydata()) == [0.99, 0.99] for line in ax.get_lines())  # target
+    by_label = {line.get_label(): line for line in lines}
+    assert by_label["sc, 6 epochs, packed"].get_color() != \
+        by_label["sc-rate, 6 epochs, packed"].get_color()  # methods told apart by colour
+    assert by_label["sc, 6 epochs, packed"].get_linestyle() != \
+        by_label["sc, 6 epochs, entropy"].get_linestyle()  # encodings by line style
+    longer = plots.file_frontier(rows + [dict(rows[0], epochs=18)]).axes[0]
+    assert {line.get_marker() for line in longer.get_lines()} == {"o", "s"}  # budgets

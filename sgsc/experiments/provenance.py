@@ -188,10 +188,12 @@ def build_info() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def peak_flops(seconds: float = 1.0, size: int = 1024) -> float:
+def peak_flops(seconds: float = 3.0, size: int = 1024) -> float:
     """FLOP/s of this process's torch threads on a large float32 matrix product -- the
     rate no training step can beat, measured once per process (the best of a few
-    rounds of about ``seconds`` in all): the floor of a study's cost is its FLOPs over it."""
+    rounds of about ``seconds`` in all): the floor of a study's cost is its FLOPs over it.
+    The best, not the mean: a round slowed by other work on the core would flatter every
+    ratio to the floor; a 1 s measurement varied from 82 to 99 GFLOP/s here."""
     import time
 
     import torch

@@ -441,14 +441,12 @@ def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
         for gamma, members in _by_gamma(image, method):
             stats = {k: mean_std(_column(members, method, k)) for k in IMAGE_TARGET}
             means = {k: v[0] for k, v in stats.items()}
-            met = all(v is not None for v in means.values()) and \
-                means["test_acc"] >= IMAGE_TARGET["test_acc"] and \
-                means["storage_bytes"] <= IMAGE_TARGET["storage_bytes"] and \
-                means["entropy_coded_bytes"] <= IMAGE_TARGET["entropy_coded_bytes"]
+            met = _image_target_met(means["test_acc"], means["storage_bytes"],
+                                    means["test_acc"], means["entropy_coded_bytes"])
             rows.append({"data": members[0].get("data", "mnist"), "method": method,
                          "gamma": gamma, "n": len(members),
                          **{f"{k}_mean": v[0] for k, v in stats.items()},
-                         **{f"{k}_std": v[1] for k, v in stats.items()}, "met": met})
+                         **{f"{k}_std": v[1] for k, v in stats.items()}, **met})
         for gamma, members in _by_gamma(text, method):
             rise, rise_std = mean_std(_column(members, method, "test_loss_rise"))
             fraction, fraction_std = mean_std([1 / c for c in _column(members, method,
@@ -480,10 +478,9 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
         if packed is None:
             continue
         acc = packed["test_acc_mean"]
-        met = acc is not None and acc >= IMAGE_TARGET["test_acc"] and \
-            packed["file_bytes_mean"] <= IMAGE_TARGET["storage_bytes"] and \
-            entropy is not None and entropy["test_acc_mean"] >= IMAGE_TARGET["test_acc"] and \
-            entropy["file_bytes_mean"] <= IMAGE_TARGET["entropy_coded_bytes"]
+        met = _image_target_met(acc, packed["file_bytes_mean"],
+                                entropy and entropy["test_acc_mean"],
+                                entropy and entropy["file_bytes_mean"])
         rows.append({"data": "mnist", "method": method, "epochs": epochs, "gamma": gamma,
                      "n": packed["seeds"], "test_acc_mean": acc,
                      "test_acc_std": packed["test_acc_std"],
@@ -493,8 +490,21 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
                      "entropy_coded_bytes_std": entropy and entropy["file_bytes_std"],
                      "entropy_coding": entropy and entropy["variant"],
                      "entropy_coded_test_acc_mean": entropy and entropy["test_acc_mean"],
-                     "met": met})
+                     **met})
     return sorted(rows, key=lambda r: (r["method"], r["epochs"], r["gamma"]))
+
+
+def _image_target_met(packed_acc: float | None, packed_bytes: float | None,
+                      coded_acc: float | None, coded_bytes: float | None) -> dict[str, bool]:
+    """Each half of the image target -- the packed file (<= 3,000 B) and the entropy-coded
+    one (<= 1,500 B), each at >= 99.0 % test accuracy -- and ``met``: both."""
+    def reaches(acc, size, limit):
+        return acc is not None and size is not None and \
+            acc >= IMAGE_TARGET["test_acc"] and size <= limit
+
+    packed = reaches(packed_acc, packed_bytes, IMAGE_TARGET["storage_bytes"])
+    coded = reaches(coded_acc, coded_bytes, IMAGE_TARGET["entropy_coded_bytes"])
+    return {"met_packed": packed, "met_coded": coded, "met": packed and coded}
 
 
 def _gamma(row: dict) -> float | None:

@@ -19,10 +19,11 @@ from sgsc.core.quant import init_exponent_maxabs, quantize
 from sgsc.reporting.report import FIGURES, mean_std
 
 # One colour per method of sgsc.experiments.defaults.METHODS, no two alike (the frontier
-# figure shows them all): sc and sgsc strong, their halves greens, PTQ browns and greys, QAT oranges
-# and pinks, DiffQ olive, CB-TPE purple and plain TPE cyan (matplotlib's tab20).
+# figure shows them all): sc and sgsc strong, their halves greens, sc-rate dark purple, PTQ
+# browns and greys, QAT oranges and pinks, DiffQ olive, CB-TPE purple and plain TPE cyan
+# (matplotlib's tab20).
 METHOD_COLORS = {
-    "float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728", "sc-rate": "#1a55a0",
+    "float": "#444444", "sc": "#1f77b4", "sgsc": "#d62728", "sc-rate": "#7b3294",
     "sc-pres": "#2ca02c", "sc-feedback": "#98df8a",
     "uniform-ptq-2": "#c49c94", "uniform-ptq-3": "#8c564b", "uniform-ptq-4": "#7f7f7f",
     "uniform-ptq-6": "#c7c7c7", "uniform-ptq-8": "#c5b0d5", "uniform-ptq-16": "#dbdb8d",
@@ -440,21 +441,27 @@ def q_against_steps(histories: Mapping[str, dict]) -> Figure:
 
 
 def file_frontier(rows: Sequence[dict], target: float | None = None) -> Figure:
-    """Test accuracy against file bytes (log x), one line per method and encoding (the
-    means over seeds at each gamma), ``target`` as a dashed line."""
-    fig = Figure(figsize=(7.0, 4.0))
+    """Test accuracy against file bytes (log x), one line per method, budget and encoding
+    (the means over seeds at each gamma): colour by method, line style by encoding, marker
+    by budget (circles the shortest); ``target`` as a dashed line.  The legend sits below
+    the axes, where it hides no point."""
+    fig = Figure(figsize=(7.0, 5.2))
     ax = fig.subplots()
     styles = {"packed": "-", "entropy": "--", "narrow": ":", "narrow+entropy": "-."}
+    budgets = sorted({r["epochs"] for r in rows}, key=lambda e: (e is None, e or 0))
+    markers = dict(zip(budgets, "osD^v", strict=False))
     for (method, epochs, variant) in dict.fromkeys((r["method"], r["epochs"], r["variant"])
                                                    for r in rows):
         points = sorted((r["file_bytes_mean"], r["test_acc_mean"]) for r in rows
                         if (r["method"], r["epochs"], r["variant"]) == (method, epochs,
                                                                          variant))
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, ls=styles.get(variant, "-"),
-                color=method_color(method), label=f"{method}, {epochs} epochs, {variant}")
+        ax.plot(*zip(*points, strict=True), marker=markers.get(epochs, "o"), ms=4,
+                ls=styles.get(variant, "-"), color=method_color(method),
+                label=f"{method}, {epochs} epochs, {variant}")
     if target is not None:
         ax.axhline(target, color="#444444", ls="--", lw=0.8)
     _size_axes(ax, "file bytes (log scale)", "test accuracy (mean over seeds)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              frameon=False)
     fig.tight_layout()
     return fig
