@@ -383,8 +383,10 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
                                      ("narrow+entropy", 2100.0, 0.9891))]
     report.save_table(smallest, report_dir, "07_file_budget__smallest")
     regime, files = report.answer_sentences(report_dir)
-    assert "digits (1,257 training images, +2.10 points [+1.10, +3.10]): sgsc better" in regime
-    assert "mnist (55,000 training images, −0.50 points [−0.70, −0.30]): sgsc worse" in regime
+    assert ("digits (1,257 training images, +2.10 points [+1.10, +3.10], Holm p 0.012): "
+            "sgsc better") in regime
+    assert ("mnist (55,000 training images, −0.50 points [−0.70, −0.30], Holm p 0.004): "
+            "sgsc worse") in regime
     assert "mnist-1k (1,000" not in regime and "mean over 5 seeds" in regime
     assert regime.endswith("Not finished yet, so not computed: mnist-1k (Holm's correction "
                            "counts it with p = 1).")

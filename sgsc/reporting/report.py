@@ -215,8 +215,12 @@ def _regime_sentence(rows: list[dict]) -> str | None:
         images = f"{r['train_rows']:,} training images, " if r.get("train_rows") else ""
         interval = (f" [{_signed_points(r['ci_low'])}, {_signed_points(r['ci_high'])}]"
                     if r.get("ci_low") is not None else "")
+        # the Holm p beside the interval: an interval clear of zero can still be
+        # "inconclusive" once the four regimes are corrected for, and the reader should
+        # see why
+        holm = f", Holm p {r['holm_p']:.2g}" if r.get("holm_p") is not None else ""
         parts.append(f"{r['regime']} ({images}{_signed_points(r['mean'])} points"
-                     f"{interval}): {r['verdict']}")
+                     f"{interval}{holm}): {r['verdict']}")
     return ("Safety-guided minus plain self-compression, test accuracy in a file of the same "
             f"size (mean over {seeds} seeds, 95 % interval, Holm-corrected across regimes, "
             f"equivalence at ±{decided[0]['margin'] * 100:g} points): " + "; ".join(parts)
