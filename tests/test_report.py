@@ -414,11 +414,12 @@ def test_the_cost_sentence_says_core_hours_and_worker_wall_times(report_dir, tmp
     report.save_table([{"notebook": "01_mnist_cnn", "runs": 10, "train_s": 36_000.0,
                         "longest_run_s": 1_800.0, "vs_floor": 1.4},
                        {"notebook": "all", "runs": 200, "train_s": 360_000.0,
-                        "longest_run_s": 9_000.0, "vs_floor": 1.43}],
+                        "longest_run_s": 9_000.0, "vs_floor": 1.43, "runs_with_flops": 150}],
                       report_dir, "05_paper_claims__compute")
     [sentence] = report.cost_sentence(report_dir)
     # 100 core-hours: 12.5 h on 8 workers, 6.25 on 16, and on 64 the longest run's 2.5 h
-    assert "100.0 core-hours (200 runs) (1.4× the time its FLOPs need" in sentence
+    assert ("100.0 core-hours (200 runs) (1.4× the time their FLOPs need at this machine's "
+            "matmul peak; the 150 runs that recorded their FLOPs)") in sentence
     assert "about 12.5 h on 8, 6.2 h on 16, 2.5 h on 64 single-threaded workers" in sentence
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.README_START}\n{report.README_END}\n"

@@ -53,7 +53,8 @@ def test_epoch_swing(tmp_path):
 
 
 def _outcome(method, seed, overrides, run_dir, test_acc):
-    result = {"method": method, "seed": seed, "test_acc": test_acc, "run_dir": str(run_dir)}
+    result = {"method": method, "seed": seed, "test_acc": test_acc, "run_dir": str(run_dir),
+              "train_s": 2.0, "train_flops": 3e9}
     return {"status": "done", "spec": {"method": method, "overrides": overrides},
             "result": result}
 
@@ -74,6 +75,7 @@ def test_sweep_rows_put_the_defaults_on_every_axis_and_pair_the_spread(tmp_path)
     assert by_axis["gamma"].count(("sc", gamma_default)) == 2 and ("sc", 0.5) in by_axis["gamma"]
     assert {m for m, _ in by_axis["lambda_pres"]} == {"sgsc"}  # sc runs are not on λ's axis
     assert all(r["epoch_swing"] == pytest.approx(0.1) for r in rows)
+    assert {(r["train_s"], r["train_flops"]) for r in rows} == {(2.0, 3e9)}  # for the cost
 
     spread = {r["setting"]: r for r in studies.paired_spread(rows, "test_acc")}
     row = spread[f"gamma={gamma_default}"]

@@ -387,7 +387,7 @@ def paired_spread(rows: Sequence[dict], column: str) -> list[dict]:
 
 
 SWEEP_COLUMNS = ("val_acc", "test_acc", "storage_bytes", "Q", "feedback_events",
-                 "selected_epoch", "train_s")
+                 "selected_epoch", "train_s", "train_flops")  # the last two: the compute table
 
 
 def epoch_swing(run_dir: str | os.PathLike | None) -> float | None:

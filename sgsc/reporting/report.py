@@ -342,8 +342,13 @@ def cost_sentence(report_dir: str | os.PathLike[str]) -> list[str]:
     if not total or not total.get("train_s"):
         return []
     hours = total["train_s"] / 3600
-    floor = (f" ({total['vs_floor']:.1f}× the time its FLOPs need at this machine's matmul "
-             "peak)" if total.get("vs_floor") else "")
+    # the ratio covers only the runs that recorded their FLOPs (older code did not): say so
+    # when that is not every run
+    counted = total.get("runs_with_flops")
+    which = ("" if counted in (None, total["runs"]) else
+             f"; the {counted} runs that recorded their FLOPs")
+    floor = (f" ({total['vs_floor']:.1f}× the time their FLOPs need at this machine's "
+             f"matmul peak{which})" if total.get("vs_floor") else "")
     longest = total.get("longest_run_s") or 0.0  # absent from tables of older code
     walls = ", ".join(f"{max(total['train_s'] / n, longest) / 3600:.1f} h on {n}"
                       for n in WORKERS)
