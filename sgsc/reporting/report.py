@@ -266,7 +266,6 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
     target (07_file_budget), the MNIST matched-size table of 01 (until 06 has full
     MNIST's endpoint) and the character transformer at matched size (02)."""
     sentences = []
-    folder = Path(report_dir) / METRICS
     endpoints = _table_if_any(report_dir, "06_regimes__endpoint")
     regime = _regime_sentence(endpoints)
     if regime is not None:
@@ -274,15 +273,15 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
     # 01's MNIST sentence stays until the regime study has full MNIST's endpoint
     full_mnist = any(r["regime"] == "mnist" and r.get("mean") is not None for r in endpoints)
     files = _file_sentence(_table_if_any(report_dir, "07_file_budget__smallest"), FILE_TARGET)
-    left_out = _table_if_any(report_dir, "07_file_budget__missing")
-    if files is not None and left_out:
-        files += (" Not yet among the models compared: "
-                  + "; ".join(r["request"] for r in left_out) + ".")
     if files is not None:
+        left_out = _table_if_any(report_dir, "07_file_budget__missing")
+        if left_out:
+            files += (" Not yet among the models compared: "
+                      + "; ".join(r["request"] for r in left_out) + ".")
         sentences.append(files)
-    mnist = folder / "01_mnist_cnn__matched_size.json"
-    if not full_mnist and mnist.exists():
-        rows = [r for r in _load(mnist) if r.get("method") == "sgsc"
+    if not full_mnist:
+        rows = [r for r in _table_if_any(report_dir, "01_mnist_cnn__matched_size")
+                if r.get("method") == "sgsc"
                 and r.get("metric") == "test_acc" and r.get("difference") is not None]
         worse = [r for r in rows if r["verdict"] != "inconclusive" and r["difference"] < 0]
         better = [r for r in rows if r["verdict"] != "inconclusive" and r["difference"] > 0]
@@ -314,17 +313,15 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
                 if open_:
                     text += f"; at γ {_gammas(open_)} the interval includes zero"
             sentences.append(text + ".")
-    text_rows = folder / "02_char_transformer__matched_size.json"
-    if text_rows.exists():
-        rows = [r for r in _load(text_rows) if r.get("method") == "sgsc"
-                and r.get("difference") is not None]
-        if rows:
-            seeds = max(r["matched"] for r in rows)
-            parts = [f"{r['difference']:+.3f} nats at γ {r['gamma']:g} ({_side(r)})"
-                     for r in rows]
-            sentences.append(f"On the character transformer ({seeds} seeds), its test loss "
-                             "minus plain self-compression's at the same size is "
-                             f"{'; '.join(parts)}.")
+    rows = [r for r in _table_if_any(report_dir, "02_char_transformer__matched_size")
+            if r.get("method") == "sgsc" and r.get("difference") is not None]
+    if rows:
+        seeds = max(r["matched"] for r in rows)
+        parts = [f"{r['difference']:+.3f} nats at γ {r['gamma']:g} ({_side(r)})"
+                 for r in rows]
+        sentences.append(f"On the character transformer ({seeds} seeds), its test loss "
+                         "minus plain self-compression's at the same size is "
+                         f"{'; '.join(parts)}.")
     return sentences
 
 
@@ -624,17 +621,14 @@ def _answer(report_dir: Path) -> dict[str, Any] | None:
                if (report_dir / FIGURES / f"{stem}.png").exists()]
     tables = []
     for stem, title, columns in ANSWER:
-        path = report_dir / METRICS / f"{stem}.json"
-        if not path.exists():
-            continue
-        rows = _load(path)
-        if not rows:  # e.g. no run of the regime study missing
+        rows = _table_if_any(report_dir, stem)
+        if not rows:  # not written, or e.g. no run of the regime study missing
             continue
         if columns is not None:
             frame = pd.DataFrame.from_records(rows)
             keep = [c for c in columns if c in frame.columns]
             rows = [{c: r.get(c) for c in keep if c in r} for r in rows]
-        file = f"{METRICS}/{path.name}"
+        file = f"{METRICS}/{stem}.json"
         tables.append({"title": title, "file": file, "body": table_view(rows, file)})
     sentences = answer_sentences(report_dir)
     save_json({"sentences": sentences}, report_dir, ANSWER_FILE)
