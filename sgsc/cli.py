@@ -359,9 +359,10 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
                                           prof.file_rate_gammas, prof.file_long)
             regimes.train(files, out, args.workers, dict(prof.regime_budget), log=log,
                           device=args.device)
-            point = prof.operating_point
-            regimes.train(studies.operating_point_requests(point), out, args.workers,
-                          studies.operating_point_budget(point), log=log, device=args.device)
+            for point in (prof.operating_point, prof.text_operating_point):
+                regimes.train(studies.operating_point_requests(point), out, args.workers,
+                              studies.operating_point_budget(point), log=log,
+                              device=args.device)
     except _expected_errors() as err:
         _print_error(err)
         return 2
@@ -387,7 +388,7 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     cmd.add_argument("--extras", action="store_true",
                      help="then the runs of 07_file_budget (sc-rate, longer budgets) and "
-                          "08_operating_point too")
+                          "08_operating_point (MNIST and the transformer) too")
     cmd.set_defaults(handler=_cmd_regimes)
 
 

@@ -244,3 +244,20 @@ def test_the_60_percent_claim_is_measured_at_the_papers_point_where_08_ran(table
     assert rows["sgsc-vs-sc-at-point"]["mean"] == pytest.approx(0.001)
     without = {r["id"]: r for r in claims.assess_claims(tables)}
     assert without["sgsc-vs-sc-at-point"]["verdict"] == "not measured"
+
+
+def test_the_transformer_claim_moves_to_the_papers_point_where_08_trained_it(tables):
+    """02's sgsc (a few % of the float size) answers the 1.8 -> 1.6 claim only until 08's
+    transformer rows exist; then the row measures sgsc minus float loss there."""
+    op = [{"method": m, "seed": s, "test_loss": loss, "float_fraction": frac,
+           "test_loss_minus_float": change}
+          for s in range(3) for m, loss, frac, change in (("float", 2.0, 1.0, 0.0),
+                                                          ("sgsc", 1.97 + 0.001 * s, 0.62,
+                                                           -0.03 + 0.001 * s))]
+    before = {r["id"]: r for r in claims.assess_claims(tables)}["sgsc-text-loss"]
+    after = {r["id"]: r for r in claims.assess_claims(tables | {"op_text_runs": op})}[
+        "sgsc-text-loss"]
+    assert before["mean"] == pytest.approx(0.01) and before["at_operating_point"] != "yes"
+    assert after["mean"] == pytest.approx(-0.029) and after["n"] == 3
+    assert after["size_fraction"] == pytest.approx(0.62)
+    assert after["at_operating_point"] == "yes"

@@ -195,13 +195,12 @@ def test_regimes_trains_the_profiles_study_and_names_a_wrong_regime(tmp_path, mo
         (requests, args)))
     assert main(["regimes", "--profile", "quick", "--workers", "3", "--out", str(tmp_path),
                  "--extras"]) == 0
-    point = quick.operating_point
     assert files == [(regimes.file_requests(quick.file_regime, quick.file_seeds,
                                             quick.file_rate_gammas, quick.file_long),
-                      (str(tmp_path), 3, dict(quick.regime_budget))),
-                     (studies.operating_point_requests(point),
-                      (str(tmp_path), 3, {"float_epochs": point["float_epochs"],
-                                          "epochs": point["epochs"]}))]
+                      (str(tmp_path), 3, dict(quick.regime_budget)))] + [
+        (studies.operating_point_requests(point),
+         (str(tmp_path), 3, {"float_epochs": point["float_epochs"], "epochs": point["epochs"]}))
+        for point in (quick.operating_point, quick.text_operating_point)]
     if not torch.cuda.is_available():  # a GPU asked for where there is none: before training
         assert main(["regimes", "--profile", "quick", "--device", "cuda"]) == 2
         assert "cuda" in _one_error_line(capsys) and len(calls) == 2

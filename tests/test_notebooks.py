@@ -48,9 +48,11 @@ EXPECTED = {
     "07_file_budget": {"figures": ("frontier",),
                        "metrics": ("runs", "variants", "smallest", "best", "sections",
                                    "layers", "run")},
-    "08_operating_point": {"figures": ("accuracy",), "metrics": ("runs", "summary", "run")},
+    "08_operating_point": {"figures": ("accuracy", "text_loss"),
+                           "metrics": ("runs", "summary", "text_runs", "text_summary",
+                                       "missing", "run")},
 }
-NEEDS_DATA = {"02_char_transformer": "names"}
+NEEDS_DATA = {"02_char_transformer": "names", "08_operating_point": "names"}
 
 
 def _notebooks() -> list[str]:

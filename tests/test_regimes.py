@@ -131,3 +131,25 @@ def test_reopening_only_lists_a_regimes_missing_runs_and_trains_none(tmp_path):
         {"regime": "digits", "stage": "two", "method": "all", "seed": None,
          "overrides": "planned after stage one"}]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_requests_model_config_reaches_the_worker_process_that_trains_it(tmp_path):
+    """A model override travels with the request: the worker (a separate process) trains
+    the narrower network, and the parent's defaults are left as they were."""
+    from sgsc.experiments import defaults
+
+    before = defaults.DEFAULTS["digits"]["model"]
+    narrow = {"widths": (4, 4, 8, 8)}
+    spec = regimes.request("digits", "float", 0, model=narrow)
+    assert spec["model"] == narrow and regimes.request("digits", "float", 0).keys() == {
+        "data", "method", "seed", "overrides"}
+    budget = {"float_epochs": 1}
+    [small] = regimes.train([spec], str(tmp_path), 1, budget, log=lambda line: None)
+    [usual] = regimes.train([regimes.request("digits", "float", 0)], str(tmp_path), 1, budget,
+                            log=lambda line: None)
+    assert small["run_dir"] != usual["run_dir"]  # the architecture is part of the run's key
+    assert small["live_weights"] < usual["live_weights"] / 4
+    assert defaults.DEFAULTS["digits"]["model"] == before
+    # reopening in this process builds the same narrow model again, and finds the run
+    [again] = regimes.train([spec], str(tmp_path), 1, budget, train_missing=False)
+    assert again["run_dir"] == small["run_dir"] and again["reopened"]

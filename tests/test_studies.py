@@ -326,3 +326,17 @@ def test_the_operating_point_runs_sc_and_sgsc_from_a_brief_float_and_compares_wi
     rows = {r["method"]: r for r in studies.operating_point_rows(results)}
     assert rows["sgsc"]["float_fraction"] == pytest.approx(0.62)
     assert rows["sgsc"]["test_acc_minus_float"] == pytest.approx(0.008)
+
+
+def test_the_transformer_point_compares_test_loss_and_builds_its_model_in_every_run():
+    model = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+    point = {"data": "names", "seeds": (0,), "init_bits": 20.0, "gamma": 0.0, "model": model}
+    requests = studies.operating_point_requests(point)
+    assert all(r["model"] == model for r in requests)
+    assert studies.operating_point_budget(point) == {"float_epochs": None, "epochs": None}
+    results = [{"method": m, "seed": 0, "val_loss": 2.0, "test_loss": loss,
+                "storage_bytes": size, "run_dir": m}
+               for m, loss, size in (("float", 2.00, 1000), ("sgsc", 1.95, 620))]
+    rows = {r["method"]: r for r in studies.operating_point_rows(results, metric="test_loss")}
+    assert rows["sgsc"]["test_loss_minus_float"] == pytest.approx(-0.05)
+    assert rows["sgsc"]["val_loss"] == 2.0 and "test_acc" not in rows["sgsc"]

@@ -69,11 +69,15 @@ def train_rows(regime: str) -> int:
 # ----------------------------------------------------------------------------- the plan
 
 
-def request(data: str, method: str, seed: int, gamma: float | None = None,
-            **overrides: Any) -> dict[str, Any]:
-    """One run: what :func:`train` and ``store.run_grid`` need to run or reopen it."""
+def request(data: str, method: str, seed: int, gamma: float | None = None, *,
+            model: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """One run: what :func:`train` and ``store.run_grid`` need to run or reopen it.
+    ``model``: fields of the data set's model config to override (e.g. a one-layer
+    transformer for a quick profile); it travels with the request, since a worker process
+    does not see :func:`sgsc.experiments.defaults.configure_model` calls of its parent."""
     settings = dict(overrides) | ({"gamma": gamma} if gamma is not None else {})
-    return {"data": data, "method": method, "seed": seed, "overrides": settings}
+    spec = {"data": data, "method": method, "seed": seed, "overrides": settings}
+    return spec | ({"model": dict(model)} if model else {})
 
 
 def file_requests(data: str, seeds: Sequence[int], rate_gammas: Sequence[float],
@@ -195,9 +199,10 @@ def _run_one_thread(spec: dict, out_dir: str, budget: dict[str, int | None], dev
     if spec["method"] == "float":
         float_budget |= settings
         settings = {}
-    return runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
-                    device=device, progress=False, float_overrides=float_budget or None,
-                    reopen_only=reopen_only, **settings)
+    with defaults.model_overrides(spec["data"], spec.get("model")):
+        return runs.run(spec["method"], spec["data"], seed=spec["seed"], out_dir=out_dir,
+                        device=device, progress=False, float_overrides=float_budget or None,
+                        reopen_only=reopen_only, **settings)
 
 
 def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
@@ -216,8 +221,10 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
     floats = [i for i, r in enumerate(requests) if r["method"] == "float"]
     others = [i for i, r in enumerate(requests) if r["method"] != "float"]
     # every run needs its seed's float: make sure those exist before the others start
-    needed = {(r["data"], r["seed"]) for r in requests}
-    extra = [request(d, "float", s) for d, s in sorted(needed)
+    needed: dict[tuple[str, int], dict | None] = {}
+    for r in requests:
+        needed.setdefault((r["data"], r["seed"]), r.get("model"))
+    extra = [request(d, "float", s, model=model) for (d, s), model in sorted(needed.items())
              if not any(requests[i]["data"] == d and requests[i]["seed"] == s
                         for i in floats)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -230,9 +237,11 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
                 result = future.result()
                 if i is not None:
                     results[i] = result
+                val = next((f"{k} {result[k]}" for k in ("val_acc", "val_loss")
+                            if result.get(k) is not None), "")
                 log(f"{spec['data']} {spec['method']} s{spec['seed']} "
                     f"{spec['overrides'] or ''}: {result.get('storage_bytes')} B, "
-                    f"val {result.get('val_acc')}, {result.get('train_s')} s"
+                    f"{val}, {result.get('train_s')} s"
                     f"{' (reopened)' if result.get('reopened') else ''}")
     return [results[i] for i in range(len(requests))]
 

@@ -657,31 +657,36 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
 
 def operating_point_requests(point: dict[str, Any]) -> list[dict]:
     """08_operating_point's runs: per seed a float trained for ``point["float_epochs"]``
-    and, from it, sc and sgsc at ``point["init_bits"]`` and ``point["gamma"]``."""
+    and, from it, sc and sgsc at ``point["init_bits"]`` and ``point["gamma"]``; with
+    ``point["model"]``, every run builds that variant of the data set's model."""
     from sgsc.experiments.regimes import request
 
-    return [request(point["data"], method, seed, point["gamma"], init_bits=point["init_bits"])
-            if method != "float" else request(point["data"], "float", seed)
+    model = point.get("model")
+    return [request(point["data"], method, seed, point["gamma"], init_bits=point["init_bits"],
+                    model=model)
+            if method != "float" else request(point["data"], "float", seed, model=model)
             for seed in point["seeds"] for method in ("float", "sc", "sgsc")]
 
 
 def operating_point_budget(point: dict[str, Any]) -> dict[str, int | None]:
     """08_operating_point's budget: the point's own float epochs (and compression epochs,
-    where it names them) instead of the profile's."""
-    return {"float_epochs": point["float_epochs"], "epochs": point.get("epochs")}
+    where it names them) instead of the profile's; None: the data set's defaults."""
+    return {"float_epochs": point.get("float_epochs"), "epochs": point.get("epochs")}
 
 
-def operating_point_rows(results: Sequence[dict]) -> list[dict]:
-    """Per run: its accuracy, size, and size and accuracy against the float of its seed."""
+def operating_point_rows(results: Sequence[dict], metric: str = "test_acc") -> list[dict]:
+    """Per run: its ``metric`` (``test_acc``, or ``test_loss`` for a language model) on
+    validation and test, its size, and size and metric against the float of its seed."""
+    val_metric = "val_" + metric.removeprefix("test_")
     floats = {r["seed"]: r for r in results if r["method"] == "float"}
     rows = []
     for r in results:
         reference = floats.get(r["seed"])
-        rows.append({"method": r["method"], "seed": r["seed"], "val_acc": r["val_acc"],
-                     "test_acc": r["test_acc"], "storage_bytes": r["storage_bytes"],
+        rows.append({"method": r["method"], "seed": r["seed"], val_metric: r[val_metric],
+                     metric: r[metric], "storage_bytes": r["storage_bytes"],
                      "float_fraction": r["storage_bytes"] / reference["storage_bytes"]
                      if reference else None,
-                     "test_acc_minus_float": r["test_acc"] - reference["test_acc"]
+                     f"{metric}_minus_float": r[metric] - reference[metric]
                      if reference else None,
                      "train_s": r.get("train_s"), "train_flops": r.get("train_flops"),
                      "run_dir": r["run_dir"]})

@@ -590,6 +590,8 @@ ANSWER = (
     ("06_regimes__missing", "The regime study's runs not finished yet: nothing is computed "
      "from a regime with any of them missing", None),
     ("07_file_budget__missing", "Models the file study has not compared yet (not finished)", None),
+    ("08_operating_point__missing", "Runs at the SGSC paper's operating point not finished "
+     "yet (a claim row without them says where it was measured instead)", None),
     ("07_file_budget__best", "The smallest MNIST file at the target, per encoding",
      ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
       "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
