@@ -393,6 +393,7 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per task, each with its own ``--help``."""
     parser = argparse.ArgumentParser(
         prog="python -m sgsc", allow_abbrev=False,
         description="Safety-Guided Self-Compression: data, training runs and reports.",
@@ -407,5 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sgsc``: parse ``argv`` (default ``sys.argv``), run the command, return
+    its exit status."""
     args = build_parser().parse_args(argv)
     return args.handler(args)

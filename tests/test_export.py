@@ -154,13 +154,26 @@ def test_file_size_matches_storage_bits(exported) -> None:
 def test_coded_files_load_to_the_same_model_and_are_smaller(exported, coding, flag) -> None:
     sc, path, info, coded = exported
     coded_path, coded_info = coded[coding]
-    assert coded_info.entropy_coded and not info.entropy_coded
+    assert coded_info.coding == coding and info.coding == "packed"
+    assert coded_info.entropy_coded == (coding == "entropy") and not info.entropy_coded
     assert coded_info.file_bytes == coded_path.stat().st_size < info.file_bytes
     assert coded_path.read_bytes()[5] == flag
     x = _inputs(sc.model, 3)
     assert torch.equal(_logits(load_compressed(coded_path), x), _logits(load_compressed(path), x))
     for key, value in load_compressed(coded_path).state_dict().items():
         assert torch.equal(value, load_compressed(path).state_dict()[key]), key
+
+
+def test_entropy_coding_that_would_not_be_smaller_is_reported_as_packed(tmp_path) -> None:
+    """Sixteen 2-bit codes cost less packed than with the coder's tables: the file is
+    written packed, and says so."""
+    torch.manual_seed(0)
+    sc = SelfCompression(nn.Sequential(nn.Linear(8, 2)), init_bits=2.0)
+    packed = save_compressed(sc, tmp_path / "packed.sgsc")
+    asked = save_compressed(sc, tmp_path / "asked.sgsc", coding="entropy")
+    assert asked.coding == "packed" and not asked.entropy_coded
+    assert asked.file_bytes == packed.file_bytes
+    assert (tmp_path / "asked.sgsc").read_bytes() == (tmp_path / "packed.sgsc").read_bytes()
 
 
 def test_entropy_coded_bytes_matches_the_file(exported) -> None:

@@ -153,3 +153,18 @@ def test_a_requests_model_config_reaches_the_worker_process_that_trains_it(tmp_p
     # reopening in this process builds the same narrow model again, and finds the run
     [again] = regimes.train([spec], str(tmp_path), 1, budget, train_missing=False)
     assert again["run_dir"] == small["run_dir"] and again["reopened"]
+
+
+def test_a_requests_own_epochs_win_over_the_studys_budget(monkeypatch, tmp_path):
+    """07's long runs ask for more compression epochs than the regime budget gives every
+    run: they must train that long, not land in the frontier runs' folders."""
+    from sgsc.experiments import runs
+
+    asked = []
+    monkeypatch.setattr(runs, "run", lambda method, data, **kw: asked.append(kw) or None)
+    budget = {"float_epochs": 2, "epochs": 2}
+    long, usual = (regimes.request("digits", "sc", 0, 0.3, epochs=4),
+                   regimes.request("digits", "sc", 0, 0.3))
+    regimes.train([long, usual], str(tmp_path), budget=budget, train_missing=False)
+    assert [kw["epochs"] for kw in asked] == [4, 2]
+    assert all(kw["float_overrides"] == {"epochs": 2} for kw in asked)

@@ -234,8 +234,18 @@ def test_state_round_trip_restores_sampling_and_controller(digits, float_state):
     state = guard.state_dict()
     expected = guard.preservation_loss()
     again = _guard(digits, float_state, feedback=quiet)
+    assert again.controller is None  # not calibrated: the saved controller comes back
     again.load_state_dict(state)
     assert again.steps == 1 and torch.equal(again.preservation_loss(), expected)
+    saved = guard.controller.state_dict()
+    assert again.controller.float_level == saved["float_level"]
+    assert again.controller.checks == saved["checks"]
+    assert again.controller.bits_spent == saved["bits_spent"]
+    again.start()  # resuming does not calibrate again (that would reset the budget)
+    assert again.controller.checks == saved["checks"]
+    without = _guard(digits, float_state, feedback=None)
+    with pytest.raises(ValueError, match="saved with feedback"):
+        without.load_state_dict(state | {"monitor_indices": []})
     other = _guard(digits, float_state, seed=1, feedback=quiet)
     with pytest.raises(ValueError, match="another monitor split"):
         other.load_state_dict(state)

@@ -26,6 +26,29 @@ def test_stored_bit_depths_read_the_packed_file(tmp_path):
     assert table["conv2"]["removed"] == 3 and table["fc"]["max_bits"] == 6
 
 
+def test_stored_bit_depths_of_a_users_own_model_need_that_model(tmp_path):
+    import pytest
+    import torch
+    from torch import nn
+
+    from sgsc.core.compress import SelfCompression
+    from sgsc.experiments import store
+    from sgsc.fileformat.export import save_compressed
+
+    torch.manual_seed(0)
+    own = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    sc = SelfCompression(own, init_bits=4)
+    own(torch.zeros(1, 8))  # traced at the first forward: pruning knows the graph
+    with torch.no_grad():
+        sc.bit_depths()["0"][:2] = 0.0  # two of six hidden units pruned from the file
+    save_compressed(sc, tmp_path / "own.sgsc")
+    with pytest.raises(ValueError, match="outside sgsc's registry.*pass model="):
+        store.stored_bit_depths(tmp_path / "own.sgsc")
+    unpruned = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    layers = store.stored_bit_depths(tmp_path / "own.sgsc", model=unpruned)
+    assert layers["0"]["channels"] == 6 and len(layers["0"]["bits"]) == 4
+
+
 
 def test_run_folders_are_found_and_cleared(tmp_path):
     import json

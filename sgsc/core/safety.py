@@ -321,18 +321,28 @@ class SafetyGuidance:
             self.controller.pruned(result)
 
     def state_dict(self) -> dict:
+        """Steps, the sampling generator, the monitor split and the controller's state."""
         return {"steps": self.steps, "generator": self.generator.get_state(),
                 "monitor_indices": self.monitor_indices.tolist(),
                 "controller": None if self.controller is None else self.controller.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`.  A saved controller is restored even where this
+        object has not calibrated yet: its level is in the state, and calibrating again
+        would start the run's restore budget from zero."""
         if state["monitor_indices"] != self.monitor_indices.tolist():
             raise ValueError("this state was saved with another monitor split; build the "
                              "SafetyGuidance with the same preservation set and seed")
+        saved = state["controller"]
+        if saved is not None and self.feedback is None:
+            raise ValueError("this state was saved with feedback; build the SafetyGuidance "
+                             "with the same FeedbackConfig to resume it")
         self.steps = int(state["steps"])
         self.generator.set_state(state["generator"])
-        if self.controller is not None and state["controller"] is not None:
-            self.controller.load_state_dict(state["controller"])
+        if saved is not None:
+            if self.controller is None:
+                self._start_controller(float(saved["float_level"]))
+            self.controller.load_state_dict(saved)
 
 
 @contextmanager

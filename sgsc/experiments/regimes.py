@@ -34,6 +34,7 @@ class Regime:
     trials: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
 
     def gammas(self, method: str) -> tuple[float, ...]:
+        """The registered gammas of ``method``'s frontier."""
         return self.sc_gammas if method == "sc" else self.sgsc_gammas
 
 
@@ -195,7 +196,8 @@ def _run_one_thread(spec: dict, out_dir: str, budget: dict[str, int | None], dev
     float_budget = {"epochs": budget.get("float_epochs")} if budget.get("float_epochs") else {}
     settings = dict(spec["overrides"])
     if budget.get("epochs") and spec["method"] != "float":
-        settings["epochs"] = budget["epochs"]
+        # a request's own epochs win over the budget (07's longer runs)
+        settings.setdefault("epochs", budget["epochs"])
     if spec["method"] == "float":
         float_budget |= settings
         settings = {}
@@ -247,6 +249,7 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
 
 
 def default_workers() -> int:
+    """One single-threaded worker per core."""
     return max(1, os.cpu_count() or 1)
 
 

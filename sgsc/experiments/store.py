@@ -155,13 +155,21 @@ def load_model(result: dict, splits: Any) -> nn.Module:
     return model.eval()
 
 
-def stored_bit_depths(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+def stored_bit_depths(path: str | os.PathLike[str], model: nn.Module | None = None
+                      ) -> dict[str, dict[str, Any]]:
     """Per quantized layer of a packed file: the bit depth of every stored channel, and
     how many channels the layer had before pruning (``channels``); pruned channels are
-    not stored and count as 0 bits."""
+    not stored and count as 0 bits.  ``model``: the network before pruning, needed only
+    for a model outside sgsc's registry (the file names its class, not its shape)."""
     budget = export.byte_budget(path)
     meta = export.read_metadata(path)
-    original = models.build_model(meta["model"], **meta["config"]).state_dict()
+    if model is None:
+        if str(meta["model"]).startswith(export.CUSTOM):
+            raise ValueError(f"{path} holds a model outside sgsc's registry ({meta['model']}); "
+                             "pass model=, an instance of it before pruning, to count the "
+                             "channels each layer had")
+        model = models.build_model(meta["model"], **meta["config"])
+    original = model.state_dict()
     return {layer["layer"]: {"bits": np.asarray(layer["bits"], dtype=int),
                              "channels": int(original[f"{layer['layer']}.weight"].shape[0])}
             for layer in budget["layers"]}

@@ -139,6 +139,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators alike."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -245,6 +246,7 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split; returns the mean of each loss term."""
         self.model.train()
         sums: dict[str, float] = {}
         bar = tqdm(self._batches(), total=self.steps_per_epoch, leave=False,
@@ -309,6 +311,8 @@ class Trainer:
                              "flops_after": result.flops_after})
 
     def epoch_metrics(self, train_metrics: dict[str, float]) -> dict:
+        """The history row of an epoch: ``train_metrics``, validation (and preservation
+        and monitor) metrics, and the model's size."""
         val = evaluate(self.model, self.val_set, self.device)
         row = {"epoch": self.epoch, "step": self.step, **train_metrics,
                **{f"val_{k}": v for k, v in val.items()}}
@@ -428,6 +432,7 @@ def _check_safety(config: TrainConfig, compression: SelfCompression | None,
 
 
 def count_weights(model: nn.Module) -> int:
+    """Parameters of ``model``, every tensor counted in full."""
     return sum(p.numel() for p in model.parameters())
 
 

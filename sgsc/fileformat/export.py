@@ -150,8 +150,13 @@ class ExportInfo:
     payload_bytes: int
     stored_payload_bytes: int
     metadata_bytes: int
-    entropy_coded: bool
+    coding: str  # as written: "entropy" asked for falls back to "packed" where not smaller
     folded: tuple[str, ...] = ()
+
+    @property
+    def entropy_coded(self) -> bool:
+        """Whether the codes went through the ANS coder (not where packing was smaller)."""
+        return self.coding == "entropy"
 
     @property
     def overhead_bytes(self) -> float:
@@ -215,7 +220,6 @@ def save_compressed(
         path=path,
         file_bytes=len(blob),
         storage_bytes=sc.storage_bits() / 8,
-        entropy_coded=coding != "packed",
         **sizes,
     )
 
@@ -227,8 +231,8 @@ def entropy_coded_bytes(sc: SelfCompression, coding: str = "entropy", **options:
 
 def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool = True,
                       precision: str = "exact") -> tuple[bytes, dict]:
-    """The file's bytes, and its section sizes (payload, stored payload, metadata) and
-    the BatchNorms folded."""
+    """The file's bytes, and its section sizes (payload, stored payload, metadata), the
+    coding used and the BatchNorms folded."""
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {', '.join(CODINGS)}, got {coding!r}")
     if precision not in PRECISIONS:
@@ -257,6 +261,7 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
         "payload_bytes": len(payload),
         "stored_payload_bytes": len(stored),
         "metadata_bytes": len(meta_block),
+        "coding": coding,
         "folded": tuple(bn for bn, _ in folded),
     }
     return _frame(meta_block, stored, CODINGS[coding]), sizes

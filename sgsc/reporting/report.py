@@ -521,8 +521,8 @@ def _load(path: Path) -> Any:
 
 def _table_if_any(report_dir: str | os.PathLike[str], stem: str) -> list[dict]:
     """A metrics table of the report, or no rows where its notebook has not written it."""
-    path = Path(report_dir) / METRICS / f"{stem}.json"
-    return _load(path) if path.exists() else []
+    exists = (Path(report_dir) / METRICS / f"{stem}.json").exists()
+    return load_table(report_dir, stem) if exists else []
 
 
 def _block(obj: Any, file: str) -> dict[str, Any]:
