@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from sgsc.core.tasks import IGNORE_INDEX, as_tensor_dataset
+
+if TYPE_CHECKING:  # matplotlib is imported only where a figure is drawn
+    from matplotlib.figure import Figure
 
 CRITERIA = ("saliency", "uncertainty", "diversity")
 UNCERTAINTY_MEASURES = ("margin", "entropy", "nll")
@@ -519,7 +522,7 @@ def build_preservation_set(model: nn.Module, dataset: Dataset, size: int, *,
 
 def plot_preservation_grid(pres: PreservationSet, dataset: TensorDataset, *, n: int = 32,
                            denormalize: Callable[[Tensor], Tensor] | None = None,
-                           ax_size: float = 1.0):
+                           ax_size: float = 1.0) -> Figure:
     """A grid of ``n`` chosen images, each titled with its rule and label.
 
     Rules are interleaved so that every rule shows.  Returns a ``matplotlib.figure.Figure``

@@ -17,6 +17,7 @@ Splits are fixed and documented, so that runs compare:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -255,7 +256,7 @@ def balanced_subset(splits: ImageSplits, size: int, name: str,
                        mean=splits.mean, std=splits.std, num_classes=classes)
 
 
-def load(name: str, **options) -> ImageSplits | TextSplits:
+def load(name: str, **options: Any) -> ImageSplits | TextSplits:
     """Load a data set by name: one of ``DATASETS`` or of :data:`SUBSETS`."""
     if name in SUBSETS:
         base, size = SUBSETS[name]

@@ -104,7 +104,7 @@ def check_method(method: str, data_name: str) -> None:
                          f"{', '.join(DEFAULTS)}")
 
 
-def train_config(method: str, data_name: str, **overrides) -> TrainConfig:
+def train_config(method: str, data_name: str, **overrides: Any) -> TrainConfig:
     """The default TrainConfig of ``method`` on ``data_name``, with overrides applied."""
     check_method(method, data_name)
     stage = "float" if method == "float" else "compress"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,9 +31,10 @@ from sgsc.experiments.train import TrainConfig, Trainer
 from sgsc.fileformat import atomic
 
 RESULT = "result.json"  # a finished run's result row, in its folder
+Splits = datasets.ImageSplits | datasets.TextSplits  # what load_splits gives
 
 
-def build_data_model(data_name: str, splits) -> nn.Module:
+def build_data_model(data_name: str, splits: Splits) -> nn.Module:
     """A fresh model of the architecture ``data_name`` uses (vocabulary from ``splits``)."""
     name, config = DEFAULTS[data_name]["model"]
     if name == "char_transformer":
@@ -46,7 +48,7 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{key.get(k, k)}": v for k, v in metrics.items()}
 
 
-def load_splits(data_name: str):
+def load_splits(data_name: str) -> Splits:
     """The data set's fixed splits (downloads on first use)."""
     if data_name in datasets.TEXT_DATASETS:
         return datasets.load(data_name, block_size=_block_size(data_name))
@@ -64,15 +66,15 @@ def _train_rows(data_name: str, block_size: int | None) -> int:
 
 
 def float_reference(data_name: str, seed: int, root: Path, device: str, progress: bool,
-                    **overrides) -> tuple[TrainConfig, Path]:
+                    **overrides: Any) -> tuple[TrainConfig, Path]:
     """The float model of ``seed``: its TrainConfig and its folder under ``root``."""
     config = train_config("float", data_name, seed=seed, device=device, progress=progress,
                           **overrides)
     return config, run_folder(root, "float", seed, config)
 
 
-def train_float(data_name: str, splits, seed: int, root: Path, device: str,
-                progress: bool, **overrides) -> tuple[nn.Module, dict]:
+def train_float(data_name: str, splits: Splits, seed: int, root: Path, device: str,
+                progress: bool, **overrides: Any) -> tuple[nn.Module, dict]:
     """Train (or resume, or reuse) the float model of ``seed`` in a folder under ``root``
     (``info["run_dir"]``)."""
     config, folder = float_reference(data_name, seed, root, device, progress, **overrides)
@@ -88,7 +90,8 @@ def train_float(data_name: str, splits, seed: int, root: Path, device: str,
 
 def check_run(method: str, data_name: str, *, seed: int = 0, device: str = "auto",
               progress: bool = False, float_overrides: dict | None = None,
-              preservation_size: int | None = None, **overrides) -> tuple[TrainConfig, int]:
+              preservation_size: int | None = None, **overrides: Any
+              ) -> tuple[TrainConfig, int]:
     """Every check :func:`run` makes before it trains anything: the method's TrainConfig
     (or the float model's), the float budget and the preservation set's size against the
     training split.  Returns ``(config, preservation size)``; raises ``ValueError``."""
@@ -117,7 +120,7 @@ def check_run(method: str, data_name: str, *, seed: int = 0, device: str = "auto
 
 
 def run_folder(root: Path, method: str, seed: int, settings: TrainConfig | dict,
-               *extra) -> Path:
+               *extra: Any) -> Path:
     """``<root>/<method>-s<seed>-<key>``: the folder of one run.
 
     The key hashes the run's settings, ``extra`` (method settings, the float reference's

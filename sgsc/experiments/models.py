@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class CNNConfig:
         return (side - k3 + 1 - k4 + 1) // 2
 
     @classmethod
-    def for_digits(cls, **overrides) -> CNNConfig:
+    def for_digits(cls, **overrides: Any) -> CNNConfig:
         """A tiny variant for scikit-learn's 8x8 digits.
 
         Kernels (3, 3, 1, 1): 8 -> 6 -> 4 -> pool 2 -> 2 -> 2 -> pool 1, so the classifier

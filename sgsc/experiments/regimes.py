@@ -12,7 +12,7 @@ on worker processes (floats first, so no two workers train one float model);
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from sgsc.experiments import defaults, harness, runs
 from sgsc.reporting import compare
 
 METHODS = ("sc", "sgsc")
+Log = Callable[[str], None]  # where progress lines go (print, a file, or nowhere)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def _run_one_thread(spec: dict, out_dir: str, budget: dict[str, int | None], dev
 
 def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
           budget: dict[str, int | None] | None = None,
-          log=print, device: str = "auto", train_missing: bool = True) -> list[dict | None]:
+          log: Log = print, device: str = "auto", train_missing: bool = True
+          ) -> list[dict | None]:
     """Run (or reopen) every request on ``workers`` single-threaded processes: the float
     references first, so that no two workers ever train the same float model; returns
     the results in the requests' order.  ``device``: auto, cpu or cuda (every worker
@@ -255,7 +257,7 @@ def default_workers() -> int:
 
 def train_study(regime_names: Sequence[str], seeds: Sequence[int], out_dir: str,
                 workers: int = 1, budget: dict[str, int | None] | None = None,
-                log=print, device: str = "auto") -> dict[str, dict[str, dict]]:
+                log: Log = print, device: str = "auto") -> dict[str, dict[str, dict]]:
     """The whole study: stage one in every regime, the settings tuning chose, then stage
     two; returns the chosen settings per regime and method."""
     plans = {name: REGIMES[name] for name in regime_names}
@@ -284,7 +286,7 @@ class RegimeRuns:
 
 def regime_runs(regime: Regime, seeds: Sequence[int], out_dir: str, workers: int = 1,
                 budget: dict[str, int | None] | None = None, device: str = "auto",
-                train_missing: bool = True, log=print) -> RegimeRuns:
+                train_missing: bool = True, log: Log = print) -> RegimeRuns:
     """Both stages of one regime: trained where missing, or with ``train_missing=False``
     only reopened -- then a regime with any run missing lists them and is left out of
     every computation (docs/PREREGISTRATION.md); stage two's runs are not planned until

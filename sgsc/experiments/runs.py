@@ -28,8 +28,11 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from sgsc.core.compress import SelfCompression
 from sgsc.core.preservation import PreservationSet, build_preservation_set
@@ -57,7 +60,7 @@ from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as ru
     run_folder,
     train_float,
 )
-from sgsc.experiments.train import Trainer, count_weights, float_storage_bytes
+from sgsc.experiments.train import TrainConfig, Trainer, count_weights, float_storage_bytes
 from sgsc.fileformat import atomic
 from sgsc.fileformat.export import entropy_coded_bytes, load_compressed, save_compressed
 
@@ -70,7 +73,7 @@ FEEDBACK_LOG_ROWS = 1000
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
         device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
         preservation_size: int | None = None, reopen_only: bool = False,
-        **overrides) -> dict | None:
+        **overrides: Any) -> dict | None:
     """Run ``method`` on ``data_name``; see the module docstring for the result.
 
     ``reopen_only``: train nothing -- return the finished run's result, or None where the
@@ -179,8 +182,9 @@ def _float_finished(data_name: str, seed: int, root: Path, device: str,
     return finished(folder, time.perf_counter()) is not None
 
 
-def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, *,
-                     device, progress: bool = True) -> PreservationSet:
+def preservation_set(float_model: nn.Module, train: Dataset, size: int, seed: int,
+                     float_dir: Path, *, device: str | torch.device,
+                     progress: bool = True) -> PreservationSet:
     """The preservation set of ``size`` rows the float model of ``float_dir`` picks, built
     once per float run and read back from ``float_dir`` after that (Grad-CAM and k-means
     over the training split take about a minute on MNIST)."""
@@ -198,7 +202,8 @@ def preservation_set(float_model, train, size: int, seed: int, float_dir: Path, 
     return chosen
 
 
-def calibrated_level(float_dir: Path, config, monitor: list[int], seed: int) -> dict:
+def calibrated_level(float_dir: Path, config: TrainConfig, monitor: list[int], seed: int
+                     ) -> dict:
     """The monitor's calibrated float level, when an earlier run of this float model
     measured it with the same monitor and calibration (``float_level``), and the file it
     is kept in (``path``): the fine-tune depends on the float model, the monitor rows, the

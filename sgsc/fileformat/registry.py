@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -31,7 +32,7 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return register
 
 
-def build_model(name: str, **config) -> nn.Module:
+def build_model(name: str, **config: Any) -> nn.Module:
     """Build registered model ``name`` from its config fields (``dataclasses.asdict`` output).
 
     Raises:

@@ -53,6 +53,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -171,7 +172,8 @@ class ClusterTPESampler(TPESampler):
     trials) is Optuna's.  Single-objective, sequential studies only.
     """
 
-    def __init__(self, *, n_clusters: int = 3, seed: int | None = None, **kwargs) -> None:
+    def __init__(self, *, n_clusters: int = 3, seed: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(seed=seed, **kwargs)
         self.n_clusters = n_clusters
         self.kmeans_seed = seed or 0
@@ -384,7 +386,7 @@ def search(ref: Reference, space: list[LayerSpace], config: CBTPEConfig,
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
         device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
-        **overrides) -> dict:
+        **overrides: Any) -> dict:
     """``cbtpe`` (cluster-based TPE) or ``cbtpe-tpe`` (standard TPE); the runs schema."""
     if method not in ("cbtpe", "cbtpe-tpe"):
         raise ValueError(f"{method!r} is not cbtpe or cbtpe-tpe")

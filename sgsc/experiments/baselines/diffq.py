@@ -39,6 +39,8 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +89,7 @@ class DiffQConfig:
 DATA_DEFAULTS: dict[str, dict] = {"digits": {"lr_bits": 1e-2}}
 
 
-def import_diffq():
+def import_diffq() -> ModuleType:
     """The ``diffq`` module, or a clear error saying how to install it."""
     try:
         import diffq
@@ -176,7 +178,8 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
 
 
 def run(data_name: str, *, seed: int = 0, out_dir: str | Path = "runs", device: str = "auto",
-        progress: bool = True, float_overrides: dict | None = None, **overrides) -> dict:
+        progress: bool = True, float_overrides: dict | None = None,
+        **overrides: Any) -> dict:
     """Train DiffQ from the float model of ``seed``; returns the ``runs`` result schema."""
     import_diffq()  # fail before training the float model
     start = time.perf_counter()

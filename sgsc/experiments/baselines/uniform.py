@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from sgsc.experiments import harness
 from sgsc.experiments.baselines import UNIFORM_BITS
@@ -39,7 +40,7 @@ def parse(method: str) -> tuple[str, int]:
 
 def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "runs",
         device: str = "auto", progress: bool = True, float_overrides: dict | None = None,
-        **overrides) -> dict:
+        **overrides: Any) -> dict:
     """Run ``uniform-ptq-B`` or ``uniform-qat-B``; returns the ``runs`` result schema."""
     kind, bits = parse(method)
     _, train = split_overrides(method, overrides)
