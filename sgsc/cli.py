@@ -308,7 +308,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     rows = []
     try:  # a line per file as it is checked: the whole report takes minutes
         for row in store.verify_models(args.report, sample=args.sample, seed=args.seed,
-                                       tolerance=args.tolerance):
+                                       tolerance=args.tolerance, data=args.data):
             rows.append(row)
             metric = (f"test acc {row['test_acc']:.4f} (report {row['expected_acc']:.4f})"
                       if "test_acc" in row else
@@ -334,6 +334,8 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     verify_cmd.add_argument("--sample", type=int, default=None,
                             help="check a seeded sample of this many files (default: all)")
     verify_cmd.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    verify_cmd.add_argument("--data", default=None,
+                            help="only the files of this data set, e.g. mnist or names")
     verify_cmd.add_argument("--tolerance", type=int, default=2,
                             help="test examples a reloaded model may classify otherwise "
                                  "(another CPU rounds borderline logits; default 2)")

@@ -165,6 +165,10 @@ def test_verify_prints_a_line_per_file_and_exits_by_the_result(tmp_path, stored_
     assert capsys.readouterr().out.startswith("FAIL")
     assert main(["verify", str(tmp_path / "nothing")]) == 2
     assert "lists no model files" in _one_error_line(capsys)
+    assert main(["verify", str(report), "--data", "digits"]) == 1  # its one file, still off
+    assert "0 of 1 model files match" in capsys.readouterr().out
+    assert main(["verify", str(report), "--data", "mnist"]) == 2
+    assert "keeps no model files of 'mnist'; it keeps files of digits" in _one_error_line(capsys)
 
 
 def test_inspect_prints_where_the_bytes_go(tmp_path, stored_run, capsys):

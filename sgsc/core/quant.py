@@ -83,8 +83,8 @@ def integer_codes(weight: Tensor, bit_depth: Tensor, exponent: Tensor) -> tuple[
     Returns ``(codes, bits)``: ``codes`` (int32, shape of ``weight``) with
     ``torch.exp2(exponent).view(-1, 1, ...) * codes.float()`` equal to ``quantize(...)``
     bit for bit, and ``bits = ceil(effective_bits(bit_depth))`` (int64, one per channel);
-    every code
-    of channel ``c`` fits in ``bits[c]``-bit two's complement (and is 0 when bits is 0).
+    every code of channel ``c`` fits in ``bits[c]``-bit two's complement (and is 0 when
+    bits is 0).
     """
     z, _ = _clamped(weight, bit_depth, exponent)
     codes = torch.round(z).to(torch.int32)

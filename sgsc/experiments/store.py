@@ -218,9 +218,11 @@ def read_manifest(report_dir: str | os.PathLike[str]) -> dict[str, dict]:
 
 
 def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
-                  seed: int = 0, tolerance: int = 0) -> Iterator[dict]:
-    """Reload every kept model file of a report (or a seeded ``sample`` of them),
-    re-measure its size and its test metric, and compare both with the manifest.
+                  seed: int = 0, tolerance: int = 0, data: str | None = None
+                  ) -> Iterator[dict]:
+    """Reload every kept model file of a report (or only those of data set ``data``, or
+    a seeded ``sample`` of them), re-measure its size and its test metric, and compare
+    both with the manifest.
 
     A file's size must match exactly; its test accuracy may differ by ``tolerance`` test
     examples (another CPU rounds a few borderline logits the other way), its test loss by
@@ -231,6 +233,12 @@ def verify_models(report_dir: str | os.PathLike[str], sample: int | None = None,
     if not manifest:
         raise FileNotFoundError(f"{Path(report_dir) / MODELS / MANIFEST} lists no model "
                                 "files: the report keeps none yet")
+    if data is not None:
+        kept = sorted({r["data"] for r in manifest})
+        manifest = [r for r in manifest if r["data"] == data]
+        if not manifest:
+            raise ValueError(f"the report keeps no model files of {data!r}; it keeps files "
+                             f"of {', '.join(kept)}")
     if sample is not None and sample < len(manifest):
         picked = np.random.default_rng(seed).choice(len(manifest), sample, replace=False)
         manifest = [manifest[i] for i in sorted(picked)]
