@@ -168,3 +168,43 @@ def test_a_requests_own_epochs_win_over_the_studys_budget(monkeypatch, tmp_path)
     regimes.train([long, usual], str(tmp_path), budget=budget, train_missing=False)
     assert [kw["epochs"] for kw in asked] == [4, 2]
     assert all(kw["float_overrides"] == {"epochs": 2} for kw in asked)
+
+
+def test_a_seeds_runs_start_when_its_float_is_done_not_when_every_float_is(tmp_path):
+    """Two workers, three floats: the third float trains beside seed 0's sc run instead of
+    alone.  Seed 2's float waits (up to 5 s) for another run to start; a scheduler that
+    held every sc run back until all floats were done would leave it waiting."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = set()
+
+    def fake_run(spec):
+        name = f"{spec['method']} s{spec['seed']}"
+        started.add(name)
+        if name == "float s2":
+            deadline = time.monotonic() + 5
+            while "sc s0" not in started and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return {"seed": 2, "overlapped": "sc s0" in started}
+        return {"seed": spec["seed"], "method": spec["method"]}
+
+    requests = [regimes.request("digits", "float", s) for s in (0, 1, 2)]
+    requests += [regimes.request("digits", "sc", s, 0.3) for s in (0, 1, 2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = regimes.schedule(pool, requests, fake_run, log=lambda line: None)
+    assert results[2]["overlapped"]
+    assert [r["method"] for r in results[3:]] == ["sc"] * 3  # in the requests' order
+    assert [r["seed"] for r in results] == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_float_nobody_asked_for_is_trained_once_before_its_seeds_runs():
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = []
+    requests = [regimes.request("digits", "sc", 0, g) for g in (0.1, 0.3)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = regimes.schedule(pool, requests,
+                                   lambda spec: order.append(spec["method"]) or spec,
+                                   log=lambda line: None)
+    assert order == ["float", "sc", "sc"] and results == requests

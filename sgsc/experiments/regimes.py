@@ -5,15 +5,16 @@ Per regime: a float reference per seed; on seed 0 at the middle gamma, five tria
 method's own settings beside its defaults, scored on validation against the default sc
 frontier of seed 0 at the same size (:func:`choose_settings`); then sc's and sgsc's
 frontiers on every seed with the settings chosen.  :func:`train` runs a stage's requests
-on worker processes (floats first, so no two workers train one float model);
+on worker processes (a seed's float first, so no two workers train one float model);
 ``python -m sgsc regimes`` trains the whole study, and notebook ``06_regimes`` reopens it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,42 +213,71 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
           budget: dict[str, int | None] | None = None,
           log: Log = print, device: str = "auto", train_missing: bool = True
           ) -> list[dict | None]:
-    """Run (or reopen) every request on ``workers`` single-threaded processes: the float
-    references first, so that no two workers ever train the same float model; returns
-    the results in the requests' order.  ``device``: auto, cpu or cuda (every worker
-    uses it; not part of a run's key).  ``train_missing=False`` trains nothing: a run
-    that has not finished gives None in its place."""
+    """Run (or reopen) every request on ``workers`` single-threaded processes, each seed's
+    float reference before its other runs (:func:`schedule`), so that no two workers ever
+    train the same float model; returns the results in the requests' order.
+    ``device``: auto, cpu or cuda (every worker uses it; not part of a run's key).
+    ``train_missing=False`` trains nothing: a run that has not finished gives None in
+    its place."""
     requests = list(requests)
     budget = budget or {}
     if not train_missing:
         return [_run(spec, out_dir, budget, device, reopen_only=True) for spec in requests]
-    results: dict[int, dict] = {}
-    floats = [i for i, r in enumerate(requests) if r["method"] == "float"]
-    others = [i for i, r in enumerate(requests) if r["method"] != "float"]
-    # every run needs its seed's float: make sure those exist before the others start
-    needed: dict[tuple[str, int], dict | None] = {}
-    for r in requests:
-        needed.setdefault((r["data"], r["seed"]), r.get("model"))
-    extra = [request(d, "float", s, model=model) for (d, s), model in sorted(needed.items())
-             if not any(requests[i]["data"] == d and requests[i]["seed"] == s
-                        for i in floats)]
+    run_one = functools.partial(_run, out_dir=out_dir, budget=budget, device=device)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for batch in ([(i, requests[i]) for i in floats] + [(None, r) for r in extra],
-                      [(i, requests[i]) for i in others]):
-            futures = {pool.submit(_run, spec, out_dir, budget, device): (i, spec)
-                       for i, spec in batch}
-            for future in as_completed(futures):
-                i, spec = futures[future]
-                result = future.result()
-                if i is not None:
-                    results[i] = result
-                val = next((f"{k} {result[k]}" for k in ("val_acc", "val_loss")
-                            if result.get(k) is not None), "")
-                log(f"{spec['data']} {spec['method']} s{spec['seed']} "
-                    f"{spec['overrides'] or ''}: {result.get('storage_bytes')} B, "
-                    f"{val}, {result.get('train_s')} s"
-                    f"{' (reopened)' if result.get('reopened') else ''}")
+        return schedule(pool, requests, run_one, log)
+
+
+def schedule(pool: Executor, requests: Sequence[dict], run_one: Callable[[dict], dict],
+             log: Log = print) -> list[dict]:
+    """Run ``requests`` on ``pool`` with ``run_one``, a seed's float before its other runs:
+    every float (and one per data set and seed that needs one but was not asked for) is
+    queued first, and a seed's other runs as soon as its float has finished -- not when
+    all floats have -- so no worker idles while another trains the last float.  Returns
+    the results in the requests' order."""
+    def key(spec: dict) -> tuple[str, int]:
+        return spec["data"], spec["seed"]
+
+    floats = [i for i, r in enumerate(requests) if r["method"] == "float"]
+    asked = {key(requests[i]) for i in floats}
+    extra = {}  # data set and seed -> a float request nobody asked for
+    for r in requests:
+        if key(r) not in asked:
+            extra.setdefault(key(r), request(r["data"], "float", r["seed"], model=r.get("model")))
+    waiting: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(requests):
+        if r["method"] != "float":
+            waiting.setdefault(key(r), []).append(i)
+    pending: dict[Future, tuple[int | None, dict]] = {}
+
+    def submit(i: int | None, spec: dict) -> None:
+        pending[pool.submit(run_one, spec)] = (i, spec)
+
+    for i in floats:
+        submit(i, requests[i])
+    for spec in extra.values():
+        submit(None, spec)
+    results: dict[int, dict] = {}
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            i, spec = pending.pop(future)
+            result = future.result()
+            if i is not None:
+                results[i] = result
+            _log_result(log, spec, result)
+            if spec["method"] == "float":
+                for j in waiting.pop(key(spec), []):
+                    submit(j, requests[j])
     return [results[i] for i in range(len(requests))]
+
+
+def _log_result(log: Log, spec: dict, result: dict) -> None:
+    val = next((f"{k} {result[k]}" for k in ("val_acc", "val_loss")
+                if result.get(k) is not None), "")
+    log(f"{spec['data']} {spec['method']} s{spec['seed']} {spec['overrides'] or ''}: "
+        f"{result.get('storage_bytes')} B, {val}, {result.get('train_s')} s"
+        f"{' (reopened)' if result.get('reopened') else ''}")
 
 
 def default_workers() -> int:
