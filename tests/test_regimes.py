@@ -208,3 +208,12 @@ def test_a_float_nobody_asked_for_is_trained_once_before_its_seeds_runs():
                                    lambda spec: order.append(spec["method"]) or spec,
                                    log=lambda line: None)
     assert order == ["float", "sc", "sc"] and results == requests
+
+
+def test_unfinished_lists_each_request_without_a_result_by_name():
+    requests = [regimes.request("mnist", "float", 0), regimes.request("mnist", "sc", 4, 0.05),
+                regimes.request("names", "sgsc", 1, 0.0, init_bits=20.0)]
+    assert regimes.unfinished(requests, [{"done": 1}, None, None]) == [
+        {"request": "mnist sc s4 {'gamma': 0.05}"},
+        {"request": "names sgsc s1 {'init_bits': 20.0, 'gamma': 0.0}"}]
+    assert regimes.unfinished(requests[:1], [None]) == [{"request": "mnist float s0"}]

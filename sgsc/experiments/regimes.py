@@ -341,6 +341,14 @@ def _missing(stage: str, plan: Sequence[dict], results: Sequence[dict | None]) -
             for spec, result in zip(plan, results, strict=True) if result is None]
 
 
+def unfinished(requests: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
+    """A row per request whose result is None (not finished, with ``train_missing=False``):
+    ``{"request": "<data> <method> s<seed> <overrides>"}``, for a notebook's missing list."""
+    return [{"request": f"{spec['data']} {spec['method']} s{spec['seed']} "
+                        f"{spec['overrides'] or ''}".strip()}
+            for spec, result in zip(requests, results, strict=True) if result is None]
+
+
 # ----------------------------------------------------------------------------- the tables
 
 
