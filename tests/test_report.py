@@ -359,6 +359,25 @@ def test_writing_the_readme_block_needs_its_markers(report_dir, tmp_path):
     assert readme.read_text().endswith(f"{report.README_END}\ntail\n")
 
 
+def test_the_regime_answer_says_where_sgsc_helps_even_where_it_helps_nowhere(report_dir):
+    """The headline names the regimes of each verdict, and says "in no data regime" when
+    sgsc is better in none; a Holm p just above 0.05 is not printed as 0.05."""
+    def row(regime, verdict, holm_p):
+        return {"regime": regime, "train_rows": 1000, "seeds": 5, "mean": -0.001,
+                "ci_low": -0.002, "ci_high": 0.001, "t_p": holm_p, "holm_p": holm_p,
+                "sign_flip_p": 0.0625, "equivalence_p": 0.01, "margin": 0.002,
+                "verdict": verdict, "dominated": 0, "sgsc_runs": 20, "per_seed": {}}
+
+    report.save_table([row("digits", "equivalent", 0.5), row("mnist-1k", "inconclusive", 0.0504),
+                       row("mnist-4k", "inconclusive", 0.3)], report_dir, "06_regimes__endpoint")
+    sentence = report.answer_sentences(report_dir)[0]
+    assert sentence.startswith(
+        "In a file of the same size, safety-guided self-compression is more accurate than "
+        "plain self-compression in no data regime, equivalent within ±0.2 points on digits "
+        "and inconclusive on mnist-1k and mnist-4k — ")
+    assert "Holm p 0.0504): inconclusive" in sentence
+
+
 def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
     """With the regime study's endpoint (06) and the file table (07), the first sentence is
     every regime's mean, interval and verdict, the second the smallest files at the
@@ -383,6 +402,9 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
                                      ("narrow+entropy", 2100.0, 0.9891))]
     report.save_table(smallest, report_dir, "07_file_budget__smallest")
     regime, files = report.answer_sentences(report_dir)
+    assert regime.startswith("In a file of the same size, safety-guided self-compression is "
+                             "more accurate than plain self-compression on digits and less "
+                             "accurate on mnist — sgsc − sc per regime (mean over 5 seeds")
     assert ("digits (1,257 training images, +2.10 points [+1.10, +3.10], Holm p 0.012): "
             "sgsc better") in regime
     assert ("mnist (55,000 training images, −0.50 points [−0.70, −0.30], Holm p 0.004): "

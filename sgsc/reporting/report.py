@@ -202,6 +202,30 @@ def _signed_points(value: float) -> str:
     return f"{value * 100:+.2f}".replace("-", "−")
 
 
+def _names(regimes: list[str]) -> str:
+    return regimes[0] if len(regimes) == 1 else ", ".join(regimes[:-1]) + " and " + regimes[-1]
+
+
+def _regime_headline(rows: list[dict], margin: str) -> str:
+    """Where safety guidance helps, in the verdicts' words: the regimes where sgsc is more
+    accurate (or "no data regime": the question asked), where less, where equivalent and
+    where inconclusive."""
+    def where(verdict: str) -> list[str]:
+        return [r["regime"] for r in rows if r["verdict"] == verdict]
+
+    clauses = ["more accurate than plain self-compression "
+               + (f"on {_names(where('sgsc better'))}" if where("sgsc better")
+                  else "in no data regime")]
+    if where("sgsc worse"):
+        clauses.append(f"less accurate on {_names(where('sgsc worse'))}")
+    if where("equivalent"):
+        clauses.append(f"equivalent within {margin} on {_names(where('equivalent'))}")
+    if where("inconclusive"):
+        clauses.append(f"inconclusive on {_names(where('inconclusive'))}")
+    listed = ", ".join(clauses[:-1]) + " and " + clauses[-1] if len(clauses) > 1 else clauses[0]
+    return "In a file of the same size, safety-guided self-compression is " + listed
+
+
 def _regime_sentence(rows: list[dict]) -> str | None:
     """The regime study's primary endpoint in one sentence, every regime with its mean,
     interval and verdict (docs/PREREGISTRATION.md's words)."""
@@ -217,16 +241,17 @@ def _regime_sentence(rows: list[dict]) -> str | None:
                     if r.get("ci_low") is not None else "")
         # the Holm p beside the interval: an interval clear of zero can still be
         # "inconclusive" once the four regimes are corrected for, and the reader should
-        # see why
-        holm = f", Holm p {r['holm_p']:.2g}" if r.get("holm_p") is not None else ""
+        # see why (three digits: 0.0504 must not read as 0.05)
+        holm = f", Holm p {r['holm_p']:.3g}" if r.get("holm_p") is not None else ""
         parts.append(f"{r['regime']} ({images}{_signed_points(r['mean'])} points"
                      f"{interval}{holm}): {r['verdict']}")
-    return ("Safety-guided minus plain self-compression, test accuracy in a file of the same "
-            f"size (mean over {seeds} seeds, 95 % interval, Holm-corrected across regimes, "
-            f"equivalence at ±{decided[0]['margin'] * 100:g} points): " + "; ".join(parts)
-            + "." + (f" Not finished yet, so not computed: {', '.join(unfinished)} (Holm's "
-                     f"correction counts {'it' if len(unfinished) == 1 else 'them'} with "
-                     "p = 1)." if unfinished else ""))
+    margin = f"±{decided[0]['margin'] * 100:g} points"
+    not_finished = (f" Not finished yet, so not computed: {', '.join(unfinished)} (Holm's "
+                    f"correction counts {'it' if len(unfinished) == 1 else 'them'} with p = 1)."
+                    if unfinished else "")
+    return (_regime_headline(decided, margin) + " — sgsc − sc per regime (mean over "
+            f"{seeds} seeds, 95 % interval, Holm-corrected across regimes, equivalence at "
+            f"{margin}): " + "; ".join(parts) + "." + not_finished)
 
 
 def _file_sentence(rows: list[dict], target: float) -> str | None:
