@@ -217,3 +217,20 @@ def test_unfinished_lists_each_request_without_a_result_by_name():
         {"request": "mnist sc s4 {'gamma': 0.05}"},
         {"request": "names sgsc s1 {'init_bits': 20.0, 'gamma': 0.0}"}]
     assert regimes.unfinished(requests[:1], [None]) == [{"request": "mnist float s0"}]
+
+
+def test_cost_rows_split_sgscs_extra_time_into_flops_and_time_per_flop():
+    """sgsc at twice sc's seconds on four times its FLOPs: ratio 2, FLOP ratio 4, and half
+    sc's seconds per FLOP; a run without a partner (sc at a gamma sgsc lacks) is left out."""
+    def row(method, gamma, seconds, flops):
+        return {"regime": "mnist", "method": method, "seed": 0, "gamma": gamma,
+                "train_s": seconds, "train_flops": flops}
+
+    rows = [row("sc", 0.05, 10.0, 1e12), row("sgsc", 0.05, 20.0, 4e12),
+            row("sc", 0.15, 30.0, 1e12), row("sgsc", 0.15, 60.0, 4e12),
+            row("sc", 0.005, 500.0, 9e12)]
+    [cost] = regimes.cost_rows(rows)
+    assert cost["pairs"] == 2 and cost["sc_train_s"] == 40.0 and cost["sgsc_train_s"] == 80.0
+    assert cost["time_ratio"] == 2.0 and cost["flops_ratio"] == 4.0
+    assert cost["time_per_flop_ratio"] == 0.5
+    assert regimes.cost_rows([row("sc", 0.05, 10.0, 1e12)]) == []

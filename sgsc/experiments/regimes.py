@@ -394,6 +394,31 @@ def run_rows(results: Sequence[dict]) -> list[dict]:
     return list(rows.values())
 
 
+def cost_rows(rows: Sequence[dict]) -> list[dict]:
+    """Per regime, what sgsc costs against sc at the same seed and gamma (frontier rows):
+    both methods' training seconds and FLOPs summed over those pairs, the time ratio, the
+    FLOP ratio, and their quotient -- sgsc's seconds per FLOP over sc's.  Above 1, sgsc
+    spends time its FLOPs do not account for (monitor passes, feedback, calibration);
+    at or below 1, its extra time is the larger network it keeps and the preservation
+    examples each step carries."""
+    out = []
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        runs_of = {(r["method"], r["seed"], r["gamma"]): r for r in rows
+                   if r["regime"] == regime and r.get("train_s") and r.get("train_flops")}
+        pairs = [(runs_of["sc", seed, gamma], run)
+                 for (method, seed, gamma), run in runs_of.items()
+                 if method == "sgsc" and ("sc", seed, gamma) in runs_of]
+        if not pairs:
+            continue
+        sums = {f"{method}_{key}": sum(pair[i][key] for pair in pairs)
+                for i, method in enumerate(METHODS) for key in ("train_s", "train_flops")}
+        time_ratio = sums["sgsc_train_s"] / sums["sc_train_s"]
+        flops_ratio = sums["sgsc_train_flops"] / sums["sc_train_flops"]
+        out.append({"regime": regime, "pairs": len(pairs), **sums, "time_ratio": time_ratio,
+                    "flops_ratio": flops_ratio, "time_per_flop_ratio": time_ratio / flops_ratio})
+    return out
+
+
 def secondary_rows(regime: str, rows: Sequence[dict]) -> list[dict]:
     """Secondary (labelled so): per gamma of sgsc, the matched difference of test and of
     worst-class accuracy over seeds, and each method's spread over seeds at that gamma."""
