@@ -337,6 +337,24 @@ def test_the_answer_is_said_in_words_from_the_metrics(report_dir):
     assert check_index(report.build_report(report_dir, "quick")) == []
 
 
+def test_the_transformer_sentence_gives_loss_intervals_and_the_unmatched_gammas(report_dir):
+    """Loss in nats per character with its interval; a higher loss is sgsc worse; a gamma no
+    sc run could match is named, not dropped."""
+    rows = [{"method": "sgsc", "gamma": 0.03, "metric": "test_loss", "matched": 0,
+             "difference": None, "ci_low": None, "ci_high": None, "verdict": "inconclusive"},
+            {"method": "sgsc", "gamma": 0.1, "metric": "test_loss", "matched": 2,
+             "difference": 0.009, "ci_low": 0.001, "ci_high": 0.017, "verdict": "refuted"},
+            {"method": "sgsc", "gamma": 1.0, "metric": "test_loss", "matched": 2,
+             "difference": -0.002, "ci_low": -0.021, "ci_high": 0.017,
+             "verdict": "inconclusive"}]
+    report.save_table(rows, report_dir, "02_char_transformer__matched_size")
+    assert report.answer_sentences(report_dir)[-1] == (
+        "On the character transformer (names; 2 seeds, 95 % t-intervals not adjusted across "
+        "γ), sgsc's test loss minus sc's in a file of the same size, in nats per character: "
+        "+0.009 at γ 0.1 [+0.001, +0.017] (sgsc worse); −0.002 at γ 1 [−0.021, +0.017] "
+        "(interval includes zero); at γ 0.03 no sc run of the same size to compare with.")
+
+
 def test_the_readme_says_what_the_committed_report_says():
     """README's results block is answer_sentences of reports/paper, written by
     ``python -m sgsc report --readme README.md``: never typed in."""
@@ -436,12 +454,15 @@ def test_the_cost_sentence_says_core_hours_and_worker_wall_times(report_dir, tmp
     report.save_table([{"notebook": "01_mnist_cnn", "runs": 10, "train_s": 36_000.0,
                         "longest_run_s": 1_800.0, "vs_floor": 1.4},
                        {"notebook": "all", "runs": 200, "train_s": 360_000.0,
-                        "longest_run_s": 9_000.0, "vs_floor": 1.43, "runs_with_flops": 150}],
+                        "longest_run_s": 9_000.0, "vs_floor": 1.43, "runs_with_flops": 150,
+                        "train_s_with_flops": 90_000.0, "peak_gflops": 97.4}],
                       report_dir, "05_paper_claims__compute")
     [sentence] = report.cost_sentence(report_dir)
-    # 100 core-hours: 12.5 h on 8 workers, 6.25 on 16, and on 64 the longest run's 2.5 h
+    # 100 core-hours: 12.5 h on 8 workers, 6.25 on 16, and on 64 the longest run's 2.5 h;
+    # the ratio covers the runs with FLOPs, a quarter of the time: the sentence says so
     assert ("100.0 core-hours (200 runs) (1.4× the time their FLOPs need at this machine's "
-            "matmul peak; the 150 runs that recorded their FLOPs)") in sentence
+            "matmul peak of 97 GFLOP/s on one core; the 150 runs that recorded their FLOPs, "
+            "25 % of the training time)") in sentence
     assert "about 12.5 h on 8, 6.2 h on 16, 2.5 h on 64 single-threaded workers" in sentence
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.README_START}\n{report.README_END}\n"
