@@ -308,6 +308,8 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     assert packed[0.1]["file_bytes_mean"] == 3050 and packed[0.1]["seeds"] == 2
     assert [g for g, r in packed.items() if r["smallest_at_target"]] == [0.1]
     assert not packed[0.3]["reaches_target"] and packed[0.05]["reaches_target"]
+    # the target is on the mean: how many seeds reach it on their own is counted
+    assert packed[0.3]["seeds_at_target"] == 1 and packed[0.1]["seeds_at_target"] == 2
     [narrow] = [r for r in table if r["variant"] == "narrow"]
     # a narrowed file that classifies differently from its exact one does not count
     assert not narrow["allowed"] and not narrow["smallest_at_target"]

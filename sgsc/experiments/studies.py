@@ -626,7 +626,8 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
 
 def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
     """Per (method, epochs, gamma, variant): mean test accuracy and file bytes over seeds;
-    which reach ``target`` on the mean, and the smallest that does per variant.  A
+    which reach ``target`` on the mean (and on how many seeds), and the smallest that does
+    per variant.  A
     narrowed variant counts only where every seed's accuracy equals its exact file's."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -642,7 +643,8 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
                       "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,
                       "file_bytes_mean": size, "file_bytes_std": size_std,
                       "entropy_floor_bytes_mean": floor, "allowed": allowed,
-                      "reaches_target": allowed and acc is not None and acc >= target})
+                      "reaches_target": allowed and acc is not None and acc >= target,
+                      "seeds_at_target": sum(m["test_acc"] >= target for m in members)})
     for variant in FILE_VARIANTS:
         sizes = [r["file_bytes_mean"] for r in table
                  if r["variant"] == variant and r["reaches_target"]]
