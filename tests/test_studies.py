@@ -292,6 +292,33 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
     assert {r["gamma"] for r in rows} == {0.1} and {r["epochs"] for r in rows} == {6}
 
 
+def test_file_variants_are_reopened_not_encoded_again_until_the_packed_file_changes(
+        tmp_path, stored_run, monkeypatch):
+    """A report rebuilt from cached runs reuses each run's variant rows (nothing is encoded
+    or evaluated again); a run whose packed file changed is measured afresh."""
+    import shutil
+
+    from sgsc.experiments import harness
+    from sgsc.fileformat import export
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stored_run["run_dir"], run_dir)
+    result = stored_run | {"run_dir": str(run_dir), "params": {"gamma": 0.1, "epochs": 6}}
+    splits, folder = harness.load_splits("digits"), tmp_path / "files"
+    first = studies.file_variants([result], splits, folder)
+    encoded = []
+    real_save = export.save_compressed
+    monkeypatch.setattr(export, "save_compressed",
+                        lambda *a, **kw: encoded.append(1) or real_save(*a, **kw))
+    assert studies.file_variants([result], splits, folder) == first and encoded == []
+    packed = run_dir / "model.sgsc"
+    export.save_compressed(export.reopen_compressed(packed), packed, coding="entropy")
+    encoded.clear()
+    again = studies.file_variants([result], splits, folder)
+    assert len(encoded) == len(studies.FILE_VARIANTS) - 1 and again[0]["file_bytes"] == (
+        packed.stat().st_size)
+
+
 def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_target():
     def rows(gamma, variant, sizes, accs, same=True):
         return [{"method": "sc", "epochs": 6, "gamma": gamma, "variant": variant, "seed": s,

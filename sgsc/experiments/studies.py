@@ -29,6 +29,7 @@ same axes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ from torch import nn
 from sgsc.core.tasks import evaluate
 from sgsc.experiments import store, sweep
 from sgsc.experiments.defaults import SAFETY_METHODS, train_config
+from sgsc.fileformat import atomic
 from sgsc.reporting import compare
 from sgsc.reporting.report import mean_std, summarize
 
@@ -594,33 +596,61 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
     """Per run and encoding (:data:`FILE_VARIANTS`): the file's bytes and the test accuracy
     of the model reloaded from it, beside the entropy floor of the packed file's codes --
     the file with every layer's codes at their empirical entropy (an order-0 table per
-    bit depth) and everything else as stored."""
-    from sgsc.fileformat import export
-
+    bit depth) and everything else as stored.  A run's rows are kept in ``folder`` beside
+    its files and reopened while its packed file, the format and the encodings are the
+    same, so a report rebuilt from cached runs does not encode and evaluate them again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for result in results:
         packed = Path(result["run_dir"]) / store.PACKED
-        budget = export.byte_budget(packed)
-        excess = sum(layer["packed_bytes"] - layer["entropy_floor_bytes"]
-                     for layer in budget["layers"])
-        reopened = export.reopen_compressed(packed)
-        base = {"method": result["method"], "seed": result["seed"],
-                "gamma": (result.get("params") or {}).get("gamma"),
-                "epochs": (result.get("params") or {}).get("epochs"),
-                "entropy_floor_bytes": round(budget["file_bytes"] - excess, 1),
-                "run_dir": result["run_dir"]}
-        for variant, options in FILE_VARIANTS.items():
-            if variant == "packed":
-                path, size, accuracy = packed, packed.stat().st_size, result["test_acc"]
-            else:
-                path = folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
-                size = export.save_compressed(reopened, path, **options).file_bytes
-                accuracy = evaluate(export.load_compressed(path), splits.test,
-                                    torch.device("cpu"))["accuracy"]
-            rows.append(base | {"variant": variant, "file_bytes": size, "test_acc": accuracy,
-                                "same_accuracy": accuracy == result["test_acc"]})
+        cache = folder / f"{Path(result['run_dir']).name}.variants.json"
+        key = _variants_key(packed, len(splits.test))
+        kept = json.loads(cache.read_text()) if cache.exists() else {}
+        if kept.get("key") == key and all(
+                (folder / f"{Path(result['run_dir']).name}.{v}.sgsc").exists()
+                for v in FILE_VARIANTS if v != "packed"):
+            rows += kept["rows"]
+            continue
+        measured = _measure_variants(result, packed, splits, folder)
+        atomic.write_json({"key": key, "rows": measured}, cache)
+        rows += measured
+    return rows
+
+
+def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
+    """What a run's variant rows depend on: the packed file's bytes, the file format, the
+    encodings asked for and the test set's size."""
+    from sgsc.fileformat import export
+
+    return {"packed_sha256": hashlib.sha256(packed.read_bytes()).hexdigest(),
+            "format": export.FORMAT_VERSION, "variants": FILE_VARIANTS,
+            "test_examples": test_examples}
+
+
+def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> list[dict]:
+    from sgsc.fileformat import export
+
+    budget = export.byte_budget(packed)
+    excess = sum(layer["packed_bytes"] - layer["entropy_floor_bytes"]
+                 for layer in budget["layers"])
+    reopened = export.reopen_compressed(packed)
+    base = {"method": result["method"], "seed": result["seed"],
+            "gamma": (result.get("params") or {}).get("gamma"),
+            "epochs": (result.get("params") or {}).get("epochs"),
+            "entropy_floor_bytes": round(budget["file_bytes"] - excess, 1),
+            "run_dir": result["run_dir"]}
+    rows = []
+    for variant, options in FILE_VARIANTS.items():
+        if variant == "packed":
+            size, accuracy = packed.stat().st_size, result["test_acc"]
+        else:
+            path = folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
+            size = export.save_compressed(reopened, path, **options).file_bytes
+            accuracy = evaluate(export.load_compressed(path), splits.test,
+                                torch.device("cpu"))["accuracy"]
+        rows.append(base | {"variant": variant, "file_bytes": size, "test_acc": accuracy,
+                            "same_accuracy": accuracy == result["test_acc"]})
     return rows
 
 
