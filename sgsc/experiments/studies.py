@@ -607,15 +607,18 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
         cache = folder / f"{Path(result['run_dir']).name}.variants.json"
         key = _variants_key(packed, len(splits.test))
         kept = json.loads(cache.read_text()) if cache.exists() else {}
-        if kept.get("key") == key and all(
-                (folder / f"{Path(result['run_dir']).name}.{v}.sgsc").exists()
-                for v in FILE_VARIANTS if v != "packed"):
+        if kept.get("key") == key and all(_variant_path(folder, result, v).exists()
+                                          for v in FILE_VARIANTS if v != "packed"):
             rows += kept["rows"]
             continue
         measured = _measure_variants(result, packed, splits, folder)
         atomic.write_json({"key": key, "rows": measured}, cache)
         rows += measured
     return rows
+
+
+def _variant_path(folder: Path, result: dict, variant: str) -> Path:
+    return folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
 
 
 def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
@@ -645,7 +648,7 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
         if variant == "packed":
             size, accuracy = packed.stat().st_size, result["test_acc"]
         else:
-            path = folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
+            path = _variant_path(folder, result, variant)
             size = export.save_compressed(reopened, path, **options).file_bytes
             accuracy = evaluate(export.load_compressed(path), splits.test,
                                 torch.device("cpu"))["accuracy"]
@@ -657,8 +660,8 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
 def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
     """Per (method, epochs, gamma, variant): mean test accuracy and file bytes over seeds;
     which reach ``target`` on the mean (and on how many seeds), and the smallest that does
-    per variant.  A
-    narrowed variant counts only where every seed's accuracy equals its exact file's."""
+    per variant.  A narrowed variant counts only where every seed's accuracy equals its
+    exact file's."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["epochs"], row["gamma"], row["variant"]),

@@ -191,12 +191,18 @@ def _gammas(rows: list[dict]) -> str:
     return ", ".join(f"{r['gamma']:g}" for r in rows)
 
 
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign, a typographic minus for a negative one."""
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
 def _signed_points(value: float) -> str:
-    return f"{value * 100:+.2f}".replace("-", "−")
+    return _signed(value * 100, 2)
 
 
-def _names(regimes: list[str]) -> str:
-    return regimes[0] if len(regimes) == 1 else ", ".join(regimes[:-1]) + " and " + regimes[-1]
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _regime_headline(rows: list[dict], margin: str) -> str:
@@ -207,16 +213,15 @@ def _regime_headline(rows: list[dict], margin: str) -> str:
         return [r["regime"] for r in rows if r["verdict"] == verdict]
 
     clauses = ["more accurate than plain self-compression "
-               + (f"on {_names(where('sgsc better'))}" if where("sgsc better")
+               + (f"on {_listed(where('sgsc better'))}" if where("sgsc better")
                   else "in no data regime")]
     if where("sgsc worse"):
-        clauses.append(f"less accurate on {_names(where('sgsc worse'))}")
+        clauses.append(f"less accurate on {_listed(where('sgsc worse'))}")
     if where("equivalent"):
-        clauses.append(f"equivalent within {margin} on {_names(where('equivalent'))}")
+        clauses.append(f"equivalent within {margin} on {_listed(where('equivalent'))}")
     if where("inconclusive"):
-        clauses.append(f"inconclusive on {_names(where('inconclusive'))}")
-    listed = ", ".join(clauses[:-1]) + " and " + clauses[-1] if len(clauses) > 1 else clauses[0]
-    return "In a file of the same size, safety-guided self-compression is " + listed
+        clauses.append(f"inconclusive on {_listed(where('inconclusive'))}")
+    return "In a file of the same size, safety-guided self-compression is " + _listed(clauses)
 
 
 def _regime_sentence(rows: list[dict]) -> str | None:
@@ -353,7 +358,7 @@ def _transformer_sentence(table: list[dict]) -> str | None:
     seeds = max(r["matched"] for r in rows)
 
     def loss(value: float) -> str:
-        return f"{value:+.3f}".replace("-", "−")
+        return _signed(value, 3)
 
     def side(row: dict) -> str:  # a higher loss is worse
         if row["verdict"] == "inconclusive":
