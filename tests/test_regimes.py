@@ -97,8 +97,9 @@ def test_secondary_rows_match_sizes_per_seed_for_accuracy_and_the_worst_class():
     assert line["sgsc_test_acc_std"] == pytest.approx(0.003055, abs=1e-5)
 
 
-def test_the_file_runs_are_sc_rate_at_each_gamma_and_each_long_gamma_of_each_method():
-    long = {"epochs": 18, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.15,)}}
+def test_the_file_runs_are_sc_rate_at_each_gamma_and_each_long_budget_of_each_method():
+    long = ({"epochs": 18, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.15,)}},
+            {"epochs": 54, "gammas": {"sc": (0.15,)}})
     requests = regimes.file_requests("mnist", [0, 1], [0.05, 0.4], long)
     assert [(r["method"], r["seed"], r["overrides"]) for r in requests] == [
         ("sc-rate", 0, {"gamma": 0.05}), ("sc-rate", 0, {"gamma": 0.4}),
@@ -106,7 +107,8 @@ def test_the_file_runs_are_sc_rate_at_each_gamma_and_each_long_gamma_of_each_met
         ("sc", 0, {"epochs": 18, "gamma": 0.15}), ("sc", 1, {"epochs": 18, "gamma": 0.15}),
         ("sc", 0, {"epochs": 18, "gamma": 0.1}), ("sc", 1, {"epochs": 18, "gamma": 0.1}),
         ("sc-rate", 0, {"epochs": 18, "gamma": 0.15}),
-        ("sc-rate", 1, {"epochs": 18, "gamma": 0.15})]
+        ("sc-rate", 1, {"epochs": 18, "gamma": 0.15}),
+        ("sc", 0, {"epochs": 54, "gamma": 0.15}), ("sc", 1, {"epochs": 54, "gamma": 0.15})]
 
 
 def test_run_rows_list_every_run_once_with_its_cost():

@@ -342,6 +342,32 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     assert not narrow["allowed"] and not narrow["smallest_at_target"]
 
 
+def test_budget_rows_set_each_longer_budget_beside_the_same_gamma_at_the_study_budget():
+    def rows(epochs, sizes, accs):
+        return [{"method": "sc", "epochs": epochs, "gamma": 0.15, "variant": variant,
+                 "seed": s, "file_bytes": size * scale, "test_acc": acc,
+                 "entropy_floor_bytes": size * 0.8, "same_accuracy": True}
+                for variant, scale in (("packed", 1.0), ("entropy", 0.9))
+                for s, (size, acc) in enumerate(zip(sizes, accs, strict=True))]
+
+    smallest = studies.smallest_at(rows(6, [3000, 2800], [0.989, 0.988])
+                                   + rows(18, [2000, 2200], [0.991, 0.989]), target=0.99)
+    models = [{"method": "sc", "seed": s, "val_acc": acc,
+               "params": {"gamma": 0.15, "epochs": epochs}}
+              for epochs, accs in ((6, (0.98, 0.982)), (18, (0.984, 0.986)))
+              for s, acc in enumerate(accs)]
+    models.append({"method": "sc", "seed": 0, "val_acc": 0.5, "params": {"gamma": 0.4,
+                                                                          "epochs": 6}})
+    long = ({"epochs": 18, "gammas": {"sc": (0.15,)}},)
+    table = studies.budget_rows(smallest, models, long)
+    assert [(r["epochs"], r["seeds"]) for r in table] == [(6, 2), (18, 2)]
+    six, eighteen = table
+    assert eighteen["packed_bytes_mean"] == 2100 and eighteen["entropy_bytes_mean"] == 1890
+    assert six["val_acc_mean"] == pytest.approx(0.981)  # gamma 0.4's run is not averaged in
+    assert eighteen["test_acc_mean"] == pytest.approx(0.99)
+    assert eighteen["seeds_at_target"] == 1 and six["seeds_at_target"] == 0
+
+
 def test_the_operating_point_runs_sc_and_sgsc_from_a_brief_float_and_compares_with_it():
     point = {"data": "mnist", "seeds": (0, 1), "float_epochs": 1, "init_bits": 20.0,
              "gamma": 0.0}

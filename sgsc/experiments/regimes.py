@@ -84,14 +84,14 @@ def request(data: str, method: str, seed: int, gamma: float | None = None, *,
 
 
 def file_requests(data: str, seeds: Sequence[int], rate_gammas: Sequence[float],
-                  long: dict[str, Any]) -> list[dict]:
+                  long: Sequence[dict[str, Any]]) -> list[dict]:
     """07_file_budget's runs beside the study's frontiers: sc-rate at ``rate_gammas``, and
-    each method of ``long["gammas"]`` (method -> gammas) at its gammas for
-    ``long["epochs"]`` compression epochs."""
+    for each longer budget of ``long`` each method of its ``"gammas"`` (method -> gammas)
+    at its gammas for its ``"epochs"`` compression epochs."""
     runs = [request(data, "sc-rate", s, g) for s in seeds for g in rate_gammas]
-    return runs + [request(data, method, s, g, epochs=long["epochs"])
-                   for method, gammas in long["gammas"].items() for g in gammas
-                   for s in seeds]
+    return runs + [request(data, method, s, g, epochs=budget["epochs"])
+                   for budget in long for method, gammas in budget["gammas"].items()
+                   for g in gammas for s in seeds]
 
 
 def stage_one(regime: Regime, seeds: Sequence[int]) -> list[dict]:
@@ -338,7 +338,7 @@ def regime_runs(regime: Regime, seeds: Sequence[int], out_dir: str, workers: int
 def _missing(stage: str, plan: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
     return [{"regime": spec["data"], "stage": stage, "method": spec["method"],
              "seed": spec["seed"], "overrides": str(spec["overrides"])}
-            for spec, result in zip(plan, results, strict=True) if result is None]
+            for spec in _not_finished(plan, results)]
 
 
 def unfinished(requests: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
@@ -346,7 +346,12 @@ def unfinished(requests: Sequence[dict], results: Sequence[dict | None]) -> list
     ``{"request": "<data> <method> s<seed> <overrides>"}``, for a notebook's missing list."""
     return [{"request": f"{spec['data']} {spec['method']} s{spec['seed']} "
                         f"{spec['overrides'] or ''}".strip()}
-            for spec, result in zip(requests, results, strict=True) if result is None]
+            for spec in _not_finished(requests, results)]
+
+
+def _not_finished(requests: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
+    """The requests whose result is None (``results`` in the order of ``requests``)."""
+    return [spec for spec, result in zip(requests, results, strict=True) if result is None]
 
 
 # ----------------------------------------------------------------------------- the tables

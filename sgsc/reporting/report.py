@@ -653,6 +653,10 @@ ANSWER = (
      "it; a narrowed variant counts only where every seed's accuracy is unchanged)",
      ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
       "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
+    ("07_file_budget__budgets", "Does a longer compression budget buy size? Each method "
+     "and γ trained longer, beside the same γ at the study's budget (the longest registered "
+     "before it trained): accuracy over the seeds, seeds at the target, and the mean file",
+     None),
     ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
      "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
     ("02_char_transformer__matched_size", "The same on the character transformer: test "
