@@ -473,7 +473,8 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
     """The image target from 07_file_budget's table (:func:`sgsc.experiments.studies.
     smallest_at`): per method, budget and gamma, the packed file and the smallest
     entropy-coded one (a narrowed file only where it classifies as its exact one does),
-    with the test accuracy of each, and whether both meet the target."""
+    with the test accuracy of each, the packed file's entropy floor (its codes at their
+    empirical entropy), and whether both meet the target."""
     groups: dict[tuple, dict[str, dict]] = {}
     for r in smallest:
         groups.setdefault((r["method"], r["epochs"], r["gamma"]), {})[r["variant"]] = r
@@ -497,6 +498,7 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
                      "entropy_coded_bytes_std": entropy and entropy["file_bytes_std"],
                      "entropy_coding": entropy and entropy["variant"],
                      "entropy_coded_test_acc_mean": entropy and entropy["test_acc_mean"],
+                     "entropy_floor_bytes_mean": packed.get("entropy_floor_bytes_mean"),
                      **met})
     return sorted(rows, key=lambda r: (r["method"], r["epochs"], r["gamma"]))
 

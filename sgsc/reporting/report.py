@@ -286,6 +286,30 @@ def _file_sentence(rows: list[dict], target: float) -> str | None:
             f"seeds): " + " and ".join(found) + ".")
 
 
+def _budget_sentence(rows: list[dict]) -> str | None:
+    """What longer compression budgets bought (07's budgets table): per method and gamma
+    run at more than one budget, the file packed and entropy coded and the test accuracy
+    at each."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["gamma"]), []).append(r)
+    clauses = []
+    for (method, gamma), members in groups.items():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda r: r["epochs"])
+        packed = _listed([f"{r['packed_bytes_mean']:,.0f}" for r in members])
+        coded = _listed([f"{r['entropy_bytes_mean']:,.0f}" for r in members
+                         if r["entropy_bytes_mean"] is not None])
+        accuracy = _listed([f"{r['test_acc_mean'] * 100:.2f}" for r in members])
+        clauses.append(f"{method} at γ {gamma:g}, {_listed([str(r['epochs']) for r in members])}"
+                       f" epochs: {packed} bytes packed ({coded} entropy coded) at "
+                       f"{accuracy} % test accuracy")
+    if not clauses:
+        return None
+    return "Longer compression budgets: " + "; ".join(clauses) + "."
+
+
 FILE_TARGET = 0.99  # 07_file_budget's accuracy target (the project's MNIST target)
 
 
@@ -307,7 +331,8 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
         if left_out:
             files += (" Not yet among the models compared: "
                       + "; ".join(r["request"] for r in left_out) + ".")
-        sentences.append(files)
+        budgets = _budget_sentence(_table_if_any(report_dir, "07_file_budget__budgets"))
+        sentences.append(files if budgets is None else f"{files} {budgets}")
     if not full_mnist:
         rows = [r for r in _table_if_any(report_dir, "01_mnist_cnn__matched_size")
                 if r.get("method") == "sgsc"
