@@ -206,6 +206,26 @@ def test_compute_cost_sets_core_seconds_against_the_flop_floor():
     assert claims.compute_cost({"study_runs": rows})[0]["floor_s"] is None  # no peak known
 
 
+def test_cost_by_method_says_which_methods_sit_furthest_above_the_flop_floor():
+    regime = [{"run_dir": f"mnist/{m}-s{s}", "method": m, "train_s": t, "train_flops": f}
+              for s in range(2)
+              for m, t, f in (("float", 15.0, 1e12), ("sc", 30.0, 1e12), ("sgsc", 40.0, 2e12))]
+    regime.append({"run_dir": "mnist/sc-s9", "method": "sc", "train_s": 99.0})  # no FLOPs
+    files = [{"run_dir": "mnist/sc-s0", "method": "sc", "train_s": 30.0, "train_flops": 1e12},
+             {"run_dir": "mnist/sc-long-s0", "method": "sc", "train_s": 15.0,
+              "train_flops": 1e12}]
+    rows = {(r["notebook"], r["method"]): r for r in claims.cost_by_method(
+        {"regime_all_runs": regime, "file_runs": files}, peak_gflops=100.0)}
+    assert set(rows) == {("06_regimes", "float"), ("06_regimes", "sc"),
+                         ("06_regimes", "sgsc"), ("07_file_budget", "sc")}
+    sc = rows[("06_regimes", "sc")]
+    assert (sc["runs"], sc["train_s"], sc["floor_s"], sc["vs_floor"]) == (2, 60.0, 20.0, 3.0)
+    assert rows[("06_regimes", "float")]["vs_floor"] == 1.5
+    assert rows[("07_file_budget", "sc")]["runs"] == 1  # 06's run is counted there only
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert rows[("06_regimes", "sgsc")]["share"] == pytest.approx(80 / 185, abs=1e-4)
+
+
 def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
     def row(method, gamma, variant, size, acc, allowed=True):
         return {"method": method, "epochs": 6, "gamma": gamma, "variant": variant,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,41 +347,57 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
     and the total over all notebooks.  With this machine's ``peak_gflops`` (a large
     matrix product), ``floor_s`` is the time those FLOPs need at that rate and
     ``vs_floor`` the core-seconds over it, for the runs that recorded their FLOPs."""
-    seen: set = set()
+    runs_of: dict[str, list[dict]] = {notebook: [] for notebook in COST_TABLES}
+    for notebook, row in _distinct_runs(tables):
+        runs_of[notebook].append(row)
+    rows = [_cost_row(notebook, members, peak_gflops) for notebook, members in runs_of.items()]
+    rows.append(_cost_row("all", [r for members in runs_of.values() for r in members],
+                          peak_gflops))
+    return rows
+
+
+def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float) -> list[dict]:
+    """Where the time over the FLOP floor goes: per notebook and method, the distinct runs
+    that recorded their FLOPs, their core-seconds against the floor (as in
+    :func:`compute_cost`), and their ``share`` of all such core-seconds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for notebook, row in _distinct_runs(tables):
+        if row.get("train_flops") is not None:
+            groups.setdefault((notebook, row.get("method", "?")), []).append(row)
+    total = sum(float(r["train_s"]) for members in groups.values() for r in members)
     rows = []
+    for (notebook, method), members in sorted(groups.items()):
+        row = _cost_row(notebook, members, peak_gflops)
+        rows.append({"notebook": notebook, "method": method, "runs": row["runs"],
+                     "train_s": row["train_s"], "floor_s": row["floor_s"],
+                     "vs_floor": row["vs_floor"],
+                     "share": round(row["train_s"] / total, 4) if total else None})
+    return rows
+
+
+def _distinct_runs(tables: dict[str, list[dict]]) -> Iterator[tuple[str, dict]]:
+    """(notebook, run row) once per run with a recorded ``train_s``: a run by its data set
+    and keyed folder name, since notebooks name the same folder from different working
+    directories; a run in two notebooks' tables counts where first seen."""
+    seen: set = set()
     for notebook, keys in COST_TABLES.items():
-        runs = counted = 0
-        seconds = counted_seconds = flops = longest = 0.0
         for row in (row for key in keys for row in tables.get(key, [])):
-            # a run by its data set and keyed folder name: notebooks name the same folder
-            # from different working directories
             folder = Path(row["run_dir"]).parts[-2:] if row.get("run_dir") else None
             if folder is None or folder in seen or row.get("train_s") is None:
                 continue
             seen.add(folder)
-            runs += 1
-            seconds += float(row["train_s"])
-            longest = max(longest, float(row["train_s"]))
-            if row.get("train_flops") is not None:
-                counted += 1
-                counted_seconds += float(row["train_s"])
-                flops += float(row["train_flops"])
-        rows.append(_cost_row(notebook, runs, seconds, counted, counted_seconds, flops,
-                              peak_gflops, longest))
-    total = {k: sum(r[k] for r in rows) for k in ("runs", "train_s", "runs_with_flops",
-                                                   "train_s_with_flops", "train_flops")}
-    rows.append(_cost_row("all", total["runs"], total["train_s"], total["runs_with_flops"],
-                          total["train_s_with_flops"], total["train_flops"], peak_gflops,
-                          max(r["longest_run_s"] for r in rows)))
-    return rows
+            yield notebook, row
 
 
-def _cost_row(notebook: str, runs: int, seconds: float, counted: int, counted_seconds: float,
-              flops: float, peak_gflops: float | None, longest: float) -> dict:
+def _cost_row(notebook: str, runs: Sequence[dict], peak_gflops: float | None) -> dict:
+    seconds = sum(float(r["train_s"]) for r in runs)
+    counted = [r for r in runs if r.get("train_flops") is not None]
+    counted_seconds = sum(float(r["train_s"]) for r in counted)
+    flops = sum(float(r["train_flops"]) for r in counted)
     floor = flops / (peak_gflops * 1e9) if peak_gflops and flops else None
-    return {"notebook": notebook, "runs": runs, "train_s": round(seconds, 1),
-            "longest_run_s": round(longest, 1),
-            "runs_with_flops": counted, "train_s_with_flops": round(counted_seconds, 1),
+    return {"notebook": notebook, "runs": len(runs), "train_s": round(seconds, 1),
+            "longest_run_s": round(max((float(r["train_s"]) for r in runs), default=0.0), 1),
+            "runs_with_flops": len(counted), "train_s_with_flops": round(counted_seconds, 1),
             "train_flops": flops, "peak_gflops": peak_gflops,
             "floor_s": None if floor is None else round(floor, 1),
             "vs_floor": None if not floor else round(counted_seconds / floor, 2)}

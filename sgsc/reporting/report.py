@@ -693,6 +693,9 @@ ANSWER = (
       "verdict", "seeds_to_resolve")),
     ("05_paper_claims__targets", "This project's targets", None),
     ("05_paper_claims__compute", "Training cost from scratch (seconds of training)", None),
+    ("05_paper_claims__compute_by_method", "Where the time above the FLOP floor goes: per "
+     "notebook and method, core-seconds against the floor and their share of the total",
+     None),
 )
 ANSWER_FIGURES = (("06_regimes_answer", "sgsc − sc at equal size against the training "
                    "images of each regime, with its unadjusted t-interval and the equivalence "
