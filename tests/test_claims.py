@@ -214,16 +214,19 @@ def test_cost_by_method_says_which_methods_sit_furthest_above_the_flop_floor():
     files = [{"run_dir": "mnist/sc-s0", "method": "sc", "train_s": 30.0, "train_flops": 1e12},
              {"run_dir": "mnist/sc-long-s0", "method": "sc", "train_s": 15.0,
               "train_flops": 1e12}]
-    rows = {(r["notebook"], r["method"]): r for r in claims.cost_by_method(
-        {"regime_all_runs": regime, "file_runs": files}, peak_gflops=100.0)}
+    tables = {"regime_all_runs": regime, "file_runs": files}
+    rows = {(r["notebook"], r["method"]): r
+            for r in claims.cost_by_method(tables, peak_gflops=100.0)}
     assert set(rows) == {("06_regimes", "float"), ("06_regimes", "sc"),
                          ("06_regimes", "sgsc"), ("07_file_budget", "sc")}
     sc = rows[("06_regimes", "sc")]
     assert (sc["runs"], sc["train_s"], sc["floor_s"], sc["vs_floor"]) == (2, 60.0, 20.0, 3.0)
-    assert rows[("06_regimes", "float")]["vs_floor"] == 1.5
+    assert sc["above_floor_s"] == 40.0 and rows[("06_regimes", "float")]["vs_floor"] == 1.5
     assert rows[("07_file_budget", "sc")]["runs"] == 1  # 06's run is counted there only
-    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
-    assert rows[("06_regimes", "sgsc")]["share"] == pytest.approx(80 / 185, abs=1e-4)
+    # the seconds above the floor: float 10, sc 40, sgsc 40, 07's sc 5
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sc["share"] == pytest.approx(40 / 95, abs=1e-4)
+    assert all(r["share"] is None for r in claims.cost_by_method(tables, peak_gflops=None))
 
 
 def test_the_image_target_reads_the_file_budget_table_where_there_is_one():

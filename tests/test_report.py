@@ -447,14 +447,20 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
         "frontiers are left out).")
     report.save_table([], report_dir, "07_file_budget__missing")
     budgets = [{"method": "sc", "gamma": 0.15, "epochs": e, "seeds": 3, "val_acc_mean": 0.98,
-                "test_acc_mean": acc, "seeds_at_target": 1, "packed_bytes_mean": size,
-                "entropy_bytes_mean": size - 200}
-               for e, size, acc in ((18, 1936.4, 0.9897), (6, 2699.0, 0.98883))]
+                "test_acc_mean": acc, "seeds_at_target": k, "packed_bytes_mean": size,
+                "coded_bytes_mean": size - 200, "coding": "entropy"}
+               for e, size, acc, k in ((18, 1936.4, 0.9897, 2), (6, 2699.0, 0.98883, 0))]
     budgets.append(budgets[0] | {"method": "sc-rate"})  # one budget only: no clause
     report.save_table(budgets, report_dir, "07_file_budget__budgets")
     assert report.answer_sentences(report_dir)[1] == files + (
         " Longer compression budgets: sc at γ 0.15, 6 and 18 epochs: 2,699 and 1,936 bytes "
-        "packed (2,499 and 1,736 entropy coded) at 98.88 and 98.97 % test accuracy.")
+        "packed (2,499 and 1,736 entropy coded) at 98.88 % and 98.97 % test accuracy (seeds "
+        "at 99.0 % or above: 0 and 2 of 3).")
+    budgets[0] |= {"coded_bytes_mean": None, "seeds_at_target": 3}
+    budgets[1] |= {"seeds_at_target": 3}
+    report.save_table(budgets, report_dir, "07_file_budget__budgets")
+    assert report.answer_sentences(report_dir)[1].endswith(  # no coded file at 18 epochs
+        "(2,499 and — entropy coded) at 98.88 % and 98.97 % test accuracy.")
     for row in smallest:
         row["reaches_target"] = row["smallest_at_target"] = False
     report.save_table(smallest, report_dir, "07_file_budget__smallest")

@@ -343,15 +343,18 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
 
 
 def test_budget_rows_set_each_longer_budget_beside_the_same_gamma_at_the_study_budget():
-    def rows(epochs, sizes, accs):
+    def rows(epochs, sizes, accs, narrowed_same=True):
         return [{"method": "sc", "epochs": epochs, "gamma": 0.15, "variant": variant,
                  "seed": s, "file_bytes": size * scale, "test_acc": acc,
-                 "entropy_floor_bytes": size * 0.8, "same_accuracy": True}
-                for variant, scale in (("packed", 1.0), ("entropy", 0.9))
+                 "entropy_floor_bytes": size * 0.8,
+                 "same_accuracy": narrowed_same or not variant.startswith("narrow")}
+                for variant, scale in (("packed", 1.0), ("entropy", 0.9),
+                                       ("narrow+entropy", 0.8))
                 for s, (size, acc) in enumerate(zip(sizes, accs, strict=True))]
 
     smallest = studies.smallest_at(rows(6, [3000, 2800], [0.989, 0.988])
-                                   + rows(18, [2000, 2200], [0.991, 0.989]), target=0.99)
+                                   + rows(18, [2000, 2200], [0.991, 0.989],
+                                          narrowed_same=False), target=0.99)
     models = [{"method": "sc", "seed": s, "val_acc": acc,
                "params": {"gamma": 0.15, "epochs": epochs}}
               for epochs, accs in ((6, (0.98, 0.982)), (18, (0.984, 0.986)))
@@ -362,7 +365,10 @@ def test_budget_rows_set_each_longer_budget_beside_the_same_gamma_at_the_study_b
     table = studies.budget_rows(smallest, models, long)
     assert [(r["epochs"], r["seeds"]) for r in table] == [(6, 2), (18, 2)]
     six, eighteen = table
-    assert eighteen["packed_bytes_mean"] == 2100 and eighteen["entropy_bytes_mean"] == 1890
+    assert eighteen["packed_bytes_mean"] == 2100
+    # the smallest coding that counts: at 18 epochs narrowing changed an answer
+    assert (six["coding"], six["coded_bytes_mean"]) == ("narrow+entropy", 2320)
+    assert (eighteen["coding"], eighteen["coded_bytes_mean"]) == ("entropy", 1890)
     assert six["val_acc_mean"] == pytest.approx(0.981)  # gamma 0.4's run is not averaged in
     assert eighteen["test_acc_mean"] == pytest.approx(0.99)
     assert eighteen["seeds_at_target"] == 1 and six["seeds_at_target"] == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,22 +356,28 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
     return rows
 
 
-def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float) -> list[dict]:
-    """Where the time over the FLOP floor goes: per notebook and method, the distinct runs
+def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float | None
+                   ) -> list[dict]:
+    """Where the time above the FLOP floor goes: per notebook and method, the distinct runs
     that recorded their FLOPs, their core-seconds against the floor (as in
-    :func:`compute_cost`), and their ``share`` of all such core-seconds."""
+    :func:`compute_cost`), the seconds above it, and ``share``: that group's part of all
+    the seconds above the floor (None without a peak)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for notebook, row in _distinct_runs(tables):
         if row.get("train_flops") is not None:
             groups.setdefault((notebook, row.get("method", "?")), []).append(row)
-    total = sum(float(r["train_s"]) for members in groups.values() for r in members)
     rows = []
     for (notebook, method), members in sorted(groups.items()):
-        row = _cost_row(notebook, members, peak_gflops)
-        rows.append({"notebook": notebook, "method": method, "runs": row["runs"],
-                     "train_s": row["train_s"], "floor_s": row["floor_s"],
-                     "vs_floor": row["vs_floor"],
-                     "share": round(row["train_s"] / total, 4) if total else None})
+        cost = _cost_row(notebook, members, peak_gflops)
+        above = None if cost["floor_s"] is None else cost["train_s"] - cost["floor_s"]
+        rows.append({"notebook": notebook, "method": method, "runs": cost["runs"],
+                     "train_s": cost["train_s"], "floor_s": cost["floor_s"],
+                     "vs_floor": cost["vs_floor"],
+                     "above_floor_s": None if above is None else round(above, 1)})
+    total = sum(r["above_floor_s"] or 0.0 for r in rows)
+    for r in rows:
+        r["share"] = round(r["above_floor_s"] / total, 4) if total and \
+            r["above_floor_s"] is not None else None
     return rows
 
 
@@ -497,8 +503,7 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
     rows = []
     for (method, epochs, gamma), variants in groups.items():
         packed = variants.get("packed")
-        coded = [v for k, v in variants.items() if "entropy" in k and v.get("allowed", True)]
-        entropy = min(coded, key=lambda r: r["file_bytes_mean"]) if coded else None
+        entropy = smallest_coded(variants.values())
         if packed is None:
             continue
         acc = packed["test_acc_mean"]
@@ -517,6 +522,14 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
                      "entropy_floor_bytes_mean": packed.get("entropy_floor_bytes_mean"),
                      **met})
     return sorted(rows, key=lambda r: (r["method"], r["epochs"], r["gamma"]))
+
+
+def smallest_coded(rows: Iterable[dict]) -> dict | None:
+    """Of one model's encodings (rows of :func:`sgsc.experiments.studies.smallest_at` with
+    the same method, budget and gamma), the smallest entropy-coded one that counts: a
+    narrowed file only where it classifies as its exact one does; None if there is none."""
+    coded = [r for r in rows if "entropy" in r["variant"] and r.get("allowed", True)]
+    return min(coded, key=lambda r: r["file_bytes_mean"]) if coded else None
 
 
 def _image_target_met(packed_acc: float | None, packed_bytes: float | None,
