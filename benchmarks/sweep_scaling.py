@@ -7,7 +7,11 @@ the clock starts: only the sweep is timed.  The grid: a float reference and ``sc
 their ratio (1 worker / 2 workers; 2.0 would be perfect scaling) and the efficiency (the
 ratio over the ideal one; target 90 %).  Run it on an otherwise idle machine.
 
-    python benchmarks/sweep_scaling.py --seeds 2 --epochs 2
+The default of 10 epochs makes each run a few seconds long; at 2 epochs a run takes about
+one, and the fixed cost of handing a run to a worker and collecting its result weighs on
+the ratio as it does not on a profile's runs (minutes each).
+
+    python benchmarks/sweep_scaling.py --seeds 2 --epochs 10
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from sgsc.experiments import sweep
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (2)")
-    parser.add_argument("--epochs", type=int, default=2,
-                        help="epochs of every run, float references included (2)")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs of every run, float references included (10)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="worker counts to time (1 2); the ratio is first / last")
     return parser.parse_args(argv)
