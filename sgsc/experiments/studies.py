@@ -45,7 +45,7 @@ from sgsc.experiments import store, sweep
 from sgsc.experiments.defaults import SAFETY_METHODS, train_config
 from sgsc.fileformat import atomic
 from sgsc.reporting import compare
-from sgsc.reporting.claims import smallest_coded
+from sgsc.reporting.claims import encodings_by_model, smallest_coded
 from sgsc.reporting.report import mean_std, summarize
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
@@ -699,14 +699,13 @@ def budget_rows(smallest: Sequence[dict], models: Sequence[dict],
     counts (:func:`sgsc.reporting.claims.smallest_coded`, the targets table's rule)."""
     pairs = {(method, gamma) for budget in long
              for method, gammas in budget["gammas"].items() for gamma in gammas}
-    groups: dict[tuple, list[dict]] = {}
-    for r in smallest:
-        if (r["method"], r["gamma"]) in pairs and r["epochs"] is not None:
-            groups.setdefault((r["method"], r["gamma"], r["epochs"]), []).append(r)
+    encoded = {key: variants for key, variants in encodings_by_model(smallest).items()
+               if (key[0], key[2]) in pairs and key[1] is not None}
     rows = []
-    for (method, gamma, epochs), variants in sorted(groups.items()):
-        packed = next(r for r in variants if r["variant"] == "packed")
-        coded = smallest_coded(variants)
+    for method, epochs, gamma in sorted(encoded, key=lambda k: (k[0], k[2], k[1])):
+        variants = encoded[method, epochs, gamma]
+        packed = variants["packed"]
+        coded = smallest_coded(variants.values())
         val, _ = mean_std([m["val_acc"] for m in models if m["method"] == method
                            and (m.get("params") or {}).get("gamma") == gamma
                            and (m.get("params") or {}).get("epochs") == epochs])

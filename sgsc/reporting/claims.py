@@ -497,11 +497,8 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
     entropy-coded one (a narrowed file only where it classifies as its exact one does),
     with the test accuracy of each, the packed file's entropy floor (its codes at their
     empirical entropy), and whether both meet the target."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in smallest:
-        groups.setdefault((r["method"], r["epochs"], r["gamma"]), {})[r["variant"]] = r
     rows = []
-    for (method, epochs, gamma), variants in groups.items():
+    for (method, epochs, gamma), variants in encodings_by_model(smallest).items():
         packed = variants.get("packed")
         entropy = smallest_coded(variants.values())
         if packed is None:
@@ -522,6 +519,15 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
                      "entropy_floor_bytes_mean": packed.get("entropy_floor_bytes_mean"),
                      **met})
     return sorted(rows, key=lambda r: (r["method"], r["epochs"], r["gamma"]))
+
+
+def encodings_by_model(smallest: Sequence[dict]) -> dict[tuple, dict[str, dict]]:
+    """Rows of :func:`sgsc.experiments.studies.smallest_at` by model -- (method, epochs,
+    gamma) -- and within it by encoding (``variant``)."""
+    models: dict[tuple, dict[str, dict]] = {}
+    for r in smallest:
+        models.setdefault((r["method"], r["epochs"], r["gamma"]), {})[r["variant"]] = r
+    return models
 
 
 def smallest_coded(rows: Iterable[dict]) -> dict | None:

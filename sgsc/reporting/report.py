@@ -299,23 +299,28 @@ def _budget_sentence(rows: list[dict], target: float) -> str | None:
         if len(members) < 2:
             continue
         members = sorted(members, key=lambda r: r["epochs"])
-
-        def each(column: str, text: Callable[[Any], str], members=members) -> str:
-            return _listed([text(r[column]) if r.get(column) is not None else "—"
-                            for r in members])
-
         seeds = max(r["seeds"] for r in members)
         clauses.append(
-            f"{method} at γ {gamma:g}, {each('epochs', str)} epochs: "
-            f"{each('packed_bytes_mean', lambda v: f'{v:,.0f}')} bytes packed "
-            f"({each('coded_bytes_mean', lambda v: f'{v:,.0f}')} entropy coded) at "
-            f"{each('test_acc_mean', lambda v: f'{v * 100:.2f} %')} test accuracy"
-            + (f" (seeds at {target * 100:.1f} % or above: {each('seeds_at_target', str)} of "
-               f"{seeds})" if any(r.get("seeds_at_target") != r["seeds"] for r in members)
-               else ""))
+            f"{method} at γ {gamma:g}, {_per_budget(members, 'epochs', str)} epochs: "
+            f"{_per_budget(members, 'packed_bytes_mean', _bytes)} bytes packed "
+            f"({_per_budget(members, 'coded_bytes_mean', _bytes)} entropy coded) at "
+            f"{_per_budget(members, 'test_acc_mean', lambda v: f'{v * 100:.2f} %')} test "
+            "accuracy"
+            + (f" (seeds at {target * 100:.1f} % or above: "
+               f"{_per_budget(members, 'seeds_at_target', str)} of {seeds})"
+               if any(r.get("seeds_at_target") != r["seeds"] for r in members) else ""))
     if not clauses:
         return None
     return "Longer compression budgets: " + "; ".join(clauses) + "."
+
+
+def _per_budget(rows: list[dict], column: str, text: Callable[[Any], str]) -> str:
+    """``column`` of each row in words, listed (a dash where a row has none)."""
+    return _listed([text(r[column]) if r.get(column) is not None else "—" for r in rows])
+
+
+def _bytes(value: float) -> str:
+    return f"{value:,.0f}"
 
 
 FILE_TARGET = 0.99  # 07_file_budget's accuracy target (the project's MNIST target)
