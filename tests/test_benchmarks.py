@@ -28,3 +28,45 @@ def test_shrink_benchmark_refuses_nonsense():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shrink.py"), "--epochs",
                            "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--epochs and --batch-size must be positive" in done.stderr
+
+
+def _floor(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_floor_benchmark_times_a_kept_models_widths_against_the_full_network():
+    done = _floor("--steps", "2", "--warmup", "0", "--batch-size", "8")
+    assert done.returncode == 0, done.stderr
+    # the shrunk variants take the widths of the report's model file, not the defaults
+    widths = done.stdout.split("widths (")[1].split(")")[0]
+    assert widths != "32, 32, 64, 64"
+    for variant in ("float-full", "float-shrunk", "sc-shrunk"):
+        assert f"{variant:<14}{8:>6}" in done.stdout and f"{variant:<14}{32:>6}" in done.stdout
+    for ratio in ("shrunk_vs_full = ", "quantizer_share = ", "batch_gain = "):
+        assert ratio in done.stdout
+
+
+def test_floor_benchmark_ratios_follow_from_its_rows():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import floor
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = [{"variant": "float-full", "batch": 8, "ms_per_step": 10.0, "x_floor": 1.5,
+             "us_per_image": 1250.0},
+            {"variant": "float-shrunk", "batch": 8, "ms_per_step": 3.0, "x_floor": 6.0,
+             "us_per_image": 375.0},
+            {"variant": "sc-shrunk", "batch": 8, "ms_per_step": 4.0, "x_floor": 8.0,
+             "us_per_image": 500.0},
+            {"variant": "sc-shrunk", "batch": 32, "ms_per_step": 8.0, "x_floor": 4.0,
+             "us_per_image": 250.0}]
+    assert floor.summary(rows, 8) == {"shrunk_vs_full": 4.0, "quantizer_share": 0.25,
+                                      "batch_gain": 2.0}
+
+
+def test_floor_benchmark_refuses_nonsense(tmp_path):
+    done = _floor("--steps", "0", timeout=120)
+    assert done.returncode == 2 and "--steps must be at least 1" in done.stderr
+    done = _floor("--model", str(tmp_path / "none.sgsc"), timeout=120)
+    assert done.returncode == 2 and "no such file" in done.stderr
