@@ -20,6 +20,7 @@ from sgsc.fileformat.export import (
     FLAG_ENTROPY,
     FLAG_LZMA,
     CorruptFileError,
+    empty_rows,
     entropy_coded_bytes,
     load_compressed,
     pack_metadata,
@@ -354,6 +355,51 @@ def test_all_dead_producer_round_trip(tmp_path) -> None:
     reference.prune()
     x = _inputs(sc.model, 2)
     assert torch.equal(_logits(load_compressed(info.path), x), _logits(reference.model, x))
+
+
+def _with_empty_rows(rows: dict[str, list[int]]) -> SelfCompression:
+    """The CNN of ``_compressed`` with the weights of ``rows`` (layer -> channels) set to
+    zero and their bit depths kept (above 0): what a rate term leaves."""
+    sc = _compressed("mnist_cnn")
+    with torch.no_grad():
+        for name, channels in rows.items():
+            sc.bit_depths()[name][channels] = 4.0
+            sc.raw_weights()[name][channels] = 0.0
+    return sc
+
+
+def test_empty_rows_are_rows_whose_codes_are_all_zero_at_bits_above_zero() -> None:
+    sc = _with_empty_rows({"conv1": [1, 2], "conv4": [4]})
+    found = {name: mask.nonzero().flatten().tolist() for name, mask in empty_rows(sc).items()}
+    assert found["conv1"] == [1, 2] and found["conv4"] == [4]
+    # zero-bit rows are dead already: not counted again
+    assert not any(mask[sc.bit_depths()[name] <= 0].any()
+                   for name, mask in empty_rows(sc).items())
+
+
+def test_empty_rows_leave_the_file_and_the_model_computes_the_same(tmp_path) -> None:
+    """Dropped, an empty channel goes like a zero-bit one: its rows, its bias and the next
+    layer's columns leave the file; the reloaded model's outputs are the kept file's."""
+    sc = _with_empty_rows({"conv1": [1, 2], "conv3": [0, 5, 7]})
+    kept = save_compressed(sc, tmp_path / "kept.sgsc", drop_empty_rows=False)
+    dropped = save_compressed(sc, tmp_path / "dropped.sgsc")
+    assert kept.empty_rows_dropped == 0 and dropped.empty_rows_dropped == 5
+    reloaded_kept, reloaded = load_compressed(kept.path), load_compressed(dropped.path)
+    assert reloaded.conv1.out_channels == reloaded_kept.conv1.out_channels - 2
+    assert reloaded.conv3.out_channels == reloaded_kept.conv3.out_channels - 3
+    # every dropped channel took at least its bits' header and its float32 bias along
+    assert kept.file_bytes - dropped.file_bytes >= 5 * 4
+    x = _inputs(sc.model, 6)
+    reference = _logits(reloaded_kept, x)
+    torch.testing.assert_close(_logits(reloaded, x), reference, rtol=1e-4,
+                               atol=1e-5 * float(reference.abs().max()))
+    # the wrapper itself keeps its bits: dropping happens on the exported copy only
+    assert (sc.bit_depths()["conv1"][[1, 2]] == 4.0).all()
+
+
+def test_entropy_coded_bytes_drop_empty_rows_unless_told_not_to() -> None:
+    sc = _with_empty_rows({"conv3": [0, 5, 7]})
+    assert entropy_coded_bytes(sc) < entropy_coded_bytes(sc, drop_empty_rows=False)
 
 
 def test_a_model_started_at_32_bits_exports_exactly(tmp_path) -> None:

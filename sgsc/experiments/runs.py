@@ -50,6 +50,7 @@ from sgsc.experiments.defaults import (  # noqa: F401  (the defaults, where user
     train_config,
 )
 from sgsc.experiments.harness import (  # noqa: F401  (the shared harness, as runs.* for users)
+    RUN_ENCODING,
     build_data_model,
     check_run,
     finish,
@@ -154,12 +155,12 @@ def run(method: str, data_name: str, *, seed: int = 0, out_dir: str | Path = "ru
 
     model.eval()
     packed = out / "model.sgsc"
-    save_compressed(compression, packed)
+    save_compressed(compression, packed, **RUN_ENCODING)
     loaded = load_compressed(packed).to(dev)
     report = compression.size_report()
     result = {
         "storage_bytes": packed.stat().st_size,
-        "entropy_coded_bytes": entropy_coded_bytes(compression),
+        "entropy_coded_bytes": entropy_coded_bytes(compression, **RUN_ENCODING),
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "selected_epoch": trained.selected_epoch, "train_s": round(trained.wall_s, 2),

@@ -42,7 +42,8 @@ The payload, before any xz, is three sections back to back:
 3. raw tensors: each remaining tensor's bytes at its stored dtype, in order.
 
 So a packed file's payload is exactly what :meth:`SelfCompression.storage_bits` counts,
-when nothing is folded or narrowed.
+when nothing is folded, narrowed or dropped (a row whose codes are all zero is stored as a
+zero-bit row: ``drop_empty_rows``).
 
 Format 1 files (a fixed 20-byte header, uint8 bit depths, JSON with keys) stay readable.
 
@@ -93,6 +94,9 @@ if TYPE_CHECKING:
 
 MAGIC = b"SGSC"
 FORMAT_VERSION = 2
+# Raised whenever the same model encodes to other bytes within one format (2: empty rows
+# dropped), so that caches of encoded sizes know theirs are stale.
+ENCODER_REVISION = 2
 FLAG_LZMA = 1
 FLAG_ENTROPY = 2
 CODINGS = {"packed": 0, "lzma": FLAG_LZMA, "entropy": FLAG_ENTROPY}
@@ -140,8 +144,8 @@ class ExportInfo:
 
     ``storage_bytes`` is what :meth:`SelfCompression.storage_bits` counts (divided by 8):
     the size rule training optimises; ``file_bytes`` is the file on disk -- the same
-    payload plus framing when nothing is folded, narrowed or coded, less when BatchNorm
-    is folded, floats narrowed or codes entropy coded.
+    payload plus framing when nothing is folded, narrowed, dropped or coded, less when
+    BatchNorm is folded, floats narrowed, empty rows dropped or codes entropy coded.
     """
 
     path: Path
@@ -152,6 +156,7 @@ class ExportInfo:
     metadata_bytes: int
     coding: str  # as written: "entropy" asked for falls back to "packed" where not smaller
     folded: tuple[str, ...] = ()
+    empty_rows_dropped: int = 0  # rows whose codes were all zero, stored at zero bits
 
     @property
     def entropy_coded(self) -> bool:
@@ -197,6 +202,7 @@ class _Tensor:
 def save_compressed(
     sc: SelfCompression, path: str | os.PathLike[str], *, coding: str = "packed",
     entropy_coded: bool = False, fold: bool = True, precision: str = "exact",
+    drop_empty_rows: bool = True,
 ) -> ExportInfo:
     """Write ``sc``'s model, pruned and at its learned bit depths, to ``path`` atomically.
 
@@ -209,12 +215,17 @@ def save_compressed(
     ``"exact"`` keeps every float at its dtype; ``"narrow"`` stores other float tensors
     (biases, norms) as float16 and exponents in 16 bits over each layer's range -- the
     reloaded model then differs by float16 rounding, which the caller checks (the file
-    records the choice).  Works for any model; a model outside the registry of
-    architectures loads back with ``load_compressed(path, model=...)``.
+    records the choice).  ``drop_empty_rows``: a row whose codes all round to zero
+    computes nothing but its bias, so it is stored as a zero-bit row -- and removed with
+    the other dead channels where the model's channel graph allows (:func:`empty_rows`);
+    the model computes the same within float rounding.  Works for any model; a model
+    outside the registry of architectures loads back with
+    ``load_compressed(path, model=...)``.
     """
     path = Path(path)
     coding = "entropy" if entropy_coded else coding
-    blob, sizes = encode_compressed(sc, coding=coding, fold=fold, precision=precision)
+    blob, sizes = encode_compressed(sc, coding=coding, fold=fold, precision=precision,
+                                    drop_empty_rows=drop_empty_rows)
     atomic.write_bytes(path, blob)
     return ExportInfo(
         path=path,
@@ -230,15 +241,18 @@ def entropy_coded_bytes(sc: SelfCompression, coding: str = "entropy", **options:
 
 
 def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool = True,
-                      precision: str = "exact") -> tuple[bytes, dict]:
+                      precision: str = "exact", drop_empty_rows: bool = True
+                      ) -> tuple[bytes, dict]:
     """The file's bytes, and its section sizes (payload, stored payload, metadata), the
-    coding used and the BatchNorms folded."""
+    coding used, the BatchNorms folded and the empty rows dropped
+    (:func:`save_compressed` says what each option does)."""
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {', '.join(CODINGS)}, got {coding!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{precision!r}")
     pruned = copy.deepcopy(sc)
+    dropped = _zero_empty_rows(pruned) if drop_empty_rows else 0
     if pruned.graph.channels or pruned.graph.heads:
         pruned.prune()
     folded = []
@@ -263,8 +277,34 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
         "metadata_bytes": len(meta_block),
         "coding": coding,
         "folded": tuple(bn for bn, _ in folded),
+        "empty_rows_dropped": dropped,
     }
     return _frame(meta_block, stored, CODINGS[coding]), sizes
+
+
+def empty_rows(sc: SelfCompression) -> dict[str, torch.Tensor]:
+    """Per quantized layer, the rows (output channels) with a bit depth above 0 whose
+    integer codes are all zero: such a channel computes only its bias, as a zero-bit one
+    does, though training left it its bits (a rate term drives whole rows to zero codes
+    without taking their bits)."""
+    rows, originals = {}, sc.raw_weights()
+    with torch.no_grad():
+        for name, quantizer in sc.quantizers.items():
+            codes, bits = quant.integer_codes(originals[name], quantizer.bit_depth,
+                                              quantizer.exponent)
+            rows[name] = (codes.flatten(1) == 0).all(dim=1) & (bits > 0)
+    return rows
+
+
+def _zero_empty_rows(sc: SelfCompression) -> int:
+    """Set the bit depth of every empty row of ``sc`` (:func:`empty_rows`) to 0 -- its
+    quantized weights are zero either way -- and return how many there were."""
+    count = 0
+    with torch.no_grad():
+        for name, mask in empty_rows(sc).items():
+            sc.quantizers[name].bit_depth[mask] = 0.0
+            count += int(mask.sum())
+    return count
 
 
 def _example_input(sc: SelfCompression) -> Any:

@@ -99,12 +99,12 @@ def packed_result(sc: SelfCompression, folder: Path, ref: Reference) -> dict[str
     """
     sc.model.eval()
     packed = folder / "model.sgsc"
-    save_compressed(sc, packed)
+    save_compressed(sc, packed, **harness.RUN_ENCODING)
     loaded = load_compressed(packed).to(ref.device)
     report = sc.size_report()
     return {
         "storage_bytes": packed.stat().st_size,
-        "entropy_coded_bytes": entropy_coded_bytes(sc),
+        "entropy_coded_bytes": entropy_coded_bytes(sc, **harness.RUN_ENCODING),
         "storage_bits_counted": int(report["storage_bits"]),
         "live_weights": int(report["live_weights"]), "Q": float(report["Q"]),
         "float_val": ref.float_metrics(),
