@@ -284,10 +284,9 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
     assert by_variant["entropy"]["file_bytes"] < packed["file_bytes"]
     assert by_variant["narrow+entropy"]["file_bytes"] < by_variant["entropy"]["file_bytes"]
     for variant, row in by_variant.items():
-        if variant != "packed":
-            written = tmp_path / "files" / f"sc-s0-abc.{variant}.sgsc"
-            assert written.stat().st_size == row["file_bytes"]
-    budget = byte_budget(f"{result['run_dir']}/model.sgsc")
+        written = tmp_path / "files" / f"sc-s0-abc.{variant}.sgsc"
+        assert written.stat().st_size == row["file_bytes"]
+    budget = byte_budget(tmp_path / "files" / "sc-s0-abc.packed.sgsc")
     assert packed["entropy_floor_bytes"] <= budget["file_bytes"]
     assert {r["gamma"] for r in rows} == {0.1} and {r["epochs"] for r in rows} == {6}
 
@@ -314,9 +313,44 @@ def test_file_variants_are_reopened_not_encoded_again_until_the_packed_file_chan
     packed = run_dir / "model.sgsc"
     export.save_compressed(export.reopen_compressed(packed), packed, coding="entropy")
     encoded.clear()
-    again = studies.file_variants([result], splits, folder)
-    assert len(encoded) == len(studies.FILE_VARIANTS) - 1 and again[0]["file_bytes"] == (
-        packed.stat().st_size)
+    # measured afresh -- and, the model inside being the same, to the same rows
+    assert studies.file_variants([result], splits, folder) == first
+    assert len(encoded) == len(studies.FILE_VARIANTS)
+    # an encoder that writes other bytes for the same model makes the rows stale too
+    encoded.clear()
+    monkeypatch.setattr(export, "ENCODER_REVISION", export.ENCODER_REVISION + 1)
+    studies.file_variants([result], splits, folder)
+    assert len(encoded) == len(studies.FILE_VARIANTS)
+
+
+def test_file_variants_encode_without_the_empty_rows_a_runs_own_file_keeps(tmp_path,
+                                                                          stored_run):
+    """A run's file keeps its empty rows (harness.RUN_ENCODING); 07's encodings drop
+    them, and the model reloaded from each still scores the run's test accuracy."""
+    import shutil
+
+    import torch
+
+    from sgsc.core.tasks import evaluate
+    from sgsc.experiments import harness
+    from sgsc.fileformat import export
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stored_run["run_dir"], run_dir)
+    sc = export.reopen_compressed(run_dir / "model.sgsc")
+    with torch.no_grad():  # two channels of conv3 with bits but all-zero weights
+        sc.bit_depths()["conv3"][[0, 1]] = 3.0
+        sc.raw_weights()["conv3"][[0, 1]] = 0.0
+    own = export.save_compressed(sc, run_dir / "model.sgsc", **harness.RUN_ENCODING)
+    splits = harness.load_splits("digits")
+    accuracy = evaluate(export.load_compressed(own.path), splits.test,
+                        torch.device("cpu"))["accuracy"]
+    result = stored_run | {"run_dir": str(run_dir), "storage_bytes": own.file_bytes,
+                           "test_acc": accuracy, "params": {"gamma": 0.1, "epochs": 6}}
+    rows = {r["variant"]: r for r in studies.file_variants([result], splits, tmp_path / "f")}
+    assert rows["packed"]["file_bytes"] < own.file_bytes
+    assert all(r["same_accuracy"] for r in rows.values() if r["variant"] in ("packed",
+                                                                            "entropy"))
 
 
 def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_target():
@@ -401,3 +435,22 @@ def test_the_transformer_point_compares_test_loss_and_builds_its_model_in_every_
     rows = {r["method"]: r for r in studies.operating_point_rows(results, metric="test_loss")}
     assert rows["sgsc"]["test_loss_minus_float"] == pytest.approx(-0.05)
     assert rows["sgsc"]["val_loss"] == 2.0 and "test_acc" not in rows["sgsc"]
+
+
+def test_kept_encodings_are_the_files_verify_re_measures(tmp_path, stored_run):
+    """Every seed's file of a picked encoding lands in the report with its size and
+    accuracy; verify reloads each and finds both again."""
+    from sgsc.experiments import harness, store
+
+    result = stored_run | {"params": {"gamma": 0.1, "epochs": 6}}
+    folder, report = tmp_path / "files", tmp_path / "report"
+    variants = studies.file_variants([result], harness.load_splits("digits"), folder)
+    picked = [r for r in studies.smallest_at(variants, target=0.0)
+              if r["variant"] == "narrow+entropy"]
+    kept = studies.keep_encodings(variants, picked, folder, report, "digits")
+    assert [r["file"] for r in kept] == ["digits/sc-s0-abc.narrow+entropy.sgsc"]
+    coded = next(r for r in variants if r["variant"] == "narrow+entropy")
+    assert kept[0]["storage_bytes"] == coded["file_bytes"] == (
+        report / store.MODELS / kept[0]["file"]).stat().st_size
+    checked = list(store.verify_models(report))
+    assert [r["file"] for r in checked] == [kept[0]["file"]] and checked[0]["ok"]

@@ -188,25 +188,34 @@ def keep_models(results: Sequence[dict], report_dir: str | os.PathLike[str]) -> 
     manifest with what the report says of it (size and test metrics); returns the rows
     added or updated.  Results without a file (float, PTQ without a run folder) are
     skipped."""
-    folder = Path(report_dir) / MODELS
-    manifest = read_manifest(report_dir)
-    rows = []
+    files = []
     for result in results:
         source = Path(result["run_dir"]) / PACKED if result.get("run_dir") else None
         if source is None or not source.exists():
             continue
-        relative = f"{result['data']}/{Path(result['run_dir']).name}.sgsc"
-        target = folder / relative
+        files.append((source, {
+            "file": f"{result['data']}/{Path(result['run_dir']).name}.sgsc",
+            "method": result["method"], "data": result["data"], "seed": result["seed"],
+            "gamma": (result.get("params") or {}).get("gamma"),
+            "storage_bytes": result["storage_bytes"],
+            **{k: result[k] for k in ("test_acc", "test_loss") if k in result}}))
+    return keep_files(files, report_dir)
+
+
+def keep_files(files: Sequence[tuple[Path, dict]], report_dir: str | os.PathLike[str]
+               ) -> list[dict]:
+    """Copy each ``(source, row)`` to ``<report_dir>/models/<row["file"]>`` and record
+    ``row`` -- at least ``file``, ``data``, ``storage_bytes`` and a test metric, which
+    :func:`verify_models` checks -- in the manifest; returns the rows."""
+    folder = Path(report_dir) / MODELS
+    manifest = read_manifest(report_dir)
+    for source, row in files:
+        target = folder / row["file"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(target, source.read_bytes())
-        row = {"file": relative, "method": result["method"], "data": result["data"],
-               "seed": result["seed"], "gamma": (result.get("params") or {}).get("gamma"),
-               "storage_bytes": result["storage_bytes"],
-               **{k: result[k] for k in ("test_acc", "test_loss") if k in result}}
-        manifest[relative] = row
-        rows.append(row)
+        atomic.write_bytes(target, Path(source).read_bytes())
+        manifest[row["file"]] = row
     atomic.write_json(sorted(manifest.values(), key=lambda r: r["file"]), folder / MANIFEST)
-    return rows
+    return [row for _, row in files]
 
 
 def read_manifest(report_dir: str | os.PathLike[str]) -> dict[str, dict]:

@@ -585,8 +585,10 @@ def race_tables(logs: dict[tuple[str, int], dict], results: Sequence[dict]
 
 # ----------------------------------------------------------------------------- 07's files
 
-# Each run's model file, encoded the four ways an inference file can be (format 2): the
-# packed file it was measured as, and entropy coded, narrowed, or both.
+# Each run's model, encoded the four ways an inference file can be (format 2): packed,
+# entropy coded, narrowed, or both -- each as the export writes it now, empty rows
+# dropped (the run's own file, which the report keeps, was measured with them:
+# harness.RUN_ENCODING).
 FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
                  "narrow": {"precision": "narrow"},
                  "narrow+entropy": {"coding": "entropy", "precision": "narrow"}}
@@ -598,8 +600,9 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
     of the model reloaded from it, beside the entropy floor of the packed file's codes --
     the file with every layer's codes at their empirical entropy (an order-0 table per
     bit depth) and everything else as stored.  A run's rows are kept in ``folder`` beside
-    its files and reopened while its packed file, the format and the encodings are the
-    same, so a report rebuilt from cached runs does not encode and evaluate them again."""
+    its files and reopened while its packed file, the format, the encoder's revision and
+    the encodings are the same, so a report rebuilt from cached runs does not encode and
+    evaluate them again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -608,8 +611,8 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
         cache = folder / f"{Path(result['run_dir']).name}.variants.json"
         key = _variants_key(packed, len(splits.test))
         kept = json.loads(cache.read_text()) if cache.exists() else {}
-        if kept.get("key") == key and all(_variant_path(folder, result, v).exists()
-                                          for v in FILE_VARIANTS if v != "packed"):
+        if kept.get("key") == key and all(variant_path(folder, result, v).exists()
+                                          for v in FILE_VARIANTS):
             rows += kept["rows"]
             continue
         measured = _measure_variants(result, packed, splits, folder)
@@ -618,44 +621,60 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
     return rows
 
 
-def _variant_path(folder: Path, result: dict, variant: str) -> Path:
-    return folder / f"{Path(result['run_dir']).name}.{variant}.sgsc"
+def variant_path(folder: str | os.PathLike[str], result: dict, variant: str) -> Path:
+    """Where :func:`file_variants` writes a run's file in encoding ``variant``."""
+    return Path(folder) / f"{Path(result['run_dir']).name}.{variant}.sgsc"
+
+
+def keep_encodings(variants: Sequence[dict], picked: Sequence[dict],
+                   folder: str | os.PathLike[str], report_dir: str | os.PathLike[str],
+                   data: str) -> list[dict]:
+    """Keep in the report (:func:`sgsc.experiments.store.keep_files`) every seed's file of
+    each (method, epochs, gamma, encoding) in ``picked`` -- rows of :func:`smallest_at` --
+    so that ``verify`` re-measures the sizes and accuracies 07's answer rests on."""
+    wanted = {(r["method"], r["epochs"], r["gamma"], r["variant"]) for r in picked}
+    files = [(variant_path(folder, row, row["variant"]), {
+        "file": f"{data}/{Path(row['run_dir']).name}.{row['variant']}.sgsc",
+        "method": row["method"], "data": data, "seed": row["seed"], "gamma": row["gamma"],
+        "epochs": row["epochs"], "encoding": row["variant"],
+        "storage_bytes": row["file_bytes"], "test_acc": row["test_acc"]})
+        for row in variants
+        if (row["method"], row["epochs"], row["gamma"], row["variant"]) in wanted]
+    return store.keep_files(files, report_dir)
 
 
 def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
-    """What a run's variant rows depend on: the packed file's bytes, the file format, the
-    encodings asked for and the test set's size."""
+    """What a run's variant rows depend on: the packed file's bytes, the file format and
+    the encoder's revision, the encodings asked for and the test set's size."""
     from sgsc.fileformat import export
 
     return {"packed_sha256": hashlib.sha256(packed.read_bytes()).hexdigest(),
-            "format": export.FORMAT_VERSION, "variants": FILE_VARIANTS,
+            "format": export.FORMAT_VERSION, "encoder": export.ENCODER_REVISION,
+            "variants": FILE_VARIANTS,
             "test_examples": test_examples}
 
 
 def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> list[dict]:
     from sgsc.fileformat import export
 
-    budget = export.byte_budget(packed)
+    reopened = export.reopen_compressed(packed)
+    rows = []
+    for variant, options in FILE_VARIANTS.items():
+        path = variant_path(folder, result, variant)
+        size = export.save_compressed(reopened, path, **options).file_bytes
+        accuracy = evaluate(export.load_compressed(path), splits.test,
+                            torch.device("cpu"))["accuracy"]
+        rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy,
+                     "same_accuracy": accuracy == result["test_acc"]})
+    budget = export.byte_budget(variant_path(folder, result, "packed"))
     excess = sum(layer["packed_bytes"] - layer["entropy_floor_bytes"]
                  for layer in budget["layers"])
-    reopened = export.reopen_compressed(packed)
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "epochs": (result.get("params") or {}).get("epochs"),
             "entropy_floor_bytes": round(budget["file_bytes"] - excess, 1),
             "run_dir": result["run_dir"]}
-    rows = []
-    for variant, options in FILE_VARIANTS.items():
-        if variant == "packed":
-            size, accuracy = packed.stat().st_size, result["test_acc"]
-        else:
-            path = _variant_path(folder, result, variant)
-            size = export.save_compressed(reopened, path, **options).file_bytes
-            accuracy = evaluate(export.load_compressed(path), splits.test,
-                                torch.device("cpu"))["accuracy"]
-        rows.append(base | {"variant": variant, "file_bytes": size, "test_acc": accuracy,
-                            "same_accuracy": accuracy == result["test_acc"]})
-    return rows
+    return [base | row for row in rows]
 
 
 def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
