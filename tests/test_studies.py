@@ -288,6 +288,9 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
         assert written.stat().st_size == row["file_bytes"]
     budget = byte_budget(tmp_path / "files" / "sc-s0-abc.packed.sgsc")
     assert packed["entropy_floor_bytes"] <= budget["file_bytes"]
+    # each row's floor is its precision's: a narrowed file's floor narrows its floats too
+    floors = {v: r["entropy_floor_bytes"] for v, r in by_variant.items()}
+    assert floors["entropy"] == floors["packed"] > floors["narrow"] == floors["narrow+entropy"]
     assert {r["gamma"] for r in rows} == {0.1} and {r["epochs"] for r in rows} == {6}
 
 

@@ -594,15 +594,19 @@ FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
                  "narrow+entropy": {"coding": "entropy", "precision": "narrow"}}
 
 
+# What a variant row's entropy floor is (its text keys the rows' caches).
+ENTROPY_FLOOR = ("the packed file of the row's precision with every layer's codes at their "
+                 "empirical entropy (an order-0 table per bit depth), all else as stored")
+
+
 def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLike[str]
                   ) -> list[dict]:
     """Per run and encoding (:data:`FILE_VARIANTS`): the file's bytes and the test accuracy
-    of the model reloaded from it, beside the entropy floor of the packed file's codes --
-    the file with every layer's codes at their empirical entropy (an order-0 table per
-    bit depth) and everything else as stored.  A run's rows are kept in ``folder`` beside
-    its files and reopened while its packed file, the format, the encoder's revision and
-    the encodings are the same, so a report rebuilt from cached runs does not encode and
-    evaluate them again."""
+    of the model reloaded from it, beside the entropy floor of its precision
+    (:data:`ENTROPY_FLOOR`: a narrowed file's floor narrows its other tensors too).  A
+    run's rows are kept in ``folder`` beside its files and reopened while its packed file,
+    the format, the encoder's revision, the encodings and the floor's definition are the
+    same, so a report rebuilt from cached runs does not encode and evaluate them again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -650,7 +654,7 @@ def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
 
     return {"packed_sha256": hashlib.sha256(packed.read_bytes()).hexdigest(),
             "format": export.FORMAT_VERSION, "encoder": export.ENCODER_REVISION,
-            "variants": FILE_VARIANTS,
+            "variants": FILE_VARIANTS, "entropy_floor": ENTROPY_FLOOR,
             "test_examples": test_examples}
 
 
@@ -658,23 +662,26 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
     from sgsc.fileformat import export
 
     reopened = export.reopen_compressed(packed)
-    rows = []
+    rows, floors = [], {}
     for variant, options in FILE_VARIANTS.items():
         path = variant_path(folder, result, variant)
         size = export.save_compressed(reopened, path, **options).file_bytes
         accuracy = evaluate(export.load_compressed(path), splits.test,
                             torch.device("cpu"))["accuracy"]
-        rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy,
-                     "same_accuracy": accuracy == result["test_acc"]})
-    budget = export.byte_budget(variant_path(folder, result, "packed"))
-    excess = sum(layer["packed_bytes"] - layer["entropy_floor_bytes"]
-                 for layer in budget["layers"])
+        precision = options.get("precision", "exact")
+        if "coding" not in options:  # a packed file: its codes' floor, at its precision
+            budget = export.byte_budget(path)
+            floors[precision] = round(budget["file_bytes"] - sum(
+                layer["packed_bytes"] - layer["entropy_floor_bytes"]
+                for layer in budget["layers"]), 1)
+        rows.append({"variant": variant, "precision": precision, "file_bytes": size,
+                     "test_acc": accuracy, "same_accuracy": accuracy == result["test_acc"]})
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
-            "epochs": (result.get("params") or {}).get("epochs"),
-            "entropy_floor_bytes": round(budget["file_bytes"] - excess, 1),
-            "run_dir": result["run_dir"]}
-    return [base | row for row in rows]
+            "epochs": (result.get("params") or {}).get("epochs"), "run_dir": result["run_dir"]}
+    return [base | {"variant": row["variant"], "file_bytes": row["file_bytes"],
+                    "test_acc": row["test_acc"], "same_accuracy": row["same_accuracy"],
+                    "entropy_floor_bytes": floors[row["precision"]]} for row in rows]
 
 
 def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
