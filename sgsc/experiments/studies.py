@@ -661,6 +661,9 @@ def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
 def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> list[dict]:
     from sgsc.fileformat import export
 
+    def precision(variant: str) -> str:
+        return FILE_VARIANTS[variant].get("precision", "exact")
+
     reopened = export.reopen_compressed(packed)
     rows, floors = [], {}
     for variant, options in FILE_VARIANTS.items():
@@ -668,20 +671,18 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
         size = export.save_compressed(reopened, path, **options).file_bytes
         accuracy = evaluate(export.load_compressed(path), splits.test,
                             torch.device("cpu"))["accuracy"]
-        precision = options.get("precision", "exact")
         if "coding" not in options:  # a packed file: its codes' floor, at its precision
             budget = export.byte_budget(path)
-            floors[precision] = round(budget["file_bytes"] - sum(
+            floors[precision(variant)] = round(budget["file_bytes"] - sum(
                 layer["packed_bytes"] - layer["entropy_floor_bytes"]
                 for layer in budget["layers"]), 1)
-        rows.append({"variant": variant, "precision": precision, "file_bytes": size,
-                     "test_acc": accuracy, "same_accuracy": accuracy == result["test_acc"]})
+        rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy,
+                     "same_accuracy": accuracy == result["test_acc"]})
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "epochs": (result.get("params") or {}).get("epochs"), "run_dir": result["run_dir"]}
-    return [base | {"variant": row["variant"], "file_bytes": row["file_bytes"],
-                    "test_acc": row["test_acc"], "same_accuracy": row["same_accuracy"],
-                    "entropy_floor_bytes": floors[row["precision"]]} for row in rows]
+    return [base | row | {"entropy_floor_bytes": floors[precision(row["variant"])]}
+            for row in rows]
 
 
 def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
