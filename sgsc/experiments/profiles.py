@@ -71,10 +71,10 @@ class Profile:
     # the study's epochs at the gamma nearest 3 KB (0.15), sc also one step denser (0.1),
     # added after 0.15 missed 99.0 % by 0.03 points (three test images); sc-rate also at
     # its own gamma nearest 3 KB entropy coded (0.4); then sc at nine times; then sc-rate
-    # one step sparser (1.0) -- the last three registered before they trained
-    # (docs/PREREGISTRATION.md)
+    # one step sparser (1.0), then between 0.4 and 1.0 where the coded size points at
+    # 1.5 KB (0.8) -- the last four registered before they trained (docs/PREREGISTRATION.md)
     file_long: tuple[dict[str, Any], ...] = field(default_factory=lambda: (
-        {"epochs": 18, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.15, 0.4, 1.0)}},
+        {"epochs": 18, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.15, 0.4, 0.8, 1.0)}},
         {"epochs": 54, "gammas": {"sc": (0.15, 0.1)}}))
     # 08_operating_point: the SGSC paper's point -- a float trained briefly (theirs scored
     # 98.6 % on MNIST), then sc and sgsc kept near 60 % of its size (20 bits, no size term)
