@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+import timing
 import torch
 import torch.nn.functional as F
 
@@ -119,21 +119,6 @@ def make_step(widths: tuple[int, ...], compressed: bool, batch: int) -> tuple[Ca
     return step, flops
 
 
-def time_interleaved(steps: dict[str, Callable], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each step, calls interleaved (order rotated each round)."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def measure(widths: tuple[int, ...], batch: int, rounds: int, warmup: int,
             peak: float) -> list[dict]:
     """One row per variant and batch size: ms per step, GFLOP/s, x floor, us per image."""
@@ -145,7 +130,8 @@ def measure(widths: tuple[int, ...], batch: int, rounds: int, warmup: int,
         for images in (batch, BATCH_FACTOR * batch):
             key = f"{name}@{images}"
             steps[key], flops[key] = make_step(shape, compressed, images)
-    seconds = time_interleaved(steps, rounds, warmup)
+    seconds = {key: statistics.median(t)
+               for key, t in timing.interleaved(steps, rounds, warmup).items()}
     rows = []
     for key, t in seconds.items():
         name, images = key.split("@")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import timing
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,11 +63,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_steps(device: torch.device, batch_size: int, gamma: float, seed: int):
     """(float step, self-compression step, the SelfCompression) on identical models/data."""
     generator = torch.Generator().manual_seed(seed)
@@ -97,29 +93,6 @@ def make_steps(device: torch.device, batch_size: int, gamma: float, seed: int):
     return float_step, sc_step, sc
 
 
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def time_interleaved(
-    a: Callable, b: Callable, steps: int, warmup: int, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Alternate a/b (swapping the order every step); seconds per call of each."""
-    for _ in range(warmup):
-        a()
-        b()
-    times_a, times_b = [], []
-    for i in range(steps):
-        first, second = ((a, times_a), (b, times_b)) if i % 2 == 0 else ((b, times_b), (a, times_a))
-        first[1].append(time_once(first[0], device))
-        second[1].append(time_once(second[0], device))
-    return times_a, times_b
-
-
 def time_export(sc: SelfCompression, repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "mnist_cnn.sgsc"
@@ -146,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     float_step, sc_step, sc = make_steps(device, args.batch_size, args.gamma, args.seed)
-    float_times, sc_times = time_interleaved(float_step, sc_step, args.steps, args.warmup, device)
+    # a GPU step returns before its kernels finish: time it to their end
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    times = timing.interleaved({"float": float_step, "sc": sc_step}, args.steps, args.warmup,
+                               sync)
+    float_times, sc_times = times["float"], times["sc"]
     float_ms = 1e3 * statistics.median(float_times)
     sc_ms = 1e3 * statistics.median(sc_times)
     ratio = sc_ms / float_ms

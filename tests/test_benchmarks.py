@@ -3,9 +3,11 @@ here: speed targets are printed by the benchmarks, never asserted in tests)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +49,32 @@ def test_floor_benchmark_times_a_kept_models_widths_against_the_full_network():
         assert ratio in done.stdout
 
 
-def test_floor_benchmark_ratios_follow_from_its_rows():
+def _benchmark_module(name: str):
+    """A benchmark script imported as a module (as its run does, with benchmarks/ on the
+    path for the modules it shares)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import floor
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_interleaved_timing_rotates_the_order_and_times_each_call():
+    timing = _benchmark_module("timing")
+    calls, synced = [], []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    steps["c"] = lambda: (calls.append("c"), time.sleep(0.02))
+    times = timing.interleaved(steps, rounds=3, warmup=1, sync=lambda: synced.append(1))
+    # warmup in order, then each round starts one step later: no step always follows
+    # the same one
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert min(times["c"]) >= 0.02  # the sleep is inside the timed call
+    assert len(synced) == 2 * 9  # before and after every timed call, never in warmup
+
+
+def test_floor_benchmark_ratios_follow_from_its_rows():
+    floor = _benchmark_module("floor")
     rows = [{"variant": "float-full", "batch": 8, "ms_per_step": 10.0, "x_floor": 1.5,
              "us_per_image": 1250.0},
             {"variant": "float-shrunk", "batch": 8, "ms_per_step": 3.0, "x_floor": 6.0,
