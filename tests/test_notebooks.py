@@ -46,7 +46,7 @@ EXPECTED = {
                    "metrics": ("tuning", "all_runs", "runs", "endpoint", "secondary",
                                "run")},
     "07_file_budget": {"figures": ("frontier",),
-                       "metrics": ("runs", "variants", "smallest", "best", "sections",
+                       "metrics": ("runs", "variants", "smallest", "best", "coder", "sections",
                                    "layers", "run")},
     "08_operating_point": {"figures": ("accuracy", "text_loss"),
                            "metrics": ("runs", "summary", "text_runs", "text_summary",

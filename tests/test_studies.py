@@ -379,6 +379,35 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     assert not narrow["allowed"] and not narrow["smallest_at_target"]
 
 
+def test_coder_savings_set_each_models_coded_file_and_floor_against_its_packed_file():
+    def model(method, run, packed, coded, floor, narrow=None):
+        rows = [{"method": method, "run_dir": run, "variant": "packed", "file_bytes": packed,
+                 "entropy_floor_bytes": floor},
+                {"method": method, "run_dir": run, "variant": "entropy", "file_bytes": coded,
+                 "entropy_floor_bytes": floor}]
+        if narrow:  # narrowed encodings are another precision: not counted here
+            rows.append({"method": method, "run_dir": run, "variant": "narrow+entropy",
+                         "file_bytes": narrow, "entropy_floor_bytes": narrow})
+        return rows
+
+    table = studies.coder_savings(
+        model("sc", "a", 1000, 900, 850, narrow=100) + model("sc", "b", 2000, 1600, 1400)
+        + model("sc-rate", "c", 10000, 2000, 2500)
+        + [{"method": "sc", "run_dir": "d", "variant": "packed", "file_bytes": 500,
+            "entropy_floor_bytes": 400}])  # no coded file: no pair to compare
+    by = {r["method"]: r for r in table}
+    sc = by["sc"]
+    assert sc["models"] == 2 and sc["coded_saving_min"] == pytest.approx(0.1)
+    assert sc["coded_saving_max"] == pytest.approx(0.2)
+    assert sc["floor_saving_mean"] == pytest.approx((0.15 + 0.3) / 2)
+    assert (sc["coded_at_target"], sc["floor_at_target"]) == (0, 1)
+    # a coder fitted per row can go below the floor: the two are reported side by side
+    rate = by["sc-rate"]
+    assert rate["coded_saving_mean"] == pytest.approx(0.8)
+    assert rate["floor_saving_mean"] == pytest.approx(0.75)
+    assert (rate["coded_at_target"], rate["floor_at_target"]) == (1, 1)
+
+
 def test_budget_rows_set_each_longer_budget_beside_the_same_gamma_at_the_study_budget():
     def rows(epochs, sizes, accs, narrowed_same=True):
         return [{"method": "sc", "epochs": epochs, "gamma": 0.15, "variant": variant,
