@@ -16,7 +16,7 @@ def interleaved(steps: dict[str, Callable[[], object]], rounds: int, warmup: int
     """Seconds of every call of each step, ``rounds`` calls each after ``warmup``.
 
     Each round calls every step once; the order rotates by one step a round (with two
-    steps: a, b, then b, a), so no step always runs right after the same one.  ``sync``
+    steps: a, b, then b, a), so each step takes every place in a round in turn.  ``sync``
     (e.g. ``torch.cuda.synchronize``) runs before and after each timed call, so that a
     GPU's queued work is counted where it was issued.
     """

@@ -196,7 +196,8 @@ def test_every_compressed_model_a_notebook_trained_is_kept_as_its_file(quick):
             "08_operating_point"} & ran <= set(trained)
     for name, folders in trained.items():
         assert folders <= kept, (name, sorted(folders - kept))
-    rows = list(store.verify_models(report_dir, sample=12, seed=1))
+    # the notebooks measured on their device and threads: a borderline logit may flip
+    rows = list(store.verify_models(report_dir, sample=12, seed=1, tolerance=2))
     assert rows and all(row["ok"] for row in rows), [r for r in rows if not r["ok"]]
 
 

@@ -724,9 +724,11 @@ def coder_savings(variants: Sequence[dict], target: float = CODER_TARGET) -> lis
     :func:`file_variants`) at exact precision: how far below its packed file each model's
     entropy-coded file sits, and its entropy floor (:data:`ENTROPY_FLOOR`) -- as shares of
     the packed file: mean, least and most over the models -- and how many reach
-    ``target``.  The floor bounds a coder with one table per layer and bit depth whose
-    table costs nothing; a model fitted per row can go below it where rows differ in
-    spread, so it says how much a table can save, not how much any coder can."""
+    ``target``.  The floor is the codes' order-0 entropy with the bit depths as packed: the
+    coder also codes the bit depths and may fit a model per row, so a coded file can lie
+    below it -- it says what one free table per layer and bit depth saves on the codes,
+    not what any coder can.
+    """
     by_model: dict[tuple, dict[str, dict]] = {}
     for row in variants:
         if row["variant"] in ("packed", "entropy"):
@@ -740,7 +742,7 @@ def coder_savings(variants: Sequence[dict], target: float = CODER_TARGET) -> lis
                  1 - pair["packed"]["entropy_floor_bytes"] / packed))
     table = []
     for method, pairs in savings.items():
-        coded, floor = ([p[i] for p in pairs] for i in (0, 1))
+        coded, floor = zip(*pairs, strict=True)
         table.append({"method": method, "models": len(pairs),
                       "coded_saving_mean": sum(coded) / len(coded),
                       "coded_saving_min": min(coded), "coded_saving_max": max(coded),

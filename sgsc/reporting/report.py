@@ -323,12 +323,12 @@ def _coder_sentence(rows: list[dict]) -> str | None:
     def percent(value: float) -> str:
         return f"{value * 100:.1f}"
 
-    parts = [f"{r['method']} {percent(r['coded_saving_mean'])} % on average "
-             f"({percent(r['coded_saving_min'])} to {percent(r['coded_saving_max'])} % over "
-             f"{r['models']} models; entropy floor {percent(r['floor_saving_mean'])} %)"
+    parts = [f"{r['method']} by {percent(r['coded_saving_mean'])} % on average "
+             f"({percent(r['coded_saving_min'])} to {percent(r['coded_saving_max'])} %; "
+             f"{r['coded_at_target']} of {r['models']} models by a quarter or more; the "
+             f"codes' entropy floor lies {percent(r['floor_saving_mean'])} % below packed)"
              for r in rows]
-    return ("Entropy coding puts each model's file below its packed one by: "
-            + "; ".join(parts) + ".")
+    return "Entropy coding shrinks the packed file of " + "; ".join(parts) + "."
 
 
 def _per_budget(rows: list[dict], column: str, text: Callable[[Any], str]) -> str:
@@ -716,8 +716,9 @@ ANSWER = (
      None),
     ("07_file_budget__coder", "What the entropy coder saves: per method, how far below its "
      "packed file each MNIST model's entropy-coded file and its entropy floor sit, as shares "
-     "of the packed file (the file issue asks a quarter on sc's models; the floor bounds one "
-     "free table per layer and bit depth, not a coder fitted per row)", None),
+     "of the packed file (the file issue asks a quarter on sc's models; the floor is the "
+     "codes' empirical entropy with the bit depths as packed, so a coder that also codes the "
+     "depths or fits each row can go below it)", None),
     ("01_mnist_cnn__matched_size", "Safety guidance against plain self-compression at the "
      "same size: the difference and its confidence interval over seeds", _MATCHED_COLUMNS),
     ("02_char_transformer__matched_size", "The same on the character transformer: test "
