@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +102,69 @@ def test_floor_benchmark_refuses_nonsense(tmp_path):
     assert done.returncode == 2 and "--steps must be at least 1" in done.stderr
     done = _floor("--model", str(tmp_path / "none.sgsc"), timeout=120)
     assert done.returncode == 2 and "no such file" in done.stderr
+
+
+def test_learnt_table_bits_is_the_code_length_of_coding_one_code_at_a_time():
+    bounds = _benchmark_module("coder_bounds")
+    codes = np.array([0, 2, 2, 1, 2, 0, 2, 2, 3, 2])
+    for strength in bounds.PRIORS:
+        counts, bits = np.zeros(4), 0.0
+        for code in codes:  # each code's probability from the counts before it
+            bits -= math.log2((counts[code] + strength) / (counts.sum() + 4 * strength))
+            counts[code] += 1
+        assert bounds.learnt_table_bits(codes, strength) == pytest.approx(bits, rel=1e-12)
+
+
+def test_coder_bounds_order_a_groups_costs_as_their_definitions_promise():
+    bounds = _benchmark_module("coder_bounds")
+    rng = np.random.default_rng(0)
+    # rows of two spreads, each row's codes drawn alone: one table for all is worse than
+    # a table per row, and a learnt table pays about (K - 1)/2 log2 n above the entropy
+    group = np.concatenate([rng.integers(-1, 2, (8, 400)), rng.integers(-7, 8, (8, 400))])
+    cost = bounds.group_bits(group, bits=4)
+    assert cost["packed"] == 4 * group.size
+    assert cost["per_row"] < 0.95 * cost["order0"]
+    assert cost["order1"] <= cost["order0"] + 1e-6
+    regret = (15 - 1) / 2 * math.log2(group.size) + 64  # + the range header and choice
+    assert cost["order0"] < bounds.adaptive_bits(group) < cost["order0"] + regret
+    # a file may keep the coder's choice where it is cheaper (a Laplace per row, here)
+    assert cost["adaptive"] == min(cost["coder"], bounds.adaptive_bits(group))
+    assert cost["coder"] < cost["packed"]
+
+
+def test_coder_bounds_reads_a_files_codes_at_its_bit_depths(tmp_path, capsys):
+    import torch
+
+    from sgsc.core.compress import SelfCompression
+    from sgsc.experiments.models import build_model
+    from sgsc.fileformat.export import byte_budget, save_compressed
+
+    bounds = _benchmark_module("coder_bounds")
+    torch.manual_seed(0)
+    sc = SelfCompression(build_model("mnist_cnn"))
+    with torch.no_grad():
+        for bits in sc.bit_depths().values():
+            bits.copy_(torch.rand(bits.shape) * 6 + 0.2)
+            bits[::4] = 0.0
+    models = tmp_path / "models"
+    (models / "mnist").mkdir(parents=True)
+    save_compressed(sc, models / "mnist" / "sc-s0-a.sgsc")
+    save_compressed(sc, models / "mnist" / "sc-s0-a.entropy.sgsc", coding="entropy")
+    entry = {"data": "mnist", "method": "sc", "seed": 0}
+    (models / "manifest.json").write_text(json.dumps([
+        entry | {"file": "mnist/sc-s0-a.sgsc"},
+        entry | {"file": "mnist/sc-s0-a.entropy.sgsc", "encoding": "entropy"}]))
+    groups = bounds.code_groups(models / "mnist" / "sc-s0-a.sgsc")
+    budget = byte_budget(models / "mnist" / "sc-s0-a.sgsc")
+    # the same codes as the file packs: as many bits, each code within its depth
+    assert sum(b * g.size for b, g in groups) == 8 * sum(x["packed_bytes"]
+                                                         for x in budget["layers"])
+    assert all(g.min() >= -2 ** (b - 1) and g.max() < 2 ** (b - 1) for b, g in groups)
+    assert bounds.main(["--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 sc files of mnist") and "sc-s0-a.sgsc" in out
+    assert "entropy.sgsc" not in out and "at a quarter" in out
+    with pytest.raises(SystemExit, match="keeps no sgsc file of mnist"):
+        bounds.main(["--report", str(tmp_path), "--method", "sgsc"])
+    with pytest.raises(SystemExit, match="not found; pass --report"):
+        bounds.main(["--report", str(tmp_path / "nowhere")])

@@ -19,14 +19,22 @@ Which one is chosen per group is estimated in bits, side information included
 (:func:`model_bits`), and :func:`group_report` gives, for every group, those estimates
 beside the group's empirical entropy (the floor of any order-0 model of one table).
 
+A group spanning more than :data:`MAX_ALPHABET` codes (rows of 17 bits and more, as a model
+started at 20 or 32 bits keeps) is modelled by its codes' high parts, ``code >> R`` for the
+fewest ``R`` that bring the span within it (:func:`split`); the ``R`` low bits of every code
+follow in the stream at ``R`` bits each.  Such codes are spread far beyond their high parts'
+precision, so the low bits are close to uniform and lose little by it, while the high parts
+carry what the codes' distribution saves.
+
 Stream layout (little-endian), the codes section of an entropy-coded file::
 
     uint32        G, the number of groups with codes
-    per group:    varint zigzag(low), varint K (codes low .. low+K-1), varint kind;
-                  FITTED: K varint counts; LAPLACE, GAUSSIAN: varint R, one int8 per
-                  row
+    per group:    varint zigzag(low), varint K (high parts low .. low+K-1), varint
+                  kind + 4 R (R: the low bits of each code stored raw, 0 unless the
+                  group is too wide); FITTED: K varint counts; LAPLACE, GAUSSIAN:
+                  varint rows, one int8 per row
     uint32        W, words of the ANS stream
-    W x uint32    the ANS stream
+    W x uint32    the ANS stream: per group its high parts, then their low bits
 
 A group of a single code costs no stream at all.  Decoding rebuilds the very same models
 from the stored counts and scale bytes, so the round trip is exact.  Nothing here knows
@@ -40,12 +48,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MAX_ALPHABET = 1 << 16  # a group spanning more codes than this is refused (24-bit rows)
+MAX_ALPHABET = 1 << 16  # the widest span of (high parts of) codes a model covers
+MAX_RAW_BITS = 16  # low bits a code may carry raw: spans up to 2^32 codes are coded
+KIND_STRIDE = 4  # a group's stored kind is its model's kind + KIND_STRIDE * its raw bits
 
 
 class AlphabetTooLarge(ValueError):
-    """A group spans more than :data:`MAX_ALPHABET` codes (rows of up to 24 bits are
-    allowed); its caller keeps such codes bit packed."""
+    """A group spans more than ``MAX_ALPHABET << MAX_RAW_BITS`` codes (a file's rows hold
+    at most 24 bits); its caller keeps such codes bit packed."""
 
 
 UNIFORM, FITTED, LAPLACE, GAUSSIAN = 0, 1, 2, 3  # the kinds of group model
@@ -65,6 +75,21 @@ def _model(kind: int, counts: np.ndarray, low: int = 0):
     high = len(counts) - 1  # symbols are shifted to 0 .. K-1, the mean with them
     cls = models.QuantizedLaplace if kind == LAPLACE else models.QuantizedGaussian
     return cls(0, high)
+
+
+def split(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """A group's codes as its model sees them, and how many low bits each carries raw:
+    ``(rows >> R, R)`` for the fewest ``R`` (0 for most groups) with the high parts
+    spanning at most :data:`MAX_ALPHABET` codes.  ``rows & (2^R - 1)`` are the low bits."""
+    rows = np.asarray(rows, dtype=np.int64)
+    low, high = int(rows.min()), int(rows.max())
+    raw = 0
+    while (high >> raw) - (low >> raw) >= MAX_ALPHABET:
+        raw += 1
+    if raw > MAX_RAW_BITS:
+        raise AlphabetTooLarge(f"a group spans {high - low + 1} codes; at most "
+                               f"{MAX_ALPHABET << MAX_RAW_BITS} can be entropy coded")
+    return rows >> raw, raw
 
 
 def row_scales(rows: np.ndarray, kind: int) -> np.ndarray:
@@ -95,8 +120,9 @@ def _parametric_probabilities(low: int, count: int, kind: int,
 
 def model_bits(rows: np.ndarray) -> dict[int, float]:
     """Estimated bits of a group (rows x codes) under each model, side information
-    included: what :func:`encode` compares to choose one."""
-    rows = np.asarray(rows, dtype=np.int64)
+    included: what :func:`encode` compares to choose one.  A group too wide for one model
+    is estimated as :func:`encode` codes it: its high parts modelled, the low bits raw."""
+    rows, raw = split(rows)
     codes = rows.reshape(-1)
     low = int(codes.min())
     counts = np.bincount(codes - low)
@@ -115,17 +141,19 @@ def model_bits(rows: np.ndarray) -> dict[int, float]:
             picked = np.take_along_axis(p, index, axis=1)
             bits[kind] = (header + row_count + 8 * rows.shape[0]
                           + float(-np.log2(picked).sum()))
-    return bits
+    return {kind: value + raw * n for kind, value in bits.items()}
 
 
 def group_report(rows: np.ndarray) -> dict[str, float]:
-    """A group's empirical entropy (bits, order 0, one table) and each model's estimate."""
-    rows = np.asarray(rows, dtype=np.int64)
-    codes = rows.reshape(-1)
+    """A group's empirical entropy (bits, order 0, one table over what the coder models:
+    a group too wide for one model is its high parts' entropy plus its raw low bits -- the
+    codes' own would be a small sample's, far below any coder) and each model's estimate."""
+    high, raw = split(rows)
+    codes = high.reshape(-1)
     counts = np.bincount(codes - codes.min())
     used = counts[counts > 0]
-    report = {"codes": int(codes.size),
-              "empirical_entropy_bits": float(-(used * np.log2(used / codes.size)).sum())}
+    entropy_bits = float(-(used * np.log2(used / codes.size)).sum()) + raw * codes.size
+    report = {"codes": int(codes.size), "empirical_entropy_bits": entropy_bits}
     report |= {f"{KIND_NAMES[k]}_bits": v for k, v in model_bits(rows).items()}
     return report
 
@@ -207,27 +235,30 @@ def encode(groups: Sequence[np.ndarray]) -> bytes:
         rows = rows.reshape(1, -1) if rows.ndim != 2 else rows
         if rows.size == 0:
             continue
-        low = int(rows.min())
-        counts = np.bincount(rows.reshape(-1) - low)
-        if len(counts) > MAX_ALPHABET:
-            raise AlphabetTooLarge(f"a group spans {len(counts)} codes; at most "
-                                   f"{MAX_ALPHABET} can be entropy coded")
-        kind = _kind(rows) if len(counts) > 1 else UNIFORM
-        tables += _varint(_zigzag(low)) + _varint(len(counts)) + _varint(kind)
+        high, raw = split(rows)
+        low = int(high.min())
+        counts = np.bincount(high.reshape(-1) - low)
+        kind = _kind(high) if len(counts) > 1 else UNIFORM
+        tables += _varint(_zigzag(low)) + _varint(len(counts))
+        tables += _varint(kind + KIND_STRIDE * raw)
         scales = None
         if kind == FITTED:
             for count in counts.tolist():
                 tables += _varint(count)
         elif kind in PARAMETRIC:
-            q = row_scales(rows, kind)
-            tables += _varint(rows.shape[0]) + q.tobytes()
-            scales = np.repeat(_scales(q), rows.shape[1])
-        coded.append(((rows - low).reshape(-1).astype(np.int32), kind, counts, scales,
-                      low))
+            q = row_scales(high, kind)
+            tables += _varint(high.shape[0]) + q.tobytes()
+            scales = np.repeat(_scales(q), high.shape[1])
+        low_bits = (rows & ((1 << raw) - 1)).reshape(-1).astype(np.int32)
+        coded.append(((high - low).reshape(-1).astype(np.int32), kind, counts, scales,
+                      low, low_bits, raw))
     import constriction
 
     coder = constriction.stream.stack.AnsCoder()
-    for symbols, kind, counts, scales, low in reversed(coded):  # a stack: last group first
+    # a stack: the last group first, and in a group the low bits before the high parts
+    for symbols, kind, counts, scales, low, low_bits, raw in reversed(coded):
+        if raw:
+            coder.encode_reverse(low_bits, constriction.stream.model.Uniform(1 << raw))
         if len(counts) == 1:  # a single code needs no bits: its table says it all
             continue
         if kind in PARAMETRIC:  # centred on code 0, which is symbol -low
@@ -271,10 +302,10 @@ class StreamDecoder:
     def _table(reader: _Reader) -> tuple:
         low = _unzigzag(reader.varint())
         alphabet = reader.varint()
-        kind = reader.varint()
-        if not 1 <= alphabet <= MAX_ALPHABET or kind not in KIND_NAMES:
-            raise ValueError(f"entropy model of {alphabet} symbols (kind {kind}) is out of "
-                             "range")
+        raw, kind = divmod(reader.varint(), KIND_STRIDE)
+        if not 1 <= alphabet <= MAX_ALPHABET or kind not in KIND_NAMES or raw > MAX_RAW_BITS:
+            raise ValueError(f"entropy model of {alphabet} symbols (kind {kind}, {raw} raw "
+                             "bits) is out of range")
         counts, scales = np.ones(alphabet, dtype=np.int64), None  # uniform: its length
         if kind == FITTED:
             counts = np.array([reader.varint() for _ in range(alphabet)], dtype=np.int64)
@@ -283,7 +314,7 @@ class StreamDecoder:
         elif kind in PARAMETRIC:
             rows = reader.varint()
             scales = np.frombuffer(reader.take(rows), dtype=np.int8)
-        return low, kind, counts, scales
+        return low, kind, counts, scales, raw
 
     def take(self, shapes: Sequence[int | tuple[int, int]]) -> list[np.ndarray]:
         out = []
@@ -296,13 +327,23 @@ class StreamDecoder:
             if self.next >= len(self.tables):
                 raise ValueError("entropy-coded section holds fewer groups than the shapes "
                                  "imply")
-            low, kind, counts, q = self.tables[self.next]
+            low, kind, counts, q, raw = self.tables[self.next]
             self.next += 1
-            out.append(self._group(n, rows, cols, low, kind, counts, q))
+            high = self._high_parts(n, rows, cols, low, kind, counts, q)
+            out.append((high << raw) | self._low_bits(n, raw) if raw else high)
         return out
 
-    def _group(self, n: int, rows: int, cols: int, low: int, kind: int, counts: np.ndarray,
-               q: np.ndarray | None) -> np.ndarray:
+    def _low_bits(self, n: int, raw: int) -> np.ndarray:
+        import constriction
+
+        try:
+            bits = self.coder.decode(constriction.stream.model.Uniform(1 << raw), n)
+        except Exception as err:  # constriction raises on a stream that runs dry
+            raise ValueError(f"entropy-coded stream cannot be decoded ({err})") from err
+        return bits.astype(np.int64)
+
+    def _high_parts(self, n: int, rows: int, cols: int, low: int, kind: int,
+                    counts: np.ndarray, q: np.ndarray | None) -> np.ndarray:
         if kind == FITTED and counts.sum() != n:
             raise ValueError("an entropy model's counts do not match its group")
         if len(counts) == 1:

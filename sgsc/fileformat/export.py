@@ -38,7 +38,8 @@ The payload, before any xz, is three sections back to back:
    padded once at the end -- or, with flag bit 1, a uint32 length and one entropy stream:
    a group of bit depths per quantized tensor, then a group of codes per (tensor, bit
    depth) in tensor order and rising bit depth, each with its cheapest model (a fitted
-   table, or a discretized Laplace or Gaussian per row);
+   table, or a discretized Laplace or Gaussian per row; rows above 16 bits modelled by
+   their codes' high parts, the low bits raw: :func:`sgsc.fileformat.entropy.split`);
 3. raw tensors: each remaining tensor's bytes at its stored dtype, in order.
 
 So a packed file's payload is exactly what :meth:`SelfCompression.storage_bits` counts,
@@ -95,8 +96,9 @@ if TYPE_CHECKING:
 MAGIC = b"SGSC"
 FORMAT_VERSION = 2
 # Raised whenever the same model encodes to other bytes within one format (2: empty rows
-# dropped), so that caches of encoded sizes know theirs are stale.
-ENCODER_REVISION = 2
+# dropped; 3: rows above 16 bits entropy coded, their low bits raw), so that caches of
+# encoded sizes know theirs are stale.
+ENCODER_REVISION = 3
 FLAG_LZMA = 1
 FLAG_ENTROPY = 2
 CODINGS = {"packed": 0, "lzma": FLAG_LZMA, "entropy": FLAG_ENTROPY}
