@@ -180,22 +180,28 @@ def test_report_of_the_quick_profile(quick):
 @pytest.mark.slow
 def test_every_compressed_model_a_notebook_trained_is_kept_as_its_file(quick):
     """Each run a notebook's runs tables name that left a model file (every method but the
-    float) is kept in the report's models/, and the kept files verify against the report."""
+    float) is kept in the report's models/ as that very file (byte for byte: a run of the
+    same settings another study trained never stands in for it), and the kept files
+    verify against the report."""
     from sgsc.experiments import store
 
     report_dir, skipped = quick
-    kept = {Path(row["file"]).stem for row in store.read_manifest(report_dir).values()}
-    trained: dict[str, set[str]] = {}
+    manifest = store.read_manifest(report_dir)
+    trained: dict[str, list[tuple[Path, str]]] = {}
     for table in sorted((report_dir / "metrics").glob("*runs.json")):
         for row in json.loads(table.read_text()):
             folder = NOTEBOOKS / row["run_dir"] if row.get("run_dir") else None
-            if folder and row.get("method") != "float" and (folder / "model.sgsc").exists():
-                trained.setdefault(table.name.split("__")[0], set()).add(folder.name)
+            if folder and row.get("method") != "float" and (folder / store.PACKED).exists():
+                trained.setdefault(table.name.split("__")[0], []).append(
+                    (folder, store.kept_path(row)))
     ran = {name for name, why in skipped.items() if why is None}
     assert {"01_mnist_cnn", "03_sweeps", "04_cbtpe_search", "06_regimes", "07_file_budget",
             "08_operating_point"} & ran <= set(trained)
-    for name, folders in trained.items():
-        assert folders <= kept, (name, sorted(folders - kept))
+    for name, runs in trained.items():
+        for folder, kept in runs:
+            assert kept in manifest, (name, kept)
+            assert (report_dir / store.MODELS / kept).read_bytes() == \
+                (folder / store.PACKED).read_bytes(), (name, kept)
     # the notebooks measured on their device and threads: a borderline logit may flip
     rows = list(store.verify_models(report_dir, sample=12, seed=1, tolerance=2))
     assert rows and all(row["ok"] for row in rows), [r for r in rows if not r["ok"]]

@@ -119,6 +119,40 @@ def test_kept_model_files_verify_and_a_changed_one_fails(tmp_path, stored_run):
     assert [r["ok"] for r in store.verify_models(report, tolerance=2)] == [False]
 
 
+def test_runs_of_equal_settings_that_two_studies_trained_keep_a_file_each(tmp_path,
+                                                                          stored_run):
+    """03 and 04 train runs of the same settings (the same folder name) in folders of their
+    own; trained on two machines they differ.  Each is kept under its study's folder, with
+    its own bytes, and a study's own data folder keeps the plain name."""
+    import shutil
+    from pathlib import Path
+
+    from sgsc.experiments import store
+
+    runs = tmp_path / "runs" / "paper"
+    studies = {}
+    for study in ("digits", "search/digits", "sweeps/digits"):
+        folder = runs / study / "sc-s0-abc"
+        shutil.copytree(stored_run["run_dir"], folder)
+        studies[study] = {**stored_run, "run_dir": str(folder)}
+    with open(runs / "search/digits/sc-s0-abc" / store.PACKED, "ab") as f:
+        f.write(b"another machine's file")  # the bytes differ; the manifest says so
+    studies["search/digits"]["storage_bytes"] += len(b"another machine's file")
+    report = tmp_path / "report"
+    for result in studies.values():
+        store.keep_models([result], report)
+    manifest = store.read_manifest(report)
+    assert sorted(manifest) == ["digits/sc-s0-abc.sgsc", "search/digits/sc-s0-abc.sgsc",
+                                "sweeps/digits/sc-s0-abc.sgsc"]
+    for study, result in studies.items():
+        kept = report / store.MODELS / f"{study}/sc-s0-abc.sgsc"
+        assert kept.read_bytes() == (Path(result["run_dir"]) / store.PACKED).read_bytes()
+        assert manifest[f"{study}/sc-s0-abc.sgsc"]["storage_bytes"] == kept.stat().st_size
+    # outside any profile's folder (a user's own runs): <data>/<folder name>
+    assert store.kept_path({"run_dir": "/elsewhere/sc-s0-abc", "data": "mnist"}) == \
+        "mnist/sc-s0-abc.sgsc"
+
+
 def test_a_report_without_model_files_says_so(tmp_path):
     import pytest
 

@@ -24,6 +24,7 @@ from torch import nn
 from sgsc.core.preservation import PreservationSet
 from sgsc.core.tasks import evaluate
 from sgsc.experiments import harness, models, runs
+from sgsc.experiments.profiles import PROFILES
 from sgsc.experiments.train import CHECKPOINT, HISTORY
 from sgsc.fileformat import atomic, export
 
@@ -194,12 +195,25 @@ def keep_models(results: Sequence[dict], report_dir: str | os.PathLike[str]) -> 
         if source is None or not source.exists():
             continue
         files.append((source, {
-            "file": f"{result['data']}/{Path(result['run_dir']).name}.sgsc",
+            "file": kept_path(result),
             "method": result["method"], "data": result["data"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "storage_bytes": result["storage_bytes"],
             **{k: result[k] for k in ("test_acc", "test_loss") if k in result}}))
     return keep_files(files, report_dir)
+
+
+def kept_path(result: dict, suffix: str = ".sgsc") -> str:
+    """Where below a report's ``models/`` the file of ``result``'s run is kept: the run's
+    folder below its profile's run folder (``runs/<profile>/``) -- ``mnist/sc-s0-...``, or
+    ``search/digits/sc-s0-...`` for a study that trains in a folder of its own -- so that
+    runs of the same settings that two studies trained apart (on two machines: two
+    results) never replace each other's file.  A run outside any profile's folder is kept
+    as ``<data>/<its folder's name>``."""
+    folder = Path(result["run_dir"])
+    profile_at = [i for i, part in enumerate(folder.parts[:-1]) if part in PROFILES]
+    below = folder.parts[profile_at[-1] + 1:] if profile_at else (result["data"], folder.name)
+    return "/".join(below) + suffix
 
 
 def keep_files(files: Sequence[tuple[Path, dict]], report_dir: str | os.PathLike[str]

@@ -638,7 +638,7 @@ def keep_encodings(variants: Sequence[dict], picked: Sequence[dict],
     so that ``verify`` re-measures the sizes and accuracies 07's answer rests on."""
     wanted = {(r["method"], r["epochs"], r["gamma"], r["variant"]) for r in picked}
     files = [(variant_path(folder, row, row["variant"]), {
-        "file": f"{data}/{Path(row['run_dir']).name}.{row['variant']}.sgsc",
+        "file": store.kept_path(row | {"data": data}, f".{row['variant']}.sgsc"),
         "method": row["method"], "data": data, "seed": row["seed"], "gamma": row["gamma"],
         "epochs": row["epochs"], "encoding": row["variant"],
         "storage_bytes": row["file_bytes"], "test_acc": row["test_acc"]})
