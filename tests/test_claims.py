@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgsc.reporting import claims
+from sgsc.reporting import claims, report
 
 
 def _image(method, seed, acc, size, weights=1000, entropy=None):
@@ -204,6 +204,42 @@ def test_compute_cost_sets_core_seconds_against_the_flop_floor():
     assert mnist["floor_s"] == 50.0 and mnist["vs_floor"] == 2.0  # 100 s against 5e12/1e11
     assert cost["all"]["vs_floor"] == 2.0
     assert claims.compute_cost({"study_runs": rows})[0]["floor_s"] is None  # no peak known
+
+
+def test_each_notebooks_floor_takes_the_peak_of_the_machine_it_ran_on(tmp_path):
+    """06 ran on a machine of 100 GFLOP/s, 07 on one of 200: each notebook's floor is its
+    FLOPs at its own machine's peak (what its seconds were spent against), the total's
+    floor their sum, and a notebook with no recorded peak takes this machine's."""
+    regime = [{"run_dir": "runs/paper/mnist/sc-s0", "train_s": 40.0, "train_flops": 2e12}]
+    files = [{"run_dir": "runs/paper/mnist/sc-long-s0", "train_s": 30.0, "train_flops": 4e12}]
+    ops = [{"run_dir": "runs/paper/mnist/op-s0", "train_s": 10.0, "train_flops": 1e12}]
+    for notebook, peak in (("06_regimes", 100.0), ("07_file_budget", 200.0)):
+        report.save_json({"notebook": notebook, "hardware": {"peak_gflops": peak}}, tmp_path,
+                         f"{notebook}__run")
+    peaks = claims.recorded_peaks(tmp_path)
+    assert peaks == {"06_regimes": 100.0, "07_file_budget": 200.0}
+    tables = {"regime_all_runs": regime, "file_runs": files, "op_runs": ops}
+    cost = {r["notebook"]: r for r in claims.compute_cost(tables, peak_gflops=50.0,
+                                                          peaks=peaks)}
+    assert cost["06_regimes"]["floor_s"] == 20.0 and cost["07_file_budget"]["floor_s"] == 20.0
+    assert cost["08_operating_point"]["floor_s"] == 20.0  # this machine's 50 GFLOP/s
+    assert cost["all"]["floor_s"] == 60.0 and cost["all"]["vs_floor"] == round(80 / 60, 2)
+    assert cost["all"]["peak_gflops"] == pytest.approx(7e12 / 60 / 1e9)
+    by_method = claims.cost_by_method(tables, peak_gflops=50.0, peaks=peaks)
+    assert sorted(r["floor_s"] for r in by_method) == [20.0, 20.0, 20.0]
+
+
+def test_a_run_counts_once_per_folder_and_once_per_study_that_trained_it():
+    """One folder named from the checkout and from notebooks/ is one run; the same
+    settings trained in two studies' folders (06's digits/, 04's search/digits/) are two."""
+    row = {"train_s": 10.0, "train_flops": 1e12}
+    regime = [row | {"run_dir": "runs/paper/digits/sc-s0-x"},
+              row | {"run_dir": "../runs/paper/digits/sc-s0-x"}]
+    search = [row | {"run_dir": "../runs/paper/search/digits/sc-s0-x"}]
+    cost = {r["notebook"]: r for r in claims.compute_cost(
+        {"regime_all_runs": regime, "search_runs": search})}
+    assert cost["06_regimes"]["runs"] == 1 and cost["04_cbtpe_search"]["runs"] == 1
+    assert cost["all"]["runs"] == 2 and cost["all"]["train_s"] == 20.0
 
 
 def test_cost_by_method_says_which_methods_sit_furthest_above_the_flop_floor():

@@ -17,6 +17,7 @@ a claim once.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -338,37 +339,57 @@ COST_TABLES = {"01_mnist_cnn": ("study_runs",),
                "08_operating_point": ("op_runs", "op_text_runs")}
 
 
-def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
-                 ) -> list[dict]:
+def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None,
+                 peaks: dict[str, float] | None = None) -> list[dict]:
     """What the profile's results cost to train from scratch: per notebook, its distinct
     runs (by folder; a run shared by two notebooks is counted once, where first seen),
     their training core-seconds (``train_s``: each run's own, summed over resumes) and
     training FLOPs (``train_flops``: 6 x forward MACs x examples, as each network shrank),
-    and the total over all notebooks.  With this machine's ``peak_gflops`` (a large
-    matrix product), ``floor_s`` is the time those FLOPs need at that rate and
-    ``vs_floor`` the core-seconds over it, for the runs that recorded their FLOPs."""
+    and the total over all notebooks.  ``floor_s`` is the time those FLOPs need at a
+    machine's matmul peak (GFLOP/s on one core) and ``vs_floor`` the core-seconds over
+    it, for the runs that recorded their FLOPs: a notebook's runs at the peak of the
+    machine that ran it (``peaks``, from :func:`recorded_peaks`: its seconds were spent
+    there), else at ``peak_gflops`` (this machine's).  The total's floor is the sum of the
+    notebooks' floors, its ``peak_gflops`` the rate that sum implies."""
     runs_of: dict[str, list[dict]] = {notebook: [] for notebook in COST_TABLES}
     for notebook, row in _distinct_runs(tables):
         runs_of[notebook].append(row)
-    rows = [_cost_row(notebook, members, peak_gflops) for notebook, members in runs_of.items()]
-    rows.append(_cost_row("all", [r for members in runs_of.values() for r in members],
-                          peak_gflops))
+    peaks = peaks or {}
+    rows = [_cost_row(notebook, members, peaks.get(notebook, peak_gflops))
+            for notebook, members in runs_of.items()]
+    rows.append(_total_row(rows, [r for members in runs_of.values() for r in members]))
     return rows
 
 
-def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float | None
-                   ) -> list[dict]:
+def recorded_peaks(report_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """Per notebook of :data:`COST_TABLES`, the matmul peak (GFLOP/s) of the machine it
+    last ran on, as its ``<notebook>__run.json`` recorded it (absent for notebooks run
+    before peaks were recorded)."""
+    peaks = {}
+    for notebook in COST_TABLES:
+        path = Path(report_dir) / METRICS / f"{notebook}__run.json"
+        if path.exists():
+            peak = (json.loads(path.read_text()).get("hardware") or {}).get("peak_gflops")
+            if peak:
+                peaks[notebook] = float(peak)
+    return peaks
+
+
+def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float | None,
+                   peaks: dict[str, float] | None = None) -> list[dict]:
     """Where the time above the FLOP floor goes: per notebook and method, the distinct runs
     that recorded their FLOPs, their core-seconds against the floor (as in
-    :func:`compute_cost`), the seconds above it, and ``share``: that group's part of all
-    the seconds above the floor (None without a peak)."""
+    :func:`compute_cost`, a notebook's at its own machine's peak where recorded), the
+    seconds above it, and ``share``: that group's part of all the seconds above the floor
+    (None without a peak)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for notebook, row in _distinct_runs(tables):
         if row.get("train_flops") is not None:
             groups.setdefault((notebook, row.get("method", "?")), []).append(row)
     rows = []
+    peaks = peaks or {}
     for (notebook, method), members in sorted(groups.items()):
-        cost = _cost_row(notebook, members, peak_gflops)
+        cost = _cost_row(notebook, members, peaks.get(notebook, peak_gflops))
         above = None if cost["floor_s"] is None else cost["train_s"] - cost["floor_s"]
         rows.append({"notebook": notebook, "method": method, "runs": cost["runs"],
                      "train_s": cost["train_s"], "floor_s": cost["floor_s"],
@@ -382,13 +403,17 @@ def cost_by_method(tables: dict[str, list[dict]], peak_gflops: float | None
 
 
 def _distinct_runs(tables: dict[str, list[dict]]) -> Iterator[tuple[str, dict]]:
-    """(notebook, run row) once per run with a recorded ``train_s``: a run by its data set
-    and keyed folder name, since notebooks name the same folder from different working
-    directories; a run in two notebooks' tables counts where first seen."""
+    """(notebook, run row) once per run with a recorded ``train_s``: a run by its folder,
+    less the ``..`` a notebook's working directory puts before it (``runs/paper/mnist/x``
+    from the checkout is ``../runs/paper/mnist/x`` from notebooks/) -- while runs of the
+    same settings in two studies' folders (06's ``digits/``, 04's ``search/digits/``)
+    were trained twice and count twice; a run in two notebooks' tables counts where first
+    seen."""
     seen: set = set()
     for notebook, keys in COST_TABLES.items():
         for row in (row for key in keys for row in tables.get(key, [])):
-            folder = Path(row["run_dir"]).parts[-2:] if row.get("run_dir") else None
+            folder = (tuple(p for p in Path(row["run_dir"]).parts if p != "..")
+                      if row.get("run_dir") else None)
             if folder is None or folder in seen or row.get("train_s") is None:
                 continue
             seen.add(folder)
@@ -407,6 +432,18 @@ def _cost_row(notebook: str, runs: Sequence[dict], peak_gflops: float | None) ->
             "train_flops": flops, "peak_gflops": peak_gflops,
             "floor_s": None if floor is None else round(floor, 1),
             "vs_floor": None if not floor else round(counted_seconds / floor, 2)}
+
+
+def _total_row(rows: Sequence[dict], runs: Sequence[dict]) -> dict:
+    """The total over the notebooks' cost rows: its floor is their floors' sum."""
+    total = _cost_row("all", runs, None)
+    floors = [r["floor_s"] for r in rows if r["floor_s"] is not None]
+    if floors and len(floors) == sum(1 for r in rows if r["train_flops"]):
+        floor = sum(floors)
+        total |= {"floor_s": round(floor, 1),
+                  "peak_gflops": total["train_flops"] / floor / 1e9,
+                  "vs_floor": round(total["train_s_with_flops"] / floor, 2)}
+    return total
 
 
 def claim_tables(report_dir: str | os.PathLike[str]) -> dict[str, list[dict]]:

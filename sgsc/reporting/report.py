@@ -454,10 +454,14 @@ def cost_sentence(report_dir: str | os.PathLike[str]) -> list[str]:
              f"; the {counted} runs that recorded their FLOPs")
     covered = (f", {total['train_s_with_flops'] / total['train_s'] * 100:.0f} % of the "
                "training time" if which and total.get("train_s_with_flops") else "")
-    peak = (f" of {total['peak_gflops']:.0f} GFLOP/s on one core"
-            if total.get("peak_gflops") else "")
-    floor = (f" ({total['vs_floor']:.1f}× the time their FLOPs need at this machine's "
-             f"matmul peak{peak}{which}{covered})" if total.get("vs_floor") else "")
+    # each notebook's floor at the peak of the machine that ran it (05 records them)
+    peaks = sorted({round(r["peak_gflops"]) for name, r in rows.items()
+                    if name != "all" and r.get("train_flops") and r.get("peak_gflops")})
+    peak = ("" if not peaks else f" ({peaks[0]} GFLOP/s on one core)" if len(peaks) == 1
+            else f" ({peaks[0]} to {peaks[-1]} GFLOP/s on one core)")
+    floor = (f" ({total['vs_floor']:.1f}× the time their FLOPs need at the matmul peak of "
+             f"the machine each notebook ran on{peak}{which}{covered})"
+             if total.get("vs_floor") else "")
     longest = total.get("longest_run_s") or 0.0  # absent from tables of older code
     walls = ", ".join(f"{max(total['train_s'] / n, longest) / 3600:.1f} h on {n}"
                       for n in WORKERS)
