@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 
 from sgsc.experiments import data, provenance
 
@@ -302,6 +303,48 @@ def _add_inspect_parser(commands: argparse._SubParsersAction) -> None:
     inspect_cmd.set_defaults(handler=_cmd_inspect)
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from sgsc.fileformat import export
+
+    try:
+        if Path(args.out).resolve() == Path(args.file).resolve():
+            raise ValueError(f"{args.out} is the file being read; write the new encoding "
+                             "elsewhere (a narrowed one cannot be undone), then move it")
+        before = export.byte_budget(args.file)
+        sc = export.reopen_compressed(args.file)
+        info = export.save_compressed(sc, args.out, coding=args.coding,
+                                      precision=args.precision)
+    except _expected_errors() + (OSError,) as err:
+        _print_error(err)
+        return 2
+    change = info.file_bytes / before["file_bytes"] - 1
+    fallback = "" if info.coding == args.coding else \
+        f"; {args.coding} would not be smaller, so it stays {info.coding}"
+    print(f"{args.file}: {before['file_bytes']:,} bytes, {before['coding']} -> {args.out}: "
+          f"{info.file_bytes:,} bytes, {info.coding}, {args.precision} precision "
+          f"({abs(change) * 100:.1f} % {'smaller' if change <= 0 else 'larger'}{fallback})")
+    return 0
+
+
+def _add_encode_parser(commands: argparse._SubParsersAction) -> None:
+    from sgsc.fileformat.export import CODINGS, PRECISIONS
+
+    cmd = commands.add_parser(
+        "encode", allow_abbrev=False, help="write a model file in another coding",
+        description="Rewrite a model file (any format this version reads) in another coding "
+                    "or precision, from the model it decodes to: the same codes, bit depths "
+                    "and exponents; with --precision narrow, other tensors as float16 and "
+                    "exponents in 16 bits (the outputs then move by that rounding: check "
+                    "the accuracy). Prints both sizes.")
+    cmd.add_argument("file", help="a .sgsc file to read")
+    cmd.add_argument("out", help="the .sgsc file to write (not the one read)")
+    cmd.add_argument("--coding", choices=list(CODINGS), default="entropy",
+                     help="packed, lzma or entropy (default; kept packed where not smaller)")
+    cmd.add_argument("--precision", choices=list(PRECISIONS), default="exact",
+                     help="exact (default) or narrow")
+    cmd.set_defaults(handler=_cmd_encode)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from sgsc.experiments import store
 
@@ -403,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for add in (_add_data_parser, _add_run_parser, _add_report_parser, _add_sweep_parser,
-                _add_pretrain_parser, _add_inspect_parser, _add_verify_parser,
+                _add_pretrain_parser, _add_inspect_parser, _add_encode_parser,
+                _add_verify_parser,
                 _add_regimes_parser):
         add(commands)
     return parser

@@ -183,6 +183,41 @@ def test_inspect_prints_where_the_bytes_go(tmp_path, stored_run, capsys):
     _one_error_line(capsys)
 
 
+def test_encode_rewrites_a_file_in_another_coding_with_the_same_model(tmp_path, stored_run,
+                                                                      capsys):
+    from pathlib import Path
+
+    from sgsc.fileformat.export import load_compressed, read_container
+
+    source = f"{stored_run['run_dir']}/model.sgsc"
+    original = Path(source).read_bytes()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        reference = load_compressed(source).eval()(x)
+    for coding in ("entropy", "lzma"):
+        out = tmp_path / f"model.{coding}.sgsc"
+        assert main(["encode", source, str(out), "--coding", coding]) == 0
+        line = capsys.readouterr().out
+        size = out.stat().st_size
+        assert f"-> {out}: {size:,} bytes" in line and f"{len(original):,} bytes" in line
+        with torch.no_grad():  # the same codes, bit depths and exponents: the same outputs
+            assert torch.equal(load_compressed(out).eval()(x), reference)
+        assert read_container(out).flags != 0 or "stays packed" in line
+    narrow = tmp_path / "model.narrow.sgsc"
+    assert main(["encode", source, str(narrow), "--precision", "narrow"]) == 0
+    assert "narrow precision" in capsys.readouterr().out
+    with torch.no_grad():  # float16 rounding moves the outputs a little, not more
+        moved = (load_compressed(narrow).eval()(x) - reference).abs().max().item()
+    assert 0 < moved < 1e-2 * reference.abs().max().item()
+    # the file read is never the file written, and a bad file is one error line
+    assert main(["encode", source, source]) == 2
+    assert "is the file being read" in _one_error_line(capsys)
+    assert Path(source).read_bytes() == original
+    assert main(["encode", str(tmp_path / "missing.sgsc"), str(tmp_path / "x.sgsc")]) == 2
+    _one_error_line(capsys)
+    assert not (tmp_path / "x.sgsc").exists()
+
+
 def test_regimes_trains_the_profiles_study_and_names_a_wrong_regime(tmp_path, monkeypatch,
                                                                    capsys):
     from sgsc.experiments import profiles, regimes, studies
