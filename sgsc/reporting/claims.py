@@ -348,8 +348,9 @@ def compute_cost(tables: dict[str, list[dict]], peak_gflops: float | None = None
     and the total over all notebooks.  ``floor_s`` is the time those FLOPs need at a
     machine's matmul peak (GFLOP/s on one core) and ``vs_floor`` the core-seconds over
     it, for the runs that recorded their FLOPs: a notebook's runs at the peak of the
-    machine that ran it (``peaks``, from :func:`recorded_peaks`: its seconds were spent
-    there), else at ``peak_gflops`` (this machine's).  The total's floor is the sum of the
+    machine that last ran it (``peaks``, from :func:`recorded_peaks`: the one that
+    trained them, unless it reopened runs trained elsewhere, whose own peak no run
+    records), else at ``peak_gflops`` (this machine's).  The total's floor is the sum of the
     notebooks' floors, its ``peak_gflops`` the rate that sum implies."""
     runs_of: dict[str, list[dict]] = {notebook: [] for notebook in COST_TABLES}
     for notebook, row in _distinct_runs(tables):
