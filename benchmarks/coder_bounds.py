@@ -97,14 +97,10 @@ def _entropy_bits(values: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
-def _varint_bytes(value: int) -> int:
-    return max(1, math.ceil(value.bit_length() / 7))
-
-
 def _range_header_bits(low: int, count: int) -> int:
     """The coder's per-group header: zigzag(low), the alphabet size and the model kind."""
     zigzag = 2 * low if low >= 0 else -2 * low - 1
-    return 8 * (_varint_bytes(zigzag) + _varint_bytes(count) + 1)
+    return 8 * (len(entropy.varint(zigzag)) + len(entropy.varint(count)) + 1)
 
 
 def learnt_table_bits(codes: np.ndarray, strength: float) -> float:

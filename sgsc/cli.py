@@ -310,17 +310,17 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         if Path(args.out).resolve() == Path(args.file).resolve():
             raise ValueError(f"{args.out} is the file being read; write the new encoding "
                              "elsewhere (a narrowed one cannot be undone), then move it")
-        before = export.byte_budget(args.file)
+        before = export.read_container(Path(args.file))  # its size and coding only
         sc = export.reopen_compressed(args.file)
         info = export.save_compressed(sc, args.out, coding=args.coding,
                                       precision=args.precision)
     except _expected_errors() + (OSError,) as err:
         _print_error(err)
         return 2
-    change = info.file_bytes / before["file_bytes"] - 1
+    change = info.file_bytes / before.file_bytes - 1
     fallback = "" if info.coding == args.coding else \
         f"; {args.coding} would not be smaller, so it stays {info.coding}"
-    print(f"{args.file}: {before['file_bytes']:,} bytes, {before['coding']} -> {args.out}: "
+    print(f"{args.file}: {before.file_bytes:,} bytes, {before.coding} -> {args.out}: "
           f"{info.file_bytes:,} bytes, {info.coding}, {args.precision} precision "
           f"({abs(change) * 100:.1f} % {'smaller' if change <= 0 else 'larger'}{fallback})")
     return 0

@@ -184,6 +184,12 @@ class Container:
     stored_payload_bytes: int = 0  # as stored (xz compressed, when it is)
     file_bytes: int = 0
 
+    @property
+    def coding(self) -> str:
+        """The coding its flags name: packed, lzma or entropy."""
+        return ("entropy" if self.flags & FLAG_ENTROPY else
+                "lzma" if self.flags & FLAG_LZMA else "packed")
+
 
 @dataclass
 class _Tensor:
@@ -974,8 +980,7 @@ def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
                "bytes": math.prod(shape) * np.dtype(_DTYPES[dtype][1]).itemsize}
               for key, dtype, shape, _ in decoded.raw]
     return {"file": str(path), "format": container.version, "file_bytes": container.file_bytes,
-            "coding": "entropy" if container.flags & FLAG_ENTROPY else
-            "lzma" if container.flags & FLAG_LZMA else "packed",
+            "coding": container.coding,
             "folded": [bn for bn, _ in container.meta["folded"]],
             "exponents": container.meta["exponents"], "sections": sections,
             "layers": layers, "other_tensors": others}
