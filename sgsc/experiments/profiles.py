@@ -72,10 +72,11 @@ class Profile:
     # added after 0.15 missed 99.0 % by 0.03 points (three test images); sc-rate also at
     # its own gamma nearest 3 KB entropy coded (0.4); then sc at nine times; then sc-rate
     # one step sparser (1.0), then between 0.4 and 1.0 where the coded size points at
-    # 1.5 KB (0.8) -- the last four registered before they trained (docs/PREREGISTRATION.md)
+    # 1.5 KB (0.8); then sc-rate at 0.4 for nine times -- the last five registered before
+    # they trained (docs/PREREGISTRATION.md)
     file_long: tuple[dict[str, Any], ...] = field(default_factory=lambda: (
         {"epochs": 18, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.15, 0.4, 0.8, 1.0)}},
-        {"epochs": 54, "gammas": {"sc": (0.15, 0.1)}}))
+        {"epochs": 54, "gammas": {"sc": (0.15, 0.1), "sc-rate": (0.4,)}}))
     # 08_operating_point: the SGSC paper's point -- a float trained briefly (theirs scored
     # 98.6 % on MNIST), then sc and sgsc kept near 60 % of its size (20 bits, no size term)
     operating_point: dict[str, Any] = field(default_factory=lambda: {
