@@ -334,8 +334,8 @@ def _add_encode_parser(commands: argparse._SubParsersAction) -> None:
         description="Rewrite a model file (any format this version reads) in another coding "
                     "or precision, from the model it decodes to: the same codes, bit depths "
                     "and exponents; with --precision narrow, other tensors as float16 and "
-                    "exponents in 16 bits (the outputs then move by that rounding: check "
-                    "the accuracy). Prints both sizes.")
+                    "exponents on a grid of 2^-10 (the outputs then move by that rounding: "
+                    "check the accuracy). Prints both sizes.")
     cmd.add_argument("file", help="a .sgsc file to read")
     cmd.add_argument("out", help="the .sgsc file to write (not the one read)")
     cmd.add_argument("--coding", choices=list(CODINGS), default="entropy",

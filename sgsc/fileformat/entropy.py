@@ -388,6 +388,17 @@ def varint(value: int) -> bytes:
     return _varint(value)
 
 
+def zigzag(value: int) -> int:
+    """A signed ``value`` as the unsigned number a varint holds (0, -1, 1, -2 -> 0, 1, 2,
+    3)."""
+    return _zigzag(value)
+
+
+def unzigzag(value: int) -> int:
+    """The inverse of :func:`zigzag`."""
+    return _unzigzag(value)
+
+
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` of ``data`` and the position after it; ValueError when the
     data end inside it."""

@@ -29,9 +29,11 @@ BatchNorms and the exponent coding -- as varints and short strings, a few dozen 
 The payload, before any xz, is three sections back to back:
 
 1. exponents: one float32 per stored row of every quantized weight (tensor order, row
-   order) -- or, in ``fixed16`` (``precision="narrow"``), per quantized tensor a float32
-   ``low`` and ``step``, then one uint16 ``u`` per row with ``e = low + u * step`` over the
-   layer's own range;
+   order) -- or, in ``grid`` (``precision="narrow"``), per quantized tensor the varint
+   ``zigzag(base)`` and one byte ``width``, then per row ``k - base`` as a signed
+   ``width``-bit integer (bit stream, padded to a byte), with ``e = k / 2^10``; files of
+   encoder revisions before 4 may hold ``fixed16``: per tensor a float32 ``low`` and
+   ``step``, then one uint16 ``u`` per row with ``e = low + u * step``;
 2. one continuous bit stream (:mod:`sgsc.fileformat.bitpack`): first every row's bit depth
    in 5 bits (``b - 16`` in two's complement: b is at most 24), then the codes, row after
    row, each weight at its row's bit depth, two's complement, not byte aligned, zero
@@ -96,16 +98,21 @@ if TYPE_CHECKING:
 MAGIC = b"SGSC"
 FORMAT_VERSION = 2
 # Raised whenever the same model encodes to other bytes within one format (2: empty rows
-# dropped; 3: rows above 16 bits entropy coded, their low bits raw), so that caches of
-# encoded sizes know theirs are stale.
-ENCODER_REVISION = 3
+# dropped; 3: rows above 16 bits entropy coded, their low bits raw; 4: narrow exponents on
+# a grid), so that caches of encoded sizes know theirs are stale.
+ENCODER_REVISION = 4
 FLAG_LZMA = 1
 FLAG_ENTROPY = 2
 CODINGS = {"packed": 0, "lzma": FLAG_LZMA, "entropy": FLAG_ENTROPY}
-PRECISIONS = ("exact", "narrow")  # narrow: float16 raw tensors, 16-bit exponents
+PRECISIONS = ("exact", "narrow")  # narrow: float16 raw tensors, exponents on a grid
 CUSTOM = "custom:"  # model name prefix of a user's own (unregistered) model
 DEPTH_OFFSET = 16  # a bit depth 0..24 is stored as b - 16 in DEPTH_BITS (5) bits
-EXPONENT_STEPS = (1 << 16) - 1  # fixed16: a layer's exponent range in 65535 steps
+EXPONENT_STEPS = (1 << 16) - 1  # fixed16 (files before encoder 4): a layer's range in 65535
+# grid (narrow files from encoder 4): exponents rounded to multiples of 2^-10, so a weight
+# moves by at most 2^-11 * ln 2 = 0.034 % -- within float16's own rounding (0.049 %), which
+# narrow already applies to the other tensors -- and each layer's rows take only the bits
+# the spread of its exponents needs (about 12, against fixed16's 16 and its 8-byte range)
+EXPONENT_GRID_BITS = 10
 
 # What a file may make the loader allocate, whatever it claims.
 MAX_FILE_BYTES = 1 << 31  # 2 GiB on disk
@@ -133,7 +140,7 @@ _CODES = {"float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "bf2", 
           "int32": "i4", "int16": "i2", "int8": "i1", "uint8": "u1", "bool": "b"}
 _FROM_CODE = {code: name for name, code in _CODES.items()}
 STORAGE_CODES = ("q", *_CODES.values())  # one byte each in the metadata
-EXPONENT_CODINGS = ("float32", "fixed16")
+EXPONENT_CODINGS = ("float32", "fixed16", "grid")  # one byte in the metadata
 
 
 class CorruptFileError(ValueError):
@@ -221,7 +228,7 @@ def save_compressed(
     ``coding="entropy"``.  ``fold``: BatchNorm folded into the layer before it where that
     is exact within float rounding (:mod:`sgsc.fileformat.fold`).  ``precision``:
     ``"exact"`` keeps every float at its dtype; ``"narrow"`` stores other float tensors
-    (biases, norms) as float16 and exponents in 16 bits over each layer's range -- the
+    (biases, norms) as float16 and exponents on a grid of 2^-10 -- the
     reloaded model then differs by float16 rounding, which the caller checks (the file
     records the choice).  ``drop_empty_rows``: a row whose codes all round to zero
     computes nothing but its bias, so it is stored as a zero-bit row -- and removed with
@@ -367,7 +374,7 @@ def _describe(sc: SelfCompression, folded: list[tuple[str, str]],
         "tensors": [[index.get(t.key, t.key), "q" if t.kind == "q" else _CODES[t.dtype],
                      list(t.shape)] for t in tensors],
         "folded": [list(pair) for pair in folded],
-        "exponents": "fixed16" if precision == "narrow" else "float32",
+        "exponents": "grid" if precision == "narrow" else "float32",
     }
     return meta, tensors
 
@@ -443,6 +450,38 @@ def _from_fixed16(reader: _Sections, rows: int) -> np.ndarray:
     return (low + u.astype(np.float32) * step).astype(np.float32)
 
 
+def _grid(exponents: np.ndarray) -> bytes:
+    """A layer's exponents as multiples ``k`` of ``2^-EXPONENT_GRID_BITS``: a varint base
+    (zigzag), one byte ``width``, then each row's ``k - base`` as a signed ``width``-bit
+    integer (``width`` just spans the layer's ``k``; the base sits at the middle of the
+    signed range, so no bit is spent on a sign), padded to a whole byte."""
+    if not np.all(np.isfinite(exponents)):
+        raise ValueError("cannot store an exponent that is not finite")
+    k = np.round(exponents.astype(np.float64) * (1 << EXPONENT_GRID_BITS)).astype(np.int64)
+    low = int(k.min()) if k.size else 0
+    width = (int(k.max()) - low).bit_length() if k.size else 0
+    if width > bitpack.MAX_BITS:
+        raise ValueError(f"a layer's exponents span {width} bits on the grid; at most "
+                         f"{bitpack.MAX_BITS} can be stored")
+    base = low + (1 << (width - 1)) if width else low
+    writer = bitpack.BitWriter()
+    writer.write(k - base, np.full(k.size, width))
+    return entropy.varint(entropy.zigzag(base)) + bytes([width]) + writer.getvalue()
+
+
+def _from_grid(reader: _Sections, rows: int) -> np.ndarray:
+    base = entropy.unzigzag(reader.varint())
+    (width,) = reader.take(1)
+    if width > bitpack.MAX_BITS:
+        raise ValueError(f"exponent width {width} exceeds {bitpack.MAX_BITS} bits")
+    offsets = bitpack.BitReader(reader.take(-(-rows * width // 8))).read(np.full(rows, width))
+    return ((base + offsets.astype(np.float64)) / (1 << EXPONENT_GRID_BITS)).astype(np.float32)
+
+
+_EXPONENT_WRITERS = {"fixed16": _fixed16, "grid": _grid}
+_EXPONENT_READERS = {"fixed16": _from_fixed16, "grid": _from_grid}
+
+
 def _key(module: str, attr: str) -> str:
     return f"{module}.{attr}" if module else attr
 
@@ -468,8 +507,9 @@ def _payload(tensors: list[_Tensor], meta: dict[str, Any],
              entropy_coded: bool = False) -> bytes:
     quantized = [t for t in tensors if t.kind == "q"]
     bits = np.concatenate([t.bits for t in quantized] or [np.zeros(0, np.uint8)])
-    if meta["exponents"] == "fixed16":
-        exponents = b"".join(_fixed16(t.exponents) for t in quantized)
+    if meta["exponents"] in _EXPONENT_WRITERS:
+        write = _EXPONENT_WRITERS[meta["exponents"]]
+        exponents = b"".join(write(t.exponents) for t in quantized)
     else:
         exponents = np.concatenate([t.exponents for t in quantized]
                                    or [np.zeros(0, np.float32)]).astype("<f4").tobytes()
@@ -778,19 +818,20 @@ def _metadata_problem(meta: Any, version: int) -> str | None:
             isinstance(f, list) and len(f) == 2 and all(isinstance(n, str) for n in f)
             for f in folded):
         return "bad list of folded BatchNorms"
-    if meta.get("exponents") not in ("float32", "fixed16"):
+    if meta.get("exponents") not in EXPONENT_CODINGS:
         return f"unknown exponent coding {meta.get('exponents')!r}"
     return None
 
 
 def _payload_bound(meta: dict[str, Any]) -> int:
     """The most bytes a packed payload of these tensors can take: per quantized row its
-    bit depth and exponent and 24 bits per weight, raw tensors at their dtype."""
+    bit depth and exponent, the exponents' per-layer fields and 24 bits per weight, raw
+    tensors at their dtype."""
     bound = 0
     for _, kind, dtype, shape in meta["tensors"]:
         count = math.prod(shape)
         if kind == "q":
-            bound += 8 + 5 * shape[0] + 3 * count + 1
+            bound += 16 + 5 * shape[0] + 3 * count + 1
         else:
             bound += count * np.dtype(_DTYPES[dtype][1]).itemsize
     return bound
@@ -863,6 +904,7 @@ class _Layer:
     bits: np.ndarray  # per stored row
     exponents: np.ndarray  # per stored row, float32
     codes: np.ndarray  # flat, row after row
+    exponent_bytes: int  # what its exponents take in the file, their per-layer fields too
 
 
 @dataclass
@@ -888,11 +930,15 @@ def _decode_payload(meta: dict[str, Any], payload: bytes, flags: int = 0) -> _De
         bits = np.frombuffer(reader.take(sum(rows)), dtype=np.uint8).astype(np.int64)
         sections["bit depths"] = sum(rows)
     start = reader.position
-    if meta["exponents"] == "fixed16":
-        exponents = np.concatenate([_from_fixed16(reader, n) for n in rows]
-                                   or [np.zeros(0, np.float32)])
-    else:
-        exponents = np.frombuffer(reader.take(4 * sum(rows)), dtype="<f4").astype(np.float32)
+    per_layer, exponent_bytes = [], []
+    for n in rows:
+        before = reader.position
+        if meta["exponents"] in _EXPONENT_READERS:
+            per_layer.append(_EXPONENT_READERS[meta["exponents"]](reader, n))
+        else:
+            per_layer.append(np.frombuffer(reader.take(4 * n), dtype="<f4").astype(np.float32))
+        exponent_bytes.append(reader.position - before)
+    exponents = np.concatenate(per_layer or [np.zeros(0, np.float32)])
     sections["exponents"] = reader.position - start
     if entropy_coded:
         (length,) = struct.unpack("<I", reader.take(4))
@@ -920,8 +966,10 @@ def _decode_payload(meta: dict[str, Any], payload: bytes, flags: int = 0) -> _De
         reader.take(-(-(depth_bits + code_bits) // 8))
         sections["bit depths and codes (packed)"] = -(-(depth_bits + code_bits) // 8)
     layers, row = [], 0
-    for (key, dtype, shape), bits_t, block in zip(quantized, per_tensor, blocks, strict=True):
-        layers.append(_Layer(key, dtype, shape, bits_t, exponents[row:row + shape[0]], block))
+    for (key, dtype, shape), bits_t, block, taken in zip(quantized, per_tensor, blocks,
+                                                         exponent_bytes, strict=True):
+        layers.append(_Layer(key, dtype, shape, bits_t, exponents[row:row + shape[0]], block,
+                             taken))
         row += shape[0]
     start = reader.position
     raw = [(key, dtype, shape, _raw_tensor(reader, dtype, shape))
@@ -974,8 +1022,7 @@ def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
             "codes": int((layer.bits > 0).sum()) * cols,
             "packed_bytes": int((layer.bits.astype(np.int64) * cols).sum()) / 8,
             "entropy_floor_bytes": floor / 8, "best_model_bytes": coded / 8,
-            "header_bytes": len(layer.bits) * (DEPTH_BITS + 8 * (
-                2 if container.meta["exponents"] == "fixed16" else 4)) / 8})
+            "header_bytes": len(layer.bits) * DEPTH_BITS / 8 + layer.exponent_bytes})
     others = [{"tensor": key, "dtype": dtype, "elements": math.prod(shape),
                "bytes": math.prod(shape) * np.dtype(_DTYPES[dtype][1]).itemsize}
               for key, dtype, shape, _ in decoded.raw]
@@ -1039,6 +1086,12 @@ class _Sections:
     @property
     def position(self) -> int:
         return self._pos
+
+    def varint(self) -> int:
+        """The varint at the current position (ValueError when the data end inside it)."""
+        value, end = entropy.read_varint(bytes(self._data[self._pos:self._pos + 10]), 0)
+        self._pos += end
+        return value
 
     def remaining(self) -> bytes:
         """The bytes not taken yet (nothing is consumed)."""
