@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from sgsc.experiments import data, provenance
@@ -395,9 +396,10 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown regime(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(regimes.REGIMES)}")
+        seeds = _study_seeds(args.seeds, prof.regime_seeds)
         out = args.out or f"runs/{args.profile}"
         log = functools.partial(print, flush=True)
-        regimes.train_study(names, list(prof.regime_seeds), out, args.workers,
+        regimes.train_study(names, seeds, out, args.workers,
                             dict(prof.regime_budget), log=log, device=args.device)
         if args.extras:  # 07's runs on the regime budget, 08's on the point's own
             files = regimes.file_requests(prof.file_regime, prof.file_seeds,
@@ -412,6 +414,20 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
         _print_error(err)
         return 2
     return 0
+
+
+def _study_seeds(asked: list[int] | None, registered: Sequence[int]) -> list[int]:
+    """The seeds ``--seeds`` names, checked: the profile's own, its first among them (the
+    study tunes on the first seed, so another first seed would be another study)."""
+    if not asked:
+        return list(registered)
+    seeds = sorted(set(asked))
+    if not set(seeds) <= set(registered) or registered[0] not in seeds:
+        raise ValueError(f"--seeds must be among the profile's regime seeds "
+                         f"({', '.join(map(str, registered))}) and include "
+                         f"{registered[0]}, the seed tuning runs on; got "
+                         f"{', '.join(map(str, asked))}")
+    return seeds
 
 
 def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
@@ -430,6 +446,9 @@ def _add_regimes_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--workers", type=int, default=default_workers(),
                      help="single-threaded worker processes (default: one per core)")
     cmd.add_argument("--out", default=None, help="run folder (default runs/<profile>)")
+    cmd.add_argument("--seeds", type=int, nargs="+", default=None,
+                     help="only these of the profile's seeds, its first included (default: "
+                          "all; 07_file_budget reads 0 1 2, 06_regimes needs all)")
     cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     cmd.add_argument("--extras", action="store_true",
                      help="then the runs of 07_file_budget (sc-rate, longer budgets) and "

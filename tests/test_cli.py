@@ -245,3 +245,20 @@ def test_regimes_trains_the_profiles_study_and_names_a_wrong_regime(tmp_path, mo
         assert "cuda" in _one_error_line(capsys) and len(calls) == 2
     assert main(["regimes", "--regime", "mnist-2k"]) == 2
     assert "unknown regime" in _one_error_line(capsys) and len(calls) == 2
+
+
+def test_regimes_trains_some_seeds_only_with_the_tuning_seed_among_them(tmp_path, monkeypatch,
+                                                                        capsys):
+    from sgsc.experiments import profiles, regimes
+
+    calls = []
+    monkeypatch.setattr(regimes, "train_study", lambda *args, **kwargs: calls.append(args))
+    paper = profiles.PROFILES["paper"]
+    assert main(["regimes", "--regime", "mnist", "--seeds", "2", "0", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert calls[0][:3] == (["mnist"], [0, 1, 2], str(tmp_path))
+    for seeds in (["1", "2"], ["0", "7"]):  # no tuning seed; not the profile's
+        assert main(["regimes", "--seeds", *seeds, "--out", str(tmp_path)]) == 2
+        line = _one_error_line(capsys)
+        assert "--seeds must be among" in line and str(paper.regime_seeds[0]) in line
+    assert len(calls) == 1
