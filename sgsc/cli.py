@@ -421,8 +421,8 @@ def _study_seeds(asked: list[int] | None, registered: Sequence[int]) -> list[int
     study tunes on the first seed, so another first seed would be another study)."""
     if not asked:
         return list(registered)
-    seeds = sorted(set(asked))
-    if not set(seeds) <= set(registered) or registered[0] not in seeds:
+    seeds = [s for s in registered if s in asked]  # the profile's order: its first tunes
+    if not set(asked) <= set(registered) or registered[0] not in seeds:
         raise ValueError(f"--seeds must be among the profile's regime seeds "
                          f"({', '.join(map(str, registered))}) and include "
                          f"{registered[0]}, the seed tuning runs on; got "

@@ -27,6 +27,7 @@ from sgsc.fileformat.export import (
     pack_metadata,
     read_container,
     read_metadata,
+    reopen_compressed,
     save_compressed,
     unpack_metadata,
 )
@@ -629,10 +630,31 @@ def test_a_narrow_file_with_16_bit_exponents_still_loads_to_its_model() -> None:
     expected = json.loads((DATA / "fixed16_mnist_cnn.json").read_text())
     path = DATA / "fixed16_mnist_cnn.narrow_entropy.sgsc"
     assert read_metadata(path)["exponents"] == "fixed16"
+    # the exponents bit for bit (float32 arithmetic, the same on any CPU); the logits
+    # within what another CPU's convolution kernels round otherwise
+    exponents = {name: q.exponent.tolist()
+                 for name, q in reopen_compressed(path).quantizers.items()}
+    assert exponents == expected["exponents"]
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(expected["input_seed"]))
-    assert torch.equal(_logits(load_compressed(path), x), torch.tensor(expected["logits"]))
+    torch.testing.assert_close(_logits(load_compressed(path), x),
+                               torch.tensor(expected["logits"]), rtol=1e-5, atol=1e-6)
     for layer in byte_budget(path)["layers"]:  # 5 depth bits, 2 bytes a row, an 8-byte range
         assert layer["header_bytes"] == layer["rows"] * (5 / 8 + 2) + 8
+
+
+def test_an_exponent_coding_this_version_does_not_know_is_named(tmp_path) -> None:
+    sc = _compressed("mnist_cnn")
+    path = save_compressed(sc, tmp_path / "n.sgsc", precision="narrow").path
+    flags, meta, payload = _split(path.read_bytes())
+    block = bytearray(pack_metadata(meta))
+    pos = 0
+    for _ in range(2):  # past the model's name and its config
+        length, pos = entropy.read_varint(bytes(block), pos)
+        pos += length
+    block[pos] = 9
+    (tmp_path / "new.sgsc").write_bytes(_framed(bytes(block), payload, flags))
+    with pytest.raises(CorruptFileError, match="unknown exponent coding 9"):
+        load_compressed(tmp_path / "new.sgsc")
 
 
 def test_a_grid_wider_than_32_bits_is_refused_as_corrupt(tmp_path) -> None:

@@ -177,7 +177,7 @@ def _varint(value: int) -> bytes:
 
 
 def _zigzag(value: int) -> int:
-    return (value << 1) ^ (value >> 63) if value < 0 else value << 1
+    return -2 * value - 1 if value < 0 else 2 * value
 
 
 def _unzigzag(value: int) -> int:
@@ -389,8 +389,8 @@ def varint(value: int) -> bytes:
 
 
 def zigzag(value: int) -> int:
-    """A signed ``value`` as the unsigned number a varint holds (0, -1, 1, -2 -> 0, 1, 2,
-    3)."""
+    """A signed ``value`` (any Python int) as the unsigned number a varint holds (0, -1, 1,
+    -2 -> 0, 1, 2, 3)."""
     return _zigzag(value)
 
 

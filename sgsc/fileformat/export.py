@@ -455,8 +455,8 @@ def _grid(exponents: np.ndarray) -> bytes:
     (zigzag), one byte ``width``, then each row's ``k - base`` as a signed ``width``-bit
     integer (``width`` just spans the layer's ``k``; the base sits at the middle of the
     signed range, so no bit is spent on a sign), padded to a whole byte."""
-    if not np.all(np.isfinite(exponents)):
-        raise ValueError("cannot store an exponent that is not finite")
+    if exponents.size and not np.abs(exponents.astype(np.float64)).max() < 2.0 ** 50:
+        raise ValueError("cannot store an exponent that is not finite or beyond 2^50")
     k = np.round(exponents.astype(np.float64) * (1 << EXPONENT_GRID_BITS)).astype(np.int64)
     low = int(k.min()) if k.size else 0
     width = (int(k.max()) - low).bit_length() if k.size else 0
@@ -746,7 +746,10 @@ def unpack_metadata(block: bytes) -> dict[str, Any]:
 
     name = string()
     config_text = string()
-    exponents = EXPONENT_CODINGS[byte()]
+    coding = byte()
+    if coding >= len(EXPONENT_CODINGS):
+        raise ValueError(f"unknown exponent coding {coding} (a newer sgsc wrote the file?)")
+    exponents = EXPONENT_CODINGS[coding]
     count = varint()
     if count > len(block):
         raise ValueError(f"{count} tensors cannot fit a metadata block of {len(block)} bytes")
