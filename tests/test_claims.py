@@ -270,7 +270,7 @@ def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
         return {"method": method, "epochs": 6, "gamma": gamma, "variant": variant,
                 "seeds": 3, "test_acc_mean": acc, "test_acc_std": 0.001,
                 "file_bytes_mean": size, "file_bytes_std": 10.0, "allowed": allowed,
-                "entropy_floor_bytes_mean": 2_000 if method == "sc" else 1_200}
+                "entropy_floor_bytes_mean": size - 100}  # each encoding's own floor
 
     smallest = [row("sc", 0.15, "packed", 2_900, 0.9905), row("sc", 0.15, "entropy", 1_600,
                                                                 0.9905),
@@ -285,11 +285,17 @@ def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
     sc = rows[("sc", 0.15)]
     assert sc["met"] and sc["entropy_coding"] == "narrow+entropy"
     assert sc["entropy_coded_bytes_mean"] == 1_450 and sc["storage_bytes_mean"] == 2_900
-    assert sc["entropy_floor_bytes_mean"] == 2_000  # the packed file's floor, beside it
+    # the floor beside the coded file is its own precision's: 1,450 B narrowed, not the
+    # packed file's
+    assert sc["entropy_floor_bytes_mean"] == 1_350
     rate = rows[("sc-rate", 0.4)]  # its narrowed file changed its accuracy: not counted
     assert rate["entropy_coded_bytes_mean"] == 1_700 and not rate["met"]
     assert rate["met_packed"] and not rate["met_coded"]  # each half of the target apart
     assert sc["met_packed"] and sc["met_coded"]
+    # a model whose seeds are not all there meets nothing, however good its mean
+    partial = [r | {"complete": False} for r in smallest if r["method"] == "sc"]
+    [sc_partial] = claims.project_targets({"file_smallest": partial, "study_runs": []})
+    assert not (sc_partial["met_packed"] or sc_partial["met_coded"])
 
 
 def test_the_60_percent_claim_is_measured_at_the_papers_point_where_08_ran(tables):

@@ -279,8 +279,13 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
     by_variant = {r["variant"]: r for r in rows}
     assert list(by_variant) == list(studies.FILE_VARIANTS)
     packed = by_variant["packed"]
-    assert packed["file_bytes"] == result["storage_bytes"] and packed["same_accuracy"]
-    assert by_variant["entropy"]["same_accuracy"]  # entropy coding is lossless
+    assert packed["file_bytes"] == result["storage_bytes"]
+    assert packed["test_acc"] == result["test_acc"]  # the run's own file, reloaded
+    assert by_variant["entropy"]["test_acc"] == packed["test_acc"]  # lossless
+    # a narrowed file is judged against the exact file of its coding, both reloaded here
+    for narrow, exact in (("narrow", "packed"), ("narrow+entropy", "entropy")):
+        assert by_variant[narrow]["same_accuracy"] == (
+            by_variant[narrow]["test_acc"] == by_variant[exact]["test_acc"])
     assert by_variant["entropy"]["file_bytes"] < packed["file_bytes"]
     assert by_variant["narrow+entropy"]["file_bytes"] < by_variant["entropy"]["file_bytes"]
     for variant, row in by_variant.items():
@@ -352,8 +357,8 @@ def test_file_variants_encode_without_the_empty_rows_a_runs_own_file_keeps(tmp_p
                            "test_acc": accuracy, "params": {"gamma": 0.1, "epochs": 6}}
     rows = {r["variant"]: r for r in studies.file_variants([result], splits, tmp_path / "f")}
     assert rows["packed"]["file_bytes"] < own.file_bytes
-    assert all(r["same_accuracy"] for r in rows.values() if r["variant"] in ("packed",
-                                                                            "entropy"))
+    assert all(r["test_acc"] == accuracy for r in rows.values() if r["variant"] in (
+        "packed", "entropy"))
 
 
 def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_target():
@@ -377,6 +382,24 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     [narrow] = [r for r in table if r["variant"] == "narrow"]
     # a narrowed file that classifies differently from its exact one does not count
     assert not narrow["allowed"] and not narrow["smallest_at_target"]
+
+
+def test_smallest_at_leaves_out_a_model_missing_seeds_and_counts_an_exact_99_mean():
+    def rows(gamma, accs, sizes):
+        return [{"method": "sc", "epochs": 6, "gamma": gamma, "variant": "packed", "seed": s,
+                 "file_bytes": size, "test_acc": acc, "entropy_floor_bytes": size,
+                 "same_accuracy": True}
+                for s, (acc, size) in enumerate(zip(accs, sizes, strict=True))]
+
+    # 9,895 + 9,901 + 9,904 of 10,000: a mean of exactly 99.00 %, 0.98999... in floats
+    exact = rows(0.1, [0.9895, 0.9901, 0.9904], [3000, 3000, 3000])
+    assert sum(r["test_acc"] for r in exact) / 3 < 0.99
+    partial = rows(0.3, [0.995, 0.995], [1000, 1000])  # one seed's run not finished
+    table = {r["gamma"]: r for r in studies.smallest_at(exact + partial, 0.99, seeds=3)}
+    assert table[0.1]["reaches_target"] and table[0.1]["smallest_at_target"]
+    assert table[0.1]["seeds_at_target"] == 2
+    assert not table[0.3]["complete"] and not table[0.3]["reaches_target"]
+    assert not table[0.3]["smallest_at_target"]
 
 
 def test_coder_savings_set_each_models_coded_file_and_floor_against_its_packed_file():

@@ -45,7 +45,7 @@ from sgsc.experiments import store, sweep
 from sgsc.experiments.defaults import SAFETY_METHODS, train_config
 from sgsc.fileformat import atomic
 from sgsc.reporting import compare
-from sgsc.reporting.claims import encodings_by_model, smallest_coded
+from sgsc.reporting.claims import at_least, encodings_by_model, smallest_coded
 from sgsc.reporting.report import mean_std, summarize
 
 LAMBDA = "lambda_pres"  # only sgsc has a preservation loss to weigh
@@ -676,8 +676,13 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
             floors[precision(variant)] = round(budget["file_bytes"] - sum(
                 layer["packed_bytes"] - layer["entropy_floor_bytes"]
                 for layer in budget["layers"]), 1)
-        rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy,
-                     "same_accuracy": accuracy == result["test_acc"]})
+        rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy})
+    exact = {options.get("coding", "packed"): row["test_acc"] for row, options in
+             zip(rows, FILE_VARIANTS.values(), strict=True) if precision(row["variant"]) == "exact"}
+    for row, options in zip(rows, FILE_VARIANTS.values(), strict=True):
+        # a narrowed file against the exact file of its coding, both reloaded here (not the
+        # run's own accuracy, which another device may have measured)
+        row["same_accuracy"] = row["test_acc"] == exact[options.get("coding", "packed")]
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "epochs": (result.get("params") or {}).get("epochs"), "run_dir": result["run_dir"]}
@@ -685,11 +690,13 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
             for row in rows]
 
 
-def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
+def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = None
+                ) -> list[dict]:
     """Per (method, epochs, gamma, variant): mean test accuracy and file bytes over seeds;
     which reach ``target`` on the mean (and on how many seeds), and the smallest that does
     per variant.  A narrowed variant counts only where every seed's accuracy equals its
-    exact file's."""
+    exact file's; with ``seeds``, a group counts only with that many distinct seeds
+    (``complete``: a run not finished leaves its group out, not averaged over fewer)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["epochs"], row["gamma"], row["variant"]),
@@ -700,12 +707,15 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99) -> list[dict]:
         size, size_std = mean_std([m["file_bytes"] for m in members])
         floor, _ = mean_std([m["entropy_floor_bytes"] for m in members])
         allowed = not variant.startswith("narrow") or all(m["same_accuracy"] for m in members)
+        complete = seeds is None or len({m["seed"] for m in members}) == len(members) == seeds
         table.append({"method": method, "epochs": epochs, "gamma": gamma, "variant": variant,
                       "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,
                       "file_bytes_mean": size, "file_bytes_std": size_std,
                       "entropy_floor_bytes_mean": floor, "allowed": allowed,
-                      "reaches_target": allowed and acc is not None and acc >= target,
-                      "seeds_at_target": sum(m["test_acc"] >= target for m in members)})
+                      "complete": complete,
+                      "reaches_target": allowed and complete and at_least(acc, target),
+                      "seeds_at_target": sum(at_least(m["test_acc"], target)
+                                             for m in members)})
     for variant in FILE_VARIANTS:
         sizes = [r["file_bytes_mean"] for r in table
                  if r["variant"] == variant and r["reaches_target"]]
