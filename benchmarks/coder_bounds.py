@@ -99,8 +99,7 @@ def _entropy_bits(values: np.ndarray) -> float:
 
 def _range_header_bits(low: int, count: int) -> int:
     """The coder's per-group header: zigzag(low), the alphabet size and the model kind."""
-    zigzag = 2 * low if low >= 0 else -2 * low - 1
-    return 8 * (len(entropy.varint(zigzag)) + len(entropy.varint(count)) + 1)
+    return 8 * (len(entropy.varint(entropy.zigzag(low))) + len(entropy.varint(count)) + 1)
 
 
 def learnt_table_bits(codes: np.ndarray, strength: float) -> float:

@@ -391,9 +391,11 @@ def test_smallest_at_leaves_out_a_model_missing_seeds_and_counts_an_exact_99_mea
                  "same_accuracy": True}
                 for s, (acc, size) in enumerate(zip(accs, sizes, strict=True))]
 
-    # 9,895 + 9,901 + 9,904 of 10,000: a mean of exactly 99.00 %, 0.98999... in floats
-    exact = rows(0.1, [0.9895, 0.9901, 0.9904], [3000, 3000, 3000])
-    assert sum(r["test_acc"] for r in exact) / 3 < 0.99
+    # 9,895 + 9,901 + 9,904 of 10,000 images: a mean of exactly 99.00 %, which the mean
+    # of the three floats misses by rounding
+    correct = [9895, 9901, 9904]
+    assert sum(correct) == 3 * 9900 and sum(c / 10_000 for c in correct) / 3 != 0.99
+    exact = rows(0.1, [c / 10_000 for c in correct], [3000, 3000, 3000])
     partial = rows(0.3, [0.995, 0.995], [1000, 1000])  # one seed's run not finished
     table = {r["gamma"]: r for r in studies.smallest_at(exact + partial, 0.99, seeds=3)}
     assert table[0.1]["reaches_target"] and table[0.1]["smallest_at_target"]

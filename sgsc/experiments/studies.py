@@ -664,6 +664,9 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
     def precision(variant: str) -> str:
         return FILE_VARIANTS[variant].get("precision", "exact")
 
+    def coding(variant: str) -> str:
+        return FILE_VARIANTS[variant].get("coding", "packed")
+
     reopened = export.reopen_compressed(packed)
     rows, floors = [], {}
     for variant, options in FILE_VARIANTS.items():
@@ -677,12 +680,12 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
                 layer["packed_bytes"] - layer["entropy_floor_bytes"]
                 for layer in budget["layers"]), 1)
         rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy})
-    exact = {options.get("coding", "packed"): row["test_acc"] for row, options in
-             zip(rows, FILE_VARIANTS.values(), strict=True) if precision(row["variant"]) == "exact"}
-    for row, options in zip(rows, FILE_VARIANTS.values(), strict=True):
+    exact = {coding(r["variant"]): r["test_acc"] for r in rows
+             if precision(r["variant"]) == "exact"}
+    for row in rows:
         # a narrowed file against the exact file of its coding, both reloaded here (not the
         # run's own accuracy, which another device may have measured)
-        row["same_accuracy"] = row["test_acc"] == exact[options.get("coding", "packed")]
+        row["same_accuracy"] = row["test_acc"] == exact[coding(row["variant"])]
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "epochs": (result.get("params") or {}).get("epochs"), "run_dir": result["run_dir"]}

@@ -478,8 +478,17 @@ def _from_grid(reader: _Sections, rows: int) -> np.ndarray:
     return ((base + offsets.astype(np.float64)) / (1 << EXPONENT_GRID_BITS)).astype(np.float32)
 
 
-_EXPONENT_WRITERS = {"fixed16": _fixed16, "grid": _grid}
-_EXPONENT_READERS = {"fixed16": _from_fixed16, "grid": _from_grid}
+def _float32(exponents: np.ndarray) -> bytes:
+    return exponents.astype("<f4").tobytes()
+
+
+def _from_float32(reader: _Sections, rows: int) -> np.ndarray:
+    return np.frombuffer(reader.take(4 * rows), dtype="<f4").astype(np.float32)
+
+
+# one layer's exponents to bytes and back, per exponent coding
+_EXPONENT_WRITERS = {"float32": _float32, "fixed16": _fixed16, "grid": _grid}
+_EXPONENT_READERS = {"float32": _from_float32, "fixed16": _from_fixed16, "grid": _from_grid}
 
 
 def _key(module: str, attr: str) -> str:
@@ -507,12 +516,8 @@ def _payload(tensors: list[_Tensor], meta: dict[str, Any],
              entropy_coded: bool = False) -> bytes:
     quantized = [t for t in tensors if t.kind == "q"]
     bits = np.concatenate([t.bits for t in quantized] or [np.zeros(0, np.uint8)])
-    if meta["exponents"] in _EXPONENT_WRITERS:
-        write = _EXPONENT_WRITERS[meta["exponents"]]
-        exponents = b"".join(write(t.exponents) for t in quantized)
-    else:
-        exponents = np.concatenate([t.exponents for t in quantized]
-                                   or [np.zeros(0, np.float32)]).astype("<f4").tobytes()
+    write = _EXPONENT_WRITERS[meta["exponents"]]
+    exponents = b"".join(write(t.exponents) for t in quantized)
     if entropy_coded:
         groups = [t.bits.astype(np.int64).reshape(1, -1) for t in quantized]
         groups += [t.data[t.bits == b] for t in quantized for b in _bit_groups(t.bits)]
@@ -933,13 +938,10 @@ def _decode_payload(meta: dict[str, Any], payload: bytes, flags: int = 0) -> _De
         bits = np.frombuffer(reader.take(sum(rows)), dtype=np.uint8).astype(np.int64)
         sections["bit depths"] = sum(rows)
     start = reader.position
-    per_layer, exponent_bytes = [], []
+    read, per_layer, exponent_bytes = _EXPONENT_READERS[meta["exponents"]], [], []
     for n in rows:
         before = reader.position
-        if meta["exponents"] in _EXPONENT_READERS:
-            per_layer.append(_EXPONENT_READERS[meta["exponents"]](reader, n))
-        else:
-            per_layer.append(np.frombuffer(reader.take(4 * n), dtype="<f4").astype(np.float32))
+        per_layer.append(read(reader, n))
         exponent_bytes.append(reader.position - before)
     exponents = np.concatenate(per_layer or [np.zeros(0, np.float32)])
     sections["exponents"] = reader.position - start

@@ -542,8 +542,7 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
         if packed is None:
             continue
         acc = packed["test_acc_mean"]
-        if not packed.get("complete", True):  # a model missing seeds cannot meet a target
-            entropy = None
+        # a model missing seeds meets nothing (smallest_coded leaves its coded files out)
         met = _image_target_met(acc if packed.get("complete", True) else None,
                                 packed["file_bytes_mean"],
                                 entropy and entropy["test_acc_mean"],
