@@ -102,8 +102,8 @@ def test_the_file_runs_are_sc_rate_at_each_gamma_and_each_long_budget_of_each_me
             {"epochs": 54, "gammas": {"sc": (0.15,)}})
     requests = regimes.file_requests("mnist", [0, 1], [0.05, 0.4], long)
     assert [(r["method"], r["seed"], r["overrides"]) for r in requests] == [
-        ("sc-rate", 0, {"gamma": 0.05}), ("sc-rate", 0, {"gamma": 0.4}),
-        ("sc-rate", 1, {"gamma": 0.05}), ("sc-rate", 1, {"gamma": 0.4}),
+        ("sc-rate", 0, {"gamma": 0.05}), ("sc-rate", 1, {"gamma": 0.05}),
+        ("sc-rate", 0, {"gamma": 0.4}), ("sc-rate", 1, {"gamma": 0.4}),
         ("sc", 0, {"epochs": 18, "gamma": 0.15}), ("sc", 1, {"epochs": 18, "gamma": 0.15}),
         ("sc", 0, {"epochs": 18, "gamma": 0.1}), ("sc", 1, {"epochs": 18, "gamma": 0.1}),
         ("sc-rate", 0, {"epochs": 18, "gamma": 0.15}),
@@ -210,6 +210,46 @@ def test_a_float_nobody_asked_for_is_trained_once_before_its_seeds_runs():
                                    lambda spec: order.append(spec["method"]) or spec,
                                    log=lambda line: None)
     assert order == ["float", "sc", "sc"] and results == requests
+
+
+def test_a_free_worker_takes_the_earliest_ready_request_so_a_settings_seeds_finish_together():
+    """One slot, two settings of three seeds each, listed setting by setting: after the
+    floats the runs start in the requests' order.  A pool's own queue would start them
+    seed by seed (each seed's runs queued when its float finished), so a study stopped
+    half way would have no setting on every seed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = []
+    requests = [regimes.request("digits", "sc", s, g) for g in (0.1, 0.3) for s in (0, 1, 2)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        results = regimes.schedule(pool, requests,
+                                   lambda spec: started.append(spec) or spec,
+                                   log=lambda line: None, slots=1)
+    assert [r["method"] for r in started[:3]] == ["float"] * 3
+    assert started[3:] == requests and results == requests
+
+
+def test_no_more_runs_are_in_flight_than_slots():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def fake_run(spec):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return spec
+
+    requests = [regimes.request("digits", "sc", s, g) for g in (0.1, 0.3) for s in (0, 1)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert regimes.schedule(pool, requests, fake_run, log=lambda line: None,
+                                slots=2) == requests
+    assert most[0] == 2
 
 
 def test_unfinished_lists_each_request_without_a_result_by_name():

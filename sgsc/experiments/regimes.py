@@ -12,6 +12,7 @@ on worker processes (a seed's float first, so no two workers train one float mod
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -87,8 +88,9 @@ def file_requests(data: str, seeds: Sequence[int], rate_gammas: Sequence[float],
                   long: Sequence[dict[str, Any]]) -> list[dict]:
     """07_file_budget's runs beside the study's frontiers: sc-rate at ``rate_gammas``, and
     for each longer budget of ``long`` each method of its ``"gammas"`` (method -> gammas)
-    at its gammas for its ``"epochs"`` compression epochs."""
-    runs = [request(data, "sc-rate", s, g) for s in seeds for g in rate_gammas]
+    at its gammas for its ``"epochs"`` compression epochs -- one setting's seeds together,
+    so that :func:`train`, stopped half way, leaves whole settings."""
+    runs = [request(data, "sc-rate", s, g) for g in rate_gammas for s in seeds]
     return runs + [request(data, method, s, g, epochs=budget["epochs"])
                    for budget in long for method, gammas in budget["gammas"].items()
                    for g in gammas for s in seeds]
@@ -215,7 +217,8 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
           ) -> list[dict | None]:
     """Run (or reopen) every request on ``workers`` single-threaded processes, each seed's
     float reference before its other runs (:func:`schedule`), so that no two workers ever
-    train the same float model; returns the results in the requests' order.
+    train the same float model, and otherwise in the requests' order; returns the results
+    in that order.
     ``device``: auto, cpu or cuda (every worker uses it; not part of a run's key).
     ``train_missing=False`` trains nothing: a run that has not finished gives None in
     its place."""
@@ -225,16 +228,22 @@ def train(requests: Iterable[dict], out_dir: str, workers: int = 1,
         return [_run(spec, out_dir, budget, device, reopen_only=True) for spec in requests]
     run_one = functools.partial(_run, out_dir=out_dir, budget=budget, device=device)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return schedule(pool, requests, run_one, log)
+        return schedule(pool, requests, run_one, log, slots=workers)
 
 
 def schedule(pool: Executor, requests: Sequence[dict], run_one: Callable[[dict], dict],
-             log: Log = print) -> list[dict]:
-    """Run ``requests`` on ``pool`` with ``run_one``, a seed's float before its other runs:
-    every float (and one per data set and seed that needs one but was not asked for) is
-    queued first, and a seed's other runs as soon as its float has finished -- not when
-    all floats have -- so no worker idles while another trains the last float.  Returns
-    the results in the requests' order."""
+             log: Log = print, slots: int | None = None) -> list[dict]:
+    """Run ``requests`` on ``pool`` with ``run_one``, a seed's float before its other runs,
+    and return the results in the requests' order.
+
+    Every float (and one per data set and seed that needs one but was not asked for) goes
+    first; a seed's other runs become ready as soon as its float has finished -- not when
+    all floats have -- so no worker idles while another trains the last float.  With
+    ``slots`` (the pool's workers) at most that many runs are in flight, and a free worker
+    takes the *earliest* ready request: a study stopped half way has finished whole groups
+    where its requests list a setting's seeds together, not each seed's first settings
+    (a pool's own queue would run them in the order their floats happened to finish).
+    ``slots=None`` hands every ready run to the pool at once."""
     def key(spec: dict) -> tuple[str, int]:
         return spec["data"], spec["seed"]
 
@@ -248,15 +257,21 @@ def schedule(pool: Executor, requests: Sequence[dict], run_one: Callable[[dict],
     for i, r in enumerate(requests):
         if r["method"] != "float":
             waiting.setdefault(key(r), []).append(i)
+    queued_floats: list[tuple[int | None, dict]] = (
+        [(i, requests[i]) for i in floats] + [(None, spec) for spec in extra.values()])
+    ready: list[int] = []  # a heap of request indices whose seed's float has finished
     pending: dict[Future, tuple[int | None, dict]] = {}
 
-    def submit(i: int | None, spec: dict) -> None:
-        pending[pool.submit(run_one, spec)] = (i, spec)
+    def fill() -> None:
+        while (queued_floats or ready) and (slots is None or len(pending) < slots):
+            if queued_floats:
+                i, spec = queued_floats.pop(0)
+            else:
+                i = heapq.heappop(ready)
+                spec = requests[i]
+            pending[pool.submit(run_one, spec)] = (i, spec)
 
-    for i in floats:
-        submit(i, requests[i])
-    for spec in extra.values():
-        submit(None, spec)
+    fill()
     results: dict[int, dict] = {}
     while pending:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -268,7 +283,8 @@ def schedule(pool: Executor, requests: Sequence[dict], run_one: Callable[[dict],
             _log_result(log, spec, result)
             if spec["method"] == "float":
                 for j in waiting.pop(key(spec), []):
-                    submit(j, requests[j])
+                    heapq.heappush(ready, j)
+        fill()
     return [results[i] for i in range(len(requests))]
 
 
