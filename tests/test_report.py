@@ -438,6 +438,17 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
     assert report.answer_sentences(report_dir)[1].startswith(
         "The smallest MNIST files at 99.0 % test accuracy (mean of 3 seeds): 2,890 bytes "
         "packed (sc-rate, γ 0.15, 18 epochs, 99.04 %, 2 of 3 seeds at or above it) and ")
+    smallest[0] |= {"test_acc_ci_low": 0.9895, "test_acc_ci_high": 0.9913}
+    smallest[1] |= {"test_acc_ci_low": 0.9901, "test_acc_ci_high": 0.9907}
+    report.save_table(smallest, report_dir, "07_file_budget__smallest")
+    assert report.answer_sentences(report_dir)[1] == (
+        "The smallest MNIST files at 99.0 % test accuracy (mean of 3 seeds, its 95 % interval "
+        "over seeds in brackets): 2,890 bytes packed (sc-rate, γ 0.15, 18 epochs, 99.04 % "
+        "[98.95, 99.13], 2 of 3 seeds at or above it) and 2,411 bytes entropy coded (sc-rate, "
+        "γ 0.15, 18 epochs, 99.04 % [99.01, 99.07]). The interval of the packed file's "
+        "reaches below 99.0 %: the target is met on the mean, not surely.")
+    for row in smallest:
+        row.pop("test_acc_ci_low", None), row.pop("test_acc_ci_high", None)
     del smallest[0]["seeds_at_target"]
     report.save_table(smallest, report_dir, "07_file_budget__smallest")
     report.save_table([{"request": "the regime study on mnist: 19 runs (its frontiers are "

@@ -375,6 +375,9 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
         + rows(0.3, "narrow", [1500, 1500], [0.995, 0.995], same=False), target=0.99)
     packed = {r["gamma"]: r for r in table if r["variant"] == "packed"}
     assert packed[0.1]["file_bytes_mean"] == 3050 and packed[0.1]["seeds"] == 2
+    # the seeds' t interval of the mean: 0.9905 +- t(0.975, 1) * 0.000707 / sqrt(2)
+    assert packed[0.1]["test_acc_ci_low"] == pytest.approx(0.9905 - 12.706 * 0.0005, abs=1e-5)
+    assert packed[0.1]["test_acc_ci_high"] == pytest.approx(0.9905 + 12.706 * 0.0005, abs=1e-5)
     assert [g for g, r in packed.items() if r["smallest_at_target"]] == [0.1]
     assert not packed[0.3]["reaches_target"] and packed[0.05]["reaches_target"]
     # the target is on the mean: how many seeds reach it on their own is counted

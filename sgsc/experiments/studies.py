@@ -695,11 +695,12 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
 
 def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = None
                 ) -> list[dict]:
-    """Per (method, epochs, gamma, variant): mean test accuracy and file bytes over seeds;
-    which reach ``target`` on the mean (and on how many seeds), and the smallest that does
-    per variant.  A narrowed variant counts only where every seed's accuracy equals its
-    exact file's; with ``seeds``, a group counts only with that many distinct seeds
-    (``complete``: a run not finished leaves its group out, not averaged over fewer)."""
+    """Per (method, epochs, gamma, variant): mean test accuracy (and the seeds' 95 %
+    interval of it) and file bytes over seeds; which reach ``target`` on the mean (and on
+    how many seeds), and the smallest that does per variant.  A narrowed variant counts
+    only where every seed's accuracy equals its exact file's; with ``seeds``, a group
+    counts only with that many distinct seeds (``complete``: a run not finished leaves its
+    group out, not averaged over fewer)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["epochs"], row["gamma"], row["variant"]),
@@ -707,12 +708,17 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = 
     table = []
     for (method, epochs, gamma, variant), members in groups.items():
         acc, acc_std = mean_std([m["test_acc"] for m in members])
+        interval = compare.t_interval([m["test_acc"] for m in members])
         size, size_std = mean_std([m["file_bytes"] for m in members])
         floor, _ = mean_std([m["entropy_floor_bytes"] for m in members])
         allowed = not variant.startswith("narrow") or all(m["same_accuracy"] for m in members)
         complete = seeds is None or len({m["seed"] for m in members}) == len(members) == seeds
         table.append({"method": method, "epochs": epochs, "gamma": gamma, "variant": variant,
                       "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,
+                      # the seeds' 95 % t interval of the mean: the target is on the mean,
+                      # and three seeds say how surely
+                      "test_acc_ci_low": interval["ci_low"],
+                      "test_acc_ci_high": interval["ci_high"],
                       "file_bytes_mean": size, "file_bytes_std": size_std,
                       "entropy_floor_bytes_mean": floor, "allowed": allowed,
                       "complete": complete,

@@ -257,13 +257,18 @@ def _regime_sentence(rows: list[dict]) -> str | None:
 
 def _file_sentence(rows: list[dict], target: float) -> str | None:
     """The smallest file at the accuracy target, packed and entropy coded, or that none
-    reaches it."""
+    reaches it; with the seeds' 95 % interval of each mean accuracy where the table has it,
+    and a word when that interval reaches below the target."""
     if not rows:
         return None
 
     def best(variants: tuple[str, ...]) -> dict | None:
         hits = [r for r in rows if r["variant"] in variants and r.get("reaches_target")]
         return min(hits, key=lambda r: r["file_bytes_mean"]) if hits else None
+
+    def interval(row: dict) -> str:
+        low, high = row.get("test_acc_ci_low"), row.get("test_acc_ci_high")
+        return "" if low is None or high is None else f" [{low * 100:.2f}, {high * 100:.2f}]"
 
     def said(row: dict) -> str:
         words = {"entropy": "entropy coded", "narrow": "narrowed",
@@ -273,7 +278,7 @@ def _file_sentence(rows: list[dict], target: float) -> str | None:
                  if row.get("seeds_at_target") not in (None, row["seeds"]) else "")
         return (f"{row['file_bytes_mean']:,.0f} bytes {words.get(row['variant'], row['variant'])} "
                 f"({row['method']}, γ {row['gamma']:g}, {row['epochs']} epochs, "
-                f"{row['test_acc_mean'] * 100:.2f} %{short})")
+                f"{row['test_acc_mean'] * 100:.2f} %{interval(row)}{short})")
 
     seeds = max(r["seeds"] for r in rows)
     packed, coded = best(("packed",)), best(("entropy", "narrow+entropy"))
@@ -281,9 +286,19 @@ def _file_sentence(rows: list[dict], target: float) -> str | None:
         top = max(rows, key=lambda r: r["test_acc_mean"] or 0.0)
         return (f"No MNIST file reaches {target * 100:.1f} % test accuracy (mean of {seeds} "
                 f"seeds); the most accurate is {said(top)}.")
-    found = [said(r) for r in (packed, coded) if r is not None]
-    return (f"The smallest MNIST files at {target * 100:.1f} % test accuracy (mean of {seeds} "
-            f"seeds): " + " and ".join(found) + ".")
+    found = [r for r in (packed, coded) if r is not None]
+    brackets = any(interval(r) for r in found)
+    sentence = (f"The smallest MNIST files at {target * 100:.1f} % test accuracy (mean of "
+                f"{seeds} seeds{', its 95 % interval over seeds in brackets' if brackets else ''}"
+                f"): " + " and ".join(said(r) for r in found) + ".")
+    unsure = [r for r in found if r.get("test_acc_ci_low") is not None
+              and r["test_acc_ci_low"] < target]
+    if unsure:
+        which = ("both" if len(unsure) == 2 else
+                 "the packed file's" if unsure[0] is packed else "the coded file's")
+        sentence += (f" The interval of {which} reaches below {target * 100:.1f} %: the "
+                     "target is met on the mean, not surely.")
+    return sentence
 
 
 def _budget_sentence(rows: list[dict], target: float) -> str | None:
