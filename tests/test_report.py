@@ -172,6 +172,22 @@ def report_dir(tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------------- the page
 
 
+def test_the_file_sentence_names_a_missing_setting_once_with_its_seeds(tmp_path):
+    report.save_table([{"method": "sc", "epochs": 6, "gamma": 0.1, "variant": "packed",
+                        "seeds": 3, "test_acc_mean": 0.991, "file_bytes_mean": 2000.0,
+                        "reaches_target": True, "smallest_at_target": True}],
+                      tmp_path, "07_file_budget__smallest")
+    report.save_table([{"request": "mnist sc s0 {'epochs': 54, 'gamma': 0.1}"},
+                       {"request": "mnist sc s1 {'epochs': 54, 'gamma': 0.1}"},
+                       {"request": "mnist sc-rate s2 {'gamma': 0.4}"},
+                       {"request": "the regime study on mnist: 3 runs"}],
+                      tmp_path, "07_file_budget__missing")
+    [files] = report.answer_sentences(tmp_path)
+    assert files.endswith(" Not yet among the models compared: mnist sc {'epochs': 54, "
+                          "'gamma': 0.1} (seeds 0, 1); mnist sc-rate {'gamma': 0.4} (seed 2); "
+                          "the regime study on mnist: 3 runs.")
+
+
 def test_every_number_on_the_page_comes_from_a_metrics_file(report_dir):
     index = report.build_report(report_dir, "quick")
     assert index == report_dir / "index.html"

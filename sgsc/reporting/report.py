@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,25 @@ def _file_sentence(rows: list[dict], target: float) -> str | None:
     return sentence
 
 
+_REQUEST = re.compile(r"^(?P<run>\S+ \S+) s(?P<seed>\d+)(?P<rest>.*)$")
+
+
+def _seeds_together(requests: list[str]) -> list[str]:
+    """Requests named as ``regimes.unfinished`` names them ("mnist sc s0 {...}"), one entry
+    per setting with its seeds ("mnist sc {...} (seeds 0, 1, 2)"), in first-seen order;
+    a name of another shape is kept as it is."""
+    groups: dict[str, list[str]] = {}
+    for name in requests:
+        match = _REQUEST.match(name)
+        if match is None:
+            groups.setdefault(name, [])
+            continue
+        groups.setdefault(f"{match['run']}{match['rest']}", []).append(match["seed"])
+    return [name if not seeds else
+            f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+            for name, seeds in groups.items()]
+
+
 def _budget_sentence(rows: list[dict], target: float) -> str | None:
     """What longer compression budgets bought (07's budgets table): per method and gamma
     run at more than one budget, the file packed and entropy coded (its smallest coding
@@ -375,7 +395,7 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
         left_out = _table_if_any(report_dir, "07_file_budget__missing")
         if left_out:
             files += (" Not yet among the models compared: "
-                      + "; ".join(r["request"] for r in left_out) + ".")
+                      + "; ".join(_seeds_together([r["request"] for r in left_out])) + ".")
         budgets = _budget_sentence(_table_if_any(report_dir, "07_file_budget__budgets"),
                                    FILE_TARGET)
         coder = _coder_sentence(_table_if_any(report_dir, "07_file_budget__coder"))
