@@ -10,6 +10,7 @@ import pytest
 from sgsc.fileformat.bitpack import (
     BitReader,
     BitWriter,
+    fewest_bits,
     pack_rows,
     pack_signed,
     packed_size,
@@ -105,3 +106,24 @@ def test_wrong_length_raises() -> None:
         unpack_signed(data[:-1], 4, 8)
     with pytest.raises(ValueError, match="expected 4"):
         unpack_signed(data + b"\0", 4, 8)
+
+
+def test_fewest_bits_is_the_narrowest_width_that_holds_each_row() -> None:
+    rows = np.array([[0, 0], [-1, 0], [0, 1], [-2, 1], [3, -4], [4, 0], [-5, 2], [-128, 127]])
+    assert fewest_bits(rows).tolist() == [0, 1, 2, 2, 3, 4, 4, 8]
+    generator = np.random.default_rng(0)
+    for _ in range(200):
+        row = generator.integers(-2 ** 20, 2 ** 20, size=(1, 5)) >> generator.integers(0, 21)
+        (width,) = fewest_bits(row)
+        unpack_signed(pack_signed(row[0], int(width)), int(width), 5)  # it fits...
+        if width:  # ...and one bit fewer does not
+            with pytest.raises(ValueError, match="does not fit"):
+                pack_signed(row[0], int(width) - 1)
+
+
+def test_fewest_bits_rejects_what_is_not_rows_of_integers() -> None:
+    with pytest.raises(ValueError, match="2-D integer array"):
+        fewest_bits(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="2-D integer array"):
+        fewest_bits(np.zeros(3, dtype=np.int32))
+    assert fewest_bits(np.zeros((3, 0), dtype=np.int32)).tolist() == [0, 0, 0]

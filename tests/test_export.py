@@ -147,10 +147,56 @@ def test_save_leaves_the_wrapper_untouched(exported) -> None:
 def test_file_size_matches_storage_bits(exported) -> None:
     sc, path, info, *_ = exported
     counted = sc.storage_bits() / 8
+    untrimmed = save_compressed(sc, path.with_name("untrimmed.sgsc"), fold=False,
+                                trim_bit_depths=False)
     assert info.file_bytes == path.stat().st_size
-    assert info.storage_bytes == counted
-    assert info.payload_bytes == math.ceil(counted)  # the payload is exactly what is counted
-    assert abs(info.file_bytes - counted) <= 0.01 * counted + 1024
+    assert info.storage_bytes == untrimmed.storage_bytes == counted
+    # at its learned bit depths the payload is exactly what is counted; trimmed, no more
+    assert untrimmed.payload_bytes == math.ceil(counted)
+    assert info.payload_bytes <= untrimmed.payload_bytes
+    assert abs(untrimmed.file_bytes - counted) <= 0.01 * counted + 1024
+
+
+def _wider_than_codes(extra_bits: float) -> SelfCompression:
+    """A wrapped model whose codes fill 4 bits a row, at bit depths ``extra_bits`` above:
+    what a rate term leaves (it prices the codes, not the depth)."""
+    torch.manual_seed(0)
+    sc = SelfCompression(build_model("mnist_cnn", **CNNConfig.for_digits().__dict__),
+                         init_bits=4.0)
+    with torch.no_grad():
+        for bits in sc.bit_depths().values():
+            bits.add_(extra_bits)
+    return sc
+
+
+def test_rows_are_stored_at_the_bits_their_codes_use(tmp_path) -> None:
+    """Rows at 7 bits whose codes fit in 4 are written at 4: the packed codes shrink by
+    3/7, and the reloaded model is the untrimmed file's, bit for bit."""
+    sc = _wider_than_codes(3.0)
+    learned = save_compressed(sc, tmp_path / "learned.sgsc", fold=False,
+                              trim_bit_depths=False)
+    trimmed = save_compressed(sc, tmp_path / "trimmed.sgsc", fold=False)
+    layers = byte_budget(trimmed.path)["layers"]
+    assert all(x["mean_bits"] == 4.0 for x in layers)
+    codes = sum(x["codes"] for x in layers)
+    assert learned.payload_bytes - trimmed.payload_bytes == pytest.approx(3 * codes / 8, abs=1)
+    x = _inputs(sc.model, 4)
+    assert torch.equal(_logits(load_compressed(trimmed.path), x),
+                       _logits(load_compressed(learned.path), x))
+    # a file of trimmed rows reopens at its trimmed depths and saves to the same bytes
+    again = save_compressed(reopen_compressed(trimmed.path), tmp_path / "again.sgsc",
+                            fold=False)
+    assert again.path.read_bytes() == trimmed.path.read_bytes()
+
+
+def test_entropy_coding_keeps_the_smaller_of_learned_and_trimmed_depths() -> None:
+    sc = _wider_than_codes(3.0)
+    both = entropy_coded_bytes(sc, fold=False)
+    assert both <= entropy_coded_bytes(sc, fold=False, trim_bit_depths=False)
+    # at the depths the codes use already, there is nothing to trim
+    fitted = _wider_than_codes(0.0)
+    assert entropy_coded_bytes(fitted, fold=False) == \
+        entropy_coded_bytes(fitted, fold=False, trim_bit_depths=False)
 
 
 @pytest.mark.parametrize("coding, flag", [("lzma", FLAG_LZMA), ("entropy", FLAG_ENTROPY)])
@@ -339,8 +385,8 @@ def test_transformer_variants_round_trip(tmp_path, config, options) -> None:
     with torch.no_grad():
         for bits in sc.bit_depths().values():
             bits[::2] = 0.0
-    info = save_compressed(sc, tmp_path / "variant.sgsc", fold=False)
-    assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)
+    info = save_compressed(sc, tmp_path / "variant.sgsc", fold=False, trim_bit_depths=False)
+    assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)  # at the learned depths
     reference = copy.deepcopy(sc)
     reference.prune()
     x = _inputs(sc.model, 2)
@@ -351,8 +397,8 @@ def test_all_dead_producer_round_trip(tmp_path) -> None:
     sc = _compressed("mnist_cnn")
     with torch.no_grad():
         sc.bit_depths()["conv3"].zero_()  # pruning keeps one (zero) channel
-    info = save_compressed(sc, tmp_path / "dead.sgsc", fold=False)
-    assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)
+    info = save_compressed(sc, tmp_path / "dead.sgsc", fold=False, trim_bit_depths=False)
+    assert info.payload_bytes == math.ceil(sc.storage_bits() / 8)  # at the learned depths
     reference = copy.deepcopy(sc)
     reference.prune()
     x = _inputs(sc.model, 2)

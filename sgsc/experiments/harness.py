@@ -32,10 +32,11 @@ from sgsc.fileformat import atomic
 
 RESULT = "result.json"  # a finished run's result row, in its folder
 # How a run's packed file (its storage_bytes and entropy_coded_bytes) is encoded.  Empty
-# rows stay in it: every run of this version recorded its sizes so, and a run trained now
-# must measure as one reopened from the cache does.  07_file_budget encodes the models
-# without them (the export default); the next version bump makes that the runs' too.
-RUN_ENCODING: dict[str, Any] = {"drop_empty_rows": False}
+# rows stay in it, and rows keep their learned bit depths: every run of this version
+# recorded its sizes so, and a run trained now must measure as one reopened from the cache
+# does.  07_file_budget encodes the models with both (the export defaults); the next
+# version bump makes that the runs' too.
+RUN_ENCODING: dict[str, Any] = {"drop_empty_rows": False, "trim_bit_depths": False}
 Splits = datasets.ImageSplits | datasets.TextSplits  # what load_splits gives
 
 

@@ -10,6 +10,7 @@ different widths are *not* byte aligned, so a stream of ``n`` values costs exact
 
 * :func:`pack_signed` / :func:`unpack_signed` -- one array, one width.
 * :func:`pack_rows` / :func:`unpack_rows` -- many arrays (rows), one width each.
+* :func:`fewest_bits` -- the narrowest width that holds each row.
 * :class:`BitWriter` / :class:`BitReader` -- the streaming machinery underneath, with a
   width per value; they work in chunks, so memory stays bounded for large models.
 
@@ -41,6 +42,23 @@ def packed_size(bits: Sequence[int] | np.ndarray, counts: Sequence[int] | np.nda
     if np.any(counts_arr < 0):
         raise ValueError("counts must be non-negative")
     return _bytes_for(int(np.dot(bits_arr, counts_arr)))
+
+
+def fewest_bits(rows: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D integer array, the fewest two's-complement bits that hold every
+    value in it: 0 for a row of zeros, 1 for values in ``[-1, 0]``, 2 for ``[-2, 1]``..."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a 2-D integer array, got {rows.dtype} of shape "
+                         f"{rows.shape}")
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0], dtype=np.int64)
+    high = np.maximum(rows.max(axis=1).astype(np.int64), 0)
+    low = np.minimum(rows.min(axis=1).astype(np.int64), 0)
+    magnitude = np.maximum(high, -low - 1)  # v >= 0 and -v - 1 need the same bits
+    # bits of the magnitude, counted exactly (no floating-point log2), plus the sign bit
+    length = (magnitude[:, None] >= (np.int64(1) << np.arange(MAX_BITS))).sum(axis=1)
+    return np.where((high == 0) & (low == 0), 0, length + 1)
 
 
 def pack_signed(codes: np.ndarray, bits: int) -> bytes:

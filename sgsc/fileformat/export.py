@@ -45,8 +45,9 @@ The payload, before any xz, is three sections back to back:
 3. raw tensors: each remaining tensor's bytes at its stored dtype, in order.
 
 So a packed file's payload is exactly what :meth:`SelfCompression.storage_bits` counts,
-when nothing is folded, narrowed or dropped (a row whose codes are all zero is stored as a
-zero-bit row: ``drop_empty_rows``).
+when nothing is folded, narrowed, dropped or trimmed (a row whose codes are all zero is
+stored as a zero-bit row: ``drop_empty_rows``; a row is stored at the fewest bits its
+codes need, at most its learned depth: ``trim_bit_depths``).
 
 Format 1 files (a fixed 20-byte header, uint8 bit depths, JSON with keys) stay readable.
 
@@ -99,8 +100,9 @@ MAGIC = b"SGSC"
 FORMAT_VERSION = 2
 # Raised whenever the same model encodes to other bytes within one format (2: empty rows
 # dropped; 3: rows above 16 bits entropy coded, their low bits raw; 4: narrow exponents on
-# a grid), so that caches of encoded sizes know theirs are stale.
-ENCODER_REVISION = 4
+# a grid; 5: rows trimmed to the bits their codes use), so that caches of encoded sizes
+# know theirs are stale.
+ENCODER_REVISION = 5
 FLAG_LZMA = 1
 FLAG_ENTROPY = 2
 CODINGS = {"packed": 0, "lzma": FLAG_LZMA, "entropy": FLAG_ENTROPY}
@@ -154,7 +156,8 @@ class ExportInfo:
     ``storage_bytes`` is what :meth:`SelfCompression.storage_bits` counts (divided by 8):
     the size rule training optimises; ``file_bytes`` is the file on disk -- the same
     payload plus framing when nothing is folded, narrowed, dropped or coded, less when
-    BatchNorm is folded, floats narrowed, empty rows dropped or codes entropy coded.
+    BatchNorm is folded, floats narrowed, empty rows dropped, rows trimmed to the bits
+    their codes use or codes entropy coded.
     """
 
     path: Path
@@ -217,7 +220,7 @@ class _Tensor:
 def save_compressed(
     sc: SelfCompression, path: str | os.PathLike[str], *, coding: str = "packed",
     entropy_coded: bool = False, fold: bool = True, precision: str = "exact",
-    drop_empty_rows: bool = True,
+    drop_empty_rows: bool = True, trim_bit_depths: bool = True,
 ) -> ExportInfo:
     """Write ``sc``'s model, pruned and at its learned bit depths, to ``path`` atomically.
 
@@ -233,14 +236,21 @@ def save_compressed(
     records the choice).  ``drop_empty_rows``: a row whose codes all round to zero
     computes nothing but its bias, so it is stored as a zero-bit row -- and removed with
     the other dead channels where the model's channel graph allows (:func:`empty_rows`);
-    the model computes the same within float rounding.  Works for any model; a model
+    the model computes the same within float rounding.  ``trim_bit_depths``: each row is
+    stored at the fewest bits that hold its codes (:func:`sgsc.fileformat.bitpack.
+    fewest_bits`), never more than its learned bit depth -- the same codes, so the same
+    model, bit for bit; it matters where training left rows more bits than their codes use
+    (a rate term prices the codes, not the bit depth).  Entropy coding tries the learned
+    and the trimmed depths (they group the rows differently) and keeps the smaller.
+    Works for any model; a model
     outside the registry of architectures loads back with
     ``load_compressed(path, model=...)``.
     """
     path = Path(path)
     coding = "entropy" if entropy_coded else coding
     blob, sizes = encode_compressed(sc, coding=coding, fold=fold, precision=precision,
-                                    drop_empty_rows=drop_empty_rows)
+                                    drop_empty_rows=drop_empty_rows,
+                                    trim_bit_depths=trim_bit_depths)
     atomic.write_bytes(path, blob)
     return ExportInfo(
         path=path,
@@ -256,8 +266,8 @@ def entropy_coded_bytes(sc: SelfCompression, coding: str = "entropy", **options:
 
 
 def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool = True,
-                      precision: str = "exact", drop_empty_rows: bool = True
-                      ) -> tuple[bytes, dict]:
+                      precision: str = "exact", drop_empty_rows: bool = True,
+                      trim_bit_depths: bool = True) -> tuple[bytes, dict]:
     """The file's bytes, and its section sizes (payload, stored payload, metadata), the
     coding used, the BatchNorms folded and the empty rows dropped
     (:func:`save_compressed` says what each option does)."""
@@ -277,13 +287,13 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
 
         folded = fold_batchnorms(pruned, example)
     meta, tensors = _describe(pruned, folded, precision)
-    payload = _payload(tensors, meta)
+    trimmed = _trimmed(tensors) if trim_bit_depths else tensors
+    payload = _payload(trimmed, meta)
     if coding == "entropy":  # codes that are incompressible, or too wide to model, stay packed
-        try:
-            coded = _payload(tensors, meta, entropy_coded=True)
-        except entropy.AlphabetTooLarge:
-            coded = payload
-        payload, coding = (coded, coding) if len(coded) < len(payload) else (payload, "packed")
+        coded = min((_entropy_payload(t, meta) for t in _distinct(tensors, trimmed)),
+                    key=lambda p: len(p) if p is not None else math.inf)
+        payload, coding = (coded, coding) if coded is not None and len(coded) < len(payload) \
+            else (payload, "packed")
     stored = lzma.compress(payload, preset=9) if coding == "lzma" else payload
     meta_block = pack_metadata(meta)
     sizes = {
@@ -295,6 +305,30 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
         "empty_rows_dropped": dropped,
     }
     return _frame(meta_block, stored, CODINGS[coding]), sizes
+
+
+def _trimmed(tensors: list[_Tensor]) -> list[_Tensor]:
+    """``tensors`` with each quantized row at the fewest bits that hold its codes (never
+    more than its learned depth, which its codes fit)."""
+    return [dataclasses.replace(t, bits=np.minimum(t.bits, bitpack.fewest_bits(t.data))
+                                .astype(np.uint8)) if t.kind == "q" else t for t in tensors]
+
+
+def _distinct(learned: list[_Tensor], trimmed: list[_Tensor]) -> list[list[_Tensor]]:
+    """The bit depths to entropy code: the learned ones and, where they differ, the trimmed
+    ones.  The coder models each (tensor, bit depth) group of rows on its own, so either
+    grouping can be the smaller; both are tried."""
+    same = all(a.bits is None or np.array_equal(a.bits, b.bits)
+               for a, b in zip(learned, trimmed, strict=True))
+    return [learned] if same else [learned, trimmed]
+
+
+def _entropy_payload(tensors: list[_Tensor], meta: dict[str, Any]) -> bytes | None:
+    """The entropy-coded payload, or None where a group's alphabet is too large to model."""
+    try:
+        return _payload(tensors, meta, entropy_coded=True)
+    except entropy.AlphabetTooLarge:
+        return None
 
 
 def empty_rows(sc: SelfCompression) -> dict[str, torch.Tensor]:
