@@ -256,9 +256,12 @@ def test_unfinished_lists_each_request_without_a_result_by_name():
     requests = [regimes.request("mnist", "float", 0), regimes.request("mnist", "sc", 4, 0.05),
                 regimes.request("names", "sgsc", 1, 0.0, init_bits=20.0)]
     assert regimes.unfinished(requests, [{"done": 1}, None, None]) == [
-        {"request": "mnist sc s4 {'gamma': 0.05}"},
-        {"request": "names sgsc s1 {'init_bits': 20.0, 'gamma': 0.0}"}]
-    assert regimes.unfinished(requests[:1], [None]) == [{"request": "mnist float s0"}]
+        {"request": "mnist sc s4 {'gamma': 0.05}", "setting": "mnist sc {'gamma': 0.05}",
+         "seed": 4},
+        {"request": "names sgsc s1 {'init_bits': 20.0, 'gamma': 0.0}",
+         "setting": "names sgsc {'init_bits': 20.0, 'gamma': 0.0}", "seed": 1}]
+    assert regimes.unfinished(requests[:1], [None]) == [
+        {"request": "mnist float s0", "setting": "mnist float", "seed": 0}]
 
 
 def test_cost_rows_split_sgscs_extra_time_into_flops_and_time_per_flop():

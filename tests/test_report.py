@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc.experiments import provenance
+from sgsc.experiments import provenance, regimes
 from sgsc.reporting import compare, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
@@ -177,11 +177,11 @@ def test_the_file_sentence_names_a_missing_setting_once_with_its_seeds(tmp_path)
                         "seeds": 3, "test_acc_mean": 0.991, "file_bytes_mean": 2000.0,
                         "reaches_target": True, "smallest_at_target": True}],
                       tmp_path, "07_file_budget__smallest")
-    report.save_table([{"request": "mnist sc s0 {'epochs': 54, 'gamma': 0.1}"},
-                       {"request": "mnist sc s1 {'epochs': 54, 'gamma': 0.1}"},
-                       {"request": "mnist sc-rate s2 {'gamma': 0.4}"},
-                       {"request": "the regime study on mnist: 3 runs"}],
-                      tmp_path, "07_file_budget__missing")
+    requests = [regimes.request("mnist", "sc", seed, 0.1, epochs=54) for seed in (0, 1)]
+    requests.append(regimes.request("mnist", "sc-rate", 2, 0.4))
+    missing = regimes.unfinished(requests, [None] * 3)
+    missing.append({"request": "the regime study on mnist: 3 runs"})
+    report.save_table(missing, tmp_path, "07_file_budget__missing")
     [files] = report.answer_sentences(tmp_path)
     assert files.endswith(" Not yet among the models compared: mnist sc {'epochs': 54, "
                           "'gamma': 0.1} (seeds 0, 1); mnist sc-rate {'gamma': 0.4} (seed 2); "

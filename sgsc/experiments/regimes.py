@@ -358,11 +358,17 @@ def _missing(stage: str, plan: Sequence[dict], results: Sequence[dict | None]) -
 
 
 def unfinished(requests: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:
-    """A row per request whose result is None (not finished, with ``train_missing=False``):
-    ``{"request": "<data> <method> s<seed> <overrides>"}``, for a notebook's missing list."""
-    return [{"request": f"{spec['data']} {spec['method']} s{spec['seed']} "
-                        f"{spec['overrides'] or ''}".strip()}
-            for spec in _not_finished(requests, results)]
+    """A row per request whose result is None (not finished, with ``train_missing=False``),
+    for a notebook's missing list: ``request`` names it ("<data> <method> s<seed>
+    <overrides>"); ``setting`` is the same without the seed, and ``seed`` the seed, so that
+    a report can name a setting once with its seeds."""
+    rows = []
+    for spec in _not_finished(requests, results):
+        overrides = f" {spec['overrides']}" if spec["overrides"] else ""
+        rows.append({"request": f"{spec['data']} {spec['method']} s{spec['seed']}{overrides}",
+                     "setting": f"{spec['data']} {spec['method']}{overrides}",
+                     "seed": spec["seed"]})
+    return rows
 
 
 def _not_finished(requests: Sequence[dict], results: Sequence[dict | None]) -> list[dict]:

@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,20 +301,16 @@ def _file_sentence(rows: list[dict], target: float) -> str | None:
     return sentence
 
 
-_REQUEST = re.compile(r"^(?P<run>\S+ \S+) s(?P<seed>\d+)(?P<rest>.*)$")
-
-
-def _seeds_together(requests: list[str]) -> list[str]:
-    """Requests named as ``regimes.unfinished`` names them ("mnist sc s0 {...}"), one entry
-    per setting with its seeds ("mnist sc {...} (seeds 0, 1, 2)"), in first-seen order;
-    a name of another shape is kept as it is."""
+def _seeds_together(missing: list[dict]) -> list[str]:
+    """Rows of a missing list (:func:`sgsc.experiments.regimes.unfinished`), one entry per
+    setting with its seeds ("mnist sc {...} (seeds 0, 1, 2)"), in first-seen order; a row
+    without a setting (a whole study left out) is named by its ``request``."""
     groups: dict[str, list[str]] = {}
-    for name in requests:
-        match = _REQUEST.match(name)
-        if match is None:
-            groups.setdefault(name, [])
-            continue
-        groups.setdefault(f"{match['run']}{match['rest']}", []).append(match["seed"])
+    for row in missing:
+        if row.get("setting") is None:
+            groups.setdefault(row["request"], [])
+        else:
+            groups.setdefault(row["setting"], []).append(str(row["seed"]))
     return [name if not seeds else
             f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
             for name, seeds in groups.items()]
@@ -395,7 +390,7 @@ def answer_sentences(report_dir: str | os.PathLike[str]) -> list[str]:
         left_out = _table_if_any(report_dir, "07_file_budget__missing")
         if left_out:
             files += (" Not yet among the models compared: "
-                      + "; ".join(_seeds_together([r["request"] for r in left_out])) + ".")
+                      + "; ".join(_seeds_together(left_out)) + ".")
         budgets = _budget_sentence(_table_if_any(report_dir, "07_file_budget__budgets"),
                                    FILE_TARGET)
         coder = _coder_sentence(_table_if_any(report_dir, "07_file_budget__coder"))
