@@ -6,8 +6,8 @@ notebook 07 reports how far below them it lands, beside the codes' order-0 entro
 asks whether another model of the same codes would reach the quarter.  Every kept file of
 ``--method`` on ``--data`` (``REPORT/models/manifest.json``; the encoding variants are left
 out) is reopened, and the codes of each group the coder sees (one layer's rows of one bit
-depth) are costed five ways, each printed as its share below the packed codes (``b`` bits a
-code):
+depth, each row at the fewest bits its codes need, as a packed file stores it) are costed
+five ways, each printed as its share below the packed codes (``b`` bits a code):
 
     coder     the coder's choice per group (uniform, a fitted table, or a Laplace or
               Gaussian per row), side information included: what a file spends
@@ -45,7 +45,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from sgsc.core import quant
-from sgsc.fileformat import entropy
+from sgsc.fileformat import bitpack, entropy
 from sgsc.fileformat.export import reopen_compressed
 
 WAYS = ("coder", "adaptive", "order0", "per_row", "order1")
@@ -77,8 +77,10 @@ def kept_files(report: Path, data: str, method: str) -> list[Path]:
 
 
 def code_groups(path: Path) -> list[tuple[int, np.ndarray]]:
-    """The codes of a file as the coder groups them: per layer and bit depth, that depth
-    and the rows (rows x codes); zero-bit rows store nothing and are left out."""
+    """The codes of a file as a packed file stores them and the coder groups them: per
+    layer and bit depth (each row at the fewest bits its codes need,
+    :func:`bitpack.fewest_bits`), that depth and the rows (rows x codes); zero-bit rows
+    store nothing and are left out."""
     sc = reopen_compressed(path)
     weights = sc.raw_weights()
     groups = []
@@ -86,7 +88,7 @@ def code_groups(path: Path) -> list[tuple[int, np.ndarray]]:
         codes, bits = quant.integer_codes(weights[name].detach(), quantizer.bit_depth,
                                           quantizer.exponent)
         rows = codes.reshape(codes.shape[0], -1).numpy().astype(np.int64)
-        bits = bits.numpy()
+        bits = np.minimum(bits.numpy(), bitpack.fewest_bits(rows))
         groups += [(int(b), rows[bits == b]) for b in np.unique(bits) if b > 0]
     return groups
 

@@ -160,6 +160,10 @@ def test_coder_bounds_reads_a_files_codes_at_its_bit_depths(tmp_path, capsys):
     assert sum(b * g.size for b, g in groups) == 8 * sum(x["packed_bytes"]
                                                          for x in budget["layers"])
     assert all(g.min() >= -2 ** (b - 1) and g.max() < 2 ** (b - 1) for b, g in groups)
+    # a file at its learned depths (as a run keeps it) is costed as packing would store it
+    wide = save_compressed(sc, tmp_path / "learned.sgsc", trim_bit_depths=False).path
+    assert sum(b * g.size for b, g in bounds.code_groups(wide)) == \
+        sum(b * g.size for b, g in groups)
     assert bounds.main(["--report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("1 sc files of mnist") and "sc-s0-a.sgsc" in out
