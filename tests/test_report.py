@@ -478,6 +478,8 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
                 "coded_bytes_mean": size - 200, "coding": "entropy"}
                for e, size, acc, k in ((18, 1936.4, 0.9897, 2), (6, 2699.0, 0.98883, 0))]
     budgets.append(budgets[0] | {"method": "sc-rate"})  # one budget only: no clause
+    # a budget still missing a seed is no clause either, beside a finished one
+    budgets.append(budgets[1] | {"method": "sc-rate", "seeds": 2, "complete": False})
     report.save_table(budgets, report_dir, "07_file_budget__budgets")
     assert report.answer_sentences(report_dir)[1] == files + (
         " Longer compression budgets: sc at γ 0.15, 6 and 18 epochs: 2,699 and 1,936 bytes "

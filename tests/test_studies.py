@@ -466,6 +466,11 @@ def test_budget_rows_set_each_longer_budget_beside_the_same_gamma_at_the_study_b
     assert six["val_acc_mean"] == pytest.approx(0.981)  # gamma 0.4's run is not averaged in
     assert eighteen["test_acc_mean"] == pytest.approx(0.99)
     assert eighteen["seeds_at_target"] == 1 and six["seeds_at_target"] == 0
+    assert six["complete"] and eighteen["complete"]
+    # with three seeds asked for, a budget of two is not complete
+    assert not any(r["complete"] for r in studies.budget_rows(
+        studies.smallest_at(rows(6, [3000, 2800], [0.989, 0.988]), 0.99, seeds=3),
+        models, long))
 
 
 def test_the_operating_point_runs_sc_and_sgsc_from_a_brief_float_and_compares_with_it():

@@ -779,7 +779,8 @@ def budget_rows(smallest: Sequence[dict], models: Sequence[dict],
     the study ran that gamma): mean validation accuracy over its seeds (``models``: the
     runs), and from ``smallest`` (rows of :func:`smallest_at`) the mean test accuracy, the
     seeds at the target, the mean packed file, and the smallest entropy-coded one that
-    counts (:func:`sgsc.reporting.claims.smallest_coded`, the targets table's rule)."""
+    counts (:func:`sgsc.reporting.claims.smallest_coded`, the targets table's rule);
+    ``complete``: whether every seed has finished (else its means are of fewer seeds)."""
     pairs = {(method, gamma) for budget in long
              for method, gammas in budget["gammas"].items() for gamma in gammas}
     encoded = {key: variants for key, variants in encodings_by_model(smallest).items()
@@ -793,7 +794,8 @@ def budget_rows(smallest: Sequence[dict], models: Sequence[dict],
                            and (m.get("params") or {}).get("gamma") == gamma
                            and (m.get("params") or {}).get("epochs") == epochs])
         rows.append({"method": method, "gamma": gamma, "epochs": epochs,
-                     "seeds": packed["seeds"], "val_acc_mean": val,
+                     "seeds": packed["seeds"], "complete": packed.get("complete", True),
+                     "val_acc_mean": val,
                      "test_acc_mean": packed["test_acc_mean"],
                      "seeds_at_target": packed["seeds_at_target"],
                      "packed_bytes_mean": packed["file_bytes_mean"],

@@ -320,9 +320,10 @@ def _budget_sentence(rows: list[dict], target: float) -> str | None:
     """What longer compression budgets bought (07's budgets table): per method and gamma
     run at more than one budget, the file packed and entropy coded (its smallest coding
     that counts) and the test accuracy at each, with the seeds at the target where not
-    every seed reaches it."""
+    every seed reaches it.  A budget still missing seeds is left out (the missing list
+    names it): its means would be of other seeds than its neighbours'."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
+    for r in (r for r in rows if r.get("complete", True)):
         groups.setdefault((r["method"], r["gamma"]), []).append(r)
     clauses = []
     for (method, gamma), members in groups.items():
