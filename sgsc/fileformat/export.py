@@ -222,7 +222,8 @@ def save_compressed(
     entropy_coded: bool = False, fold: bool = True, precision: str = "exact",
     drop_empty_rows: bool = True, trim_bit_depths: bool = True,
 ) -> ExportInfo:
-    """Write ``sc``'s model, pruned and at its learned bit depths, to ``path`` atomically.
+    """Write ``sc``'s model, pruned, its codes at (at most) its learned bit depths, to
+    ``path`` atomically.
 
     ``sc`` itself is not changed: a deep copy is pruned, folded and encoded.  ``coding``:
     ``"packed"`` (codes at their bit depths), ``"entropy"`` (codes and bit depths through
@@ -241,9 +242,8 @@ def save_compressed(
     fewest_bits`), never more than its learned bit depth -- the same codes, so the same
     model, bit for bit; it matters where training left rows more bits than their codes use
     (a rate term prices the codes, not the bit depth).  Entropy coding tries the learned
-    and the trimmed depths (they group the rows differently) and keeps the smaller.
-    Works for any model; a model
-    outside the registry of architectures loads back with
+    and the trimmed depths (they group the rows differently) and keeps the smaller.  Works
+    for any model; a model outside the registry of architectures loads back with
     ``load_compressed(path, model=...)``.
     """
     path = Path(path)
