@@ -334,15 +334,15 @@ def _add_encode_parser(commands: argparse._SubParsersAction) -> None:
         "encode", allow_abbrev=False, help="write a model file in another coding",
         description="Rewrite a model file (any format this version reads) in another coding "
                     "or precision, from the model it decodes to: the same codes, bit depths "
-                    "and exponents; with --precision narrow, other tensors as float16 and "
-                    "exponents on a grid of 2^-10 (the outputs then move by that rounding: "
-                    "check the accuracy). Prints both sizes.")
+                    "and exponents; with --precision grid, exponents on a grid of 2^-10; "
+                    "with --precision narrow, that and other tensors as float16 (the outputs "
+                    "then move by that rounding: check the accuracy). Prints both sizes.")
     cmd.add_argument("file", help="a .sgsc file to read")
     cmd.add_argument("out", help="the .sgsc file to write (not the one read)")
     cmd.add_argument("--coding", choices=list(CODINGS), default="entropy",
                      help="packed, lzma or entropy (default; kept packed where not smaller)")
     cmd.add_argument("--precision", choices=list(PRECISIONS), default="exact",
-                     help="exact (default) or narrow")
+                     help="exact (default), grid or narrow")
     cmd.set_defaults(handler=_cmd_encode)
 
 

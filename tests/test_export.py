@@ -646,6 +646,26 @@ def test_narrow_precision_stores_float16_and_grid_exponents_and_says_so(tmp_path
         save_compressed(sc, tmp_path / "x.sgsc", precision="half")
 
 
+def test_grid_precision_puts_exponents_on_the_grid_and_keeps_every_other_tensor(tmp_path
+                                                                              ) -> None:
+    sc = _compressed("mnist_cnn")
+    exact = save_compressed(sc, tmp_path / "exact.sgsc")
+    grid = save_compressed(sc, tmp_path / "grid.sgsc", precision="grid")
+    narrow = save_compressed(sc, tmp_path / "narrow.sgsc", precision="narrow")
+    meta = read_metadata(grid.path)
+    assert meta["exponents"] == "grid"
+    assert {dtype for _, kind, dtype, _ in meta["tensors"] if kind == "raw"} == {"float32"}
+    assert narrow.file_bytes < grid.file_bytes < exact.file_bytes
+    # the grid's exponents are narrow's, bit for bit; the other tensors are exact's
+    exact_state = load_compressed(exact.path).state_dict()
+    grid_state = load_compressed(grid.path).state_dict()
+    narrow_state = load_compressed(narrow.path).state_dict()
+    quantized = {f"{name}.weight" for name in sc.quantizers}
+    for key, value in grid_state.items():
+        same_as = narrow_state if key in quantized else exact_state
+        assert torch.equal(value, same_as[key]), key
+
+
 def test_grid_exponents_move_a_weight_less_than_float16_rounding_in_fewer_bytes(tmp_path
                                                                                 ) -> None:
     """Every quantized weight of a narrow file is its exact file's within 2^-11 ln 2 (the

@@ -282,12 +282,18 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
     assert packed["file_bytes"] == result["storage_bytes"]
     assert packed["test_acc"] == result["test_acc"]  # the run's own file, reloaded
     assert by_variant["entropy"]["test_acc"] == packed["test_acc"]  # lossless
-    # a narrowed file is judged against the exact file of its coding, both reloaded here
-    for narrow, exact in (("narrow", "packed"), ("narrow+entropy", "entropy")):
-        assert by_variant[narrow]["same_accuracy"] == (
-            by_variant[narrow]["test_acc"] == by_variant[exact]["test_acc"])
+    # a file at a lower precision is judged against the exact file of its coding, both
+    # reloaded here
+    for lower, exact in (("grid", "packed"), ("grid+entropy", "entropy"),
+                         ("narrow", "packed"), ("narrow+entropy", "entropy")):
+        assert by_variant[lower]["same_accuracy"] == (
+            by_variant[lower]["test_acc"] == by_variant[exact]["test_acc"])
     assert by_variant["entropy"]["file_bytes"] < packed["file_bytes"]
-    assert by_variant["narrow+entropy"]["file_bytes"] < by_variant["entropy"]["file_bytes"]
+    # each step down in precision is smaller: exponents on a grid, then float16 tensors
+    assert by_variant["narrow+entropy"]["file_bytes"] < by_variant["grid+entropy"][
+        "file_bytes"] < by_variant["entropy"]["file_bytes"]
+    assert by_variant["narrow"]["file_bytes"] < by_variant["grid"]["file_bytes"] < \
+        packed["file_bytes"]
     for variant, row in by_variant.items():
         written = tmp_path / "files" / f"sc-s0-abc.{variant}.sgsc"
         assert written.stat().st_size == row["file_bytes"]
@@ -295,7 +301,8 @@ def test_file_variants_write_each_encoding_and_measure_the_reloaded_model(tmp_pa
     assert packed["entropy_floor_bytes"] <= budget["file_bytes"]
     # each row's floor is its precision's: a narrowed file's floor narrows its floats too
     floors = {v: r["entropy_floor_bytes"] for v, r in by_variant.items()}
-    assert floors["entropy"] == floors["packed"] > floors["narrow"] == floors["narrow+entropy"]
+    assert floors["entropy"] == floors["packed"] > floors["grid"] == floors["grid+entropy"] \
+        > floors["narrow"] == floors["narrow+entropy"]
     assert {r["gamma"] for r in rows} == {0.1} and {r["epochs"] for r in rows} == {6}
 
 

@@ -585,13 +585,22 @@ def race_tables(logs: dict[tuple[str, int], dict], results: Sequence[dict]
 
 # ----------------------------------------------------------------------------- 07's files
 
-# Each run's model, encoded the four ways an inference file can be (format 2): packed,
-# entropy coded, narrowed, or both -- each as the export writes it now, empty rows
-# dropped (the run's own file, which the report keeps, was measured with them:
+# Each run's model, encoded the six ways an inference file can be (format 2): packed or
+# entropy coded, at each precision -- exact, exponents on a grid, or that and float16
+# tensors (narrowed) -- each as the export writes it now, empty rows dropped and rows
+# trimmed (the run's own file, which the report keeps, was measured without either:
 # harness.RUN_ENCODING).
 FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
+                 "grid": {"precision": "grid"},
+                 "grid+entropy": {"coding": "entropy", "precision": "grid"},
                  "narrow": {"precision": "narrow"},
                  "narrow+entropy": {"coding": "entropy", "precision": "narrow"}}
+
+
+def exact_precision(variant: str) -> bool:
+    """Whether an encoding of :data:`FILE_VARIANTS` keeps every float as trained (else
+    its file counts only where every seed's accuracy is unchanged)."""
+    return FILE_VARIANTS.get(variant, {}).get("precision", "exact") == "exact"
 
 
 # What a variant row's entropy floor is (its text keys the rows' caches).
@@ -603,7 +612,7 @@ def file_variants(results: Sequence[dict], splits: Any, folder: str | os.PathLik
                   ) -> list[dict]:
     """Per run and encoding (:data:`FILE_VARIANTS`): the file's bytes and the test accuracy
     of the model reloaded from it, beside the entropy floor of its precision
-    (:data:`ENTROPY_FLOOR`: a narrowed file's floor narrows its other tensors too).  A
+    (:data:`ENTROPY_FLOOR`: a grid or narrowed file's floor is at that precision too).  A
     run's rows are kept in ``folder`` beside its files and reopened while its packed file,
     the format, the encoder's revision, the encodings and the floor's definition are the
     same, so a report rebuilt from cached runs does not encode and evaluate them again."""
@@ -683,7 +692,8 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
     exact = {coding(r["variant"]): r["test_acc"] for r in rows
              if precision(r["variant"]) == "exact"}
     for row in rows:
-        # a narrowed file against the exact file of its coding, both reloaded here (not the
+        # a file at a lower precision against the exact file of its coding, both reloaded
+        # here (not the
         # run's own accuracy, which another device may have measured)
         row["same_accuracy"] = row["test_acc"] == exact[coding(row["variant"])]
     base = {"method": result["method"], "seed": result["seed"],
@@ -697,8 +707,9 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = 
                 ) -> list[dict]:
     """Per (method, epochs, gamma, variant): mean test accuracy (and the seeds' 95 %
     interval of it) and file bytes over seeds; which reach ``target`` on the mean (and on
-    how many seeds), and the smallest that does per variant.  A narrowed variant counts
-    only where every seed's accuracy equals its exact file's; with ``seeds``, a group
+    how many seeds), and the smallest that does per variant.  A variant at a lower
+    precision (grid or narrow) counts only where every seed's accuracy equals its exact
+    file's; with ``seeds``, a group
     counts only with that many distinct seeds (``complete``: a run not finished leaves its
     group out, not averaged over fewer)."""
     groups: dict[tuple, list[dict]] = {}
@@ -711,7 +722,7 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = 
         interval = compare.t_interval([m["test_acc"] for m in members])
         size, size_std = mean_std([m["file_bytes"] for m in members])
         floor, _ = mean_std([m["entropy_floor_bytes"] for m in members])
-        allowed = not variant.startswith("narrow") or all(m["same_accuracy"] for m in members)
+        allowed = exact_precision(variant) or all(m["same_accuracy"] for m in members)
         complete = seeds is None or len({m["seed"] for m in members}) == len(members) == seeds
         table.append({"method": method, "epochs": epochs, "gamma": gamma, "variant": variant,
                       "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,

@@ -29,8 +29,8 @@ BatchNorms and the exponent coding -- as varints and short strings, a few dozen 
 The payload, before any xz, is three sections back to back:
 
 1. exponents: one float32 per stored row of every quantized weight (tensor order, row
-   order) -- or, in ``grid`` (``precision="narrow"``), per quantized tensor the varint
-   ``zigzag(base)`` and one byte ``width``, then per row ``k - base`` as a signed
+   order) -- or, in ``grid`` (``precision="grid"`` or ``"narrow"``), per quantized tensor
+   the varint ``zigzag(base)`` and one byte ``width``, then per row ``k - base`` as a signed
    ``width``-bit integer (bit stream, padded to a byte), with ``e = k / 2^10``; files of
    encoder revisions before 4 may hold ``fixed16``: per tensor a float32 ``low`` and
    ``step``, then one uint16 ``u`` per row with ``e = low + u * step``;
@@ -106,13 +106,15 @@ ENCODER_REVISION = 5
 FLAG_LZMA = 1
 FLAG_ENTROPY = 2
 CODINGS = {"packed": 0, "lzma": FLAG_LZMA, "entropy": FLAG_ENTROPY}
-PRECISIONS = ("exact", "narrow")  # narrow: float16 raw tensors, exponents on a grid
+# grid: exponents on a grid, every other tensor at its dtype; narrow: grid, and the other
+# float32 tensors as float16
+PRECISIONS = ("exact", "grid", "narrow")
 CUSTOM = "custom:"  # model name prefix of a user's own (unregistered) model
 DEPTH_OFFSET = 16  # a bit depth 0..24 is stored as b - 16 in DEPTH_BITS (5) bits
 EXPONENT_STEPS = (1 << 16) - 1  # fixed16 (files before encoder 4): a layer's range in 65535
-# grid (narrow files from encoder 4): exponents rounded to multiples of 2^-10, so a weight
-# moves by at most 2^-11 * ln 2 = 0.034 % -- within float16's own rounding (0.049 %), which
-# narrow already applies to the other tensors -- and each layer's rows take only the bits
+# grid (from encoder 4): exponents rounded to multiples of 2^-10, so a weight moves by at
+# most 2^-11 * ln 2 = 0.034 % -- within float16's own rounding (0.049 %), which narrow
+# applies to the other tensors as well -- and each layer's rows take only the bits
 # the spread of its exponents needs (about 12, against fixed16's 16 and its 8-byte range)
 EXPONENT_GRID_BITS = 10
 
@@ -231,9 +233,10 @@ def save_compressed(
     or ``"lzma"`` (the whole payload through xz); ``entropy_coded=True`` is
     ``coding="entropy"``.  ``fold``: BatchNorm folded into the layer before it where that
     is exact within float rounding (:mod:`sgsc.fileformat.fold`).  ``precision``:
-    ``"exact"`` keeps every float at its dtype; ``"narrow"`` stores other float tensors
-    (biases, norms) as float16 and exponents on a grid of 2^-10 -- the
-    reloaded model then differs by float16 rounding, which the caller checks (the file
+    ``"exact"`` keeps every float at its dtype; ``"grid"`` stores the exponents on a grid
+    of 2^-10 (each layer's in the bits their spread needs), every other tensor exact;
+    ``"narrow"`` does that and stores other float tensors (biases, norms) as float16 -- the
+    reloaded model then differs by that rounding, which the caller checks (the file
     records the choice).  ``drop_empty_rows``: a row whose codes all round to zero
     computes nothing but its bias, so it is stored as a zero-bit row -- and removed with
     the other dead channels where the model's channel graph allows (:func:`empty_rows`);
@@ -408,7 +411,7 @@ def _describe(sc: SelfCompression, folded: list[tuple[str, str]],
         "tensors": [[index.get(t.key, t.key), "q" if t.kind == "q" else _CODES[t.dtype],
                      list(t.shape)] for t in tensors],
         "folded": [list(pair) for pair in folded],
-        "exponents": "grid" if precision == "narrow" else "float32",
+        "exponents": "float32" if precision == "exact" else "grid",
     }
     return meta, tensors
 

@@ -532,7 +532,8 @@ def project_targets(tables: dict[str, list[dict]]) -> list[dict]:
 def _file_targets(smallest: Sequence[dict]) -> list[dict]:
     """The image target from 07_file_budget's table (:func:`sgsc.experiments.studies.
     smallest_at`): per method, budget and gamma, the packed file and the smallest
-    entropy-coded one (a narrowed file only where it classifies as its exact one does),
+    entropy-coded one (a grid or narrowed file only where it classifies as its exact one
+    does),
     with the test accuracy of each, the packed file's entropy floor (its codes at their
     empirical entropy), and whether both meet the target."""
     rows = []
@@ -556,8 +557,8 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
                      "entropy_coded_bytes_std": entropy and entropy["file_bytes_std"],
                      "entropy_coding": entropy and entropy["variant"],
                      "entropy_coded_test_acc_mean": entropy and entropy["test_acc_mean"],
-                     # the floor of the coded file's own precision (a narrowed file's floor
-                     # narrows its other tensors too)
+                     # the floor of the coded file's own precision (a grid or narrowed
+                     # file's floor is at that precision too)
                      "entropy_floor_bytes_mean": (entropy or packed).get(
                          "entropy_floor_bytes_mean"),
                      **met})
@@ -576,7 +577,8 @@ def encodings_by_model(smallest: Sequence[dict]) -> dict[tuple, dict[str, dict]]
 def smallest_coded(rows: Iterable[dict]) -> dict | None:
     """Of one model's encodings (rows of :func:`sgsc.experiments.studies.smallest_at` with
     the same method, budget and gamma), the smallest entropy-coded one that counts: a
-    narrowed file only where it classifies as its exact one does; None if there is none."""
+    grid or narrowed file only where it classifies as its exact one does; None if there is
+    none."""
     coded = [r for r in rows if "entropy" in r["variant"] and r.get("allowed", True)
              and r.get("complete", True)]
     return min(coded, key=lambda r: r["file_bytes_mean"]) if coded else None

@@ -447,7 +447,8 @@ def file_frontier(rows: Sequence[dict], target: float | None = None) -> Figure:
     the axes, where it hides no point."""
     fig = Figure(figsize=(7.0, 5.2))
     ax = fig.subplots()
-    styles = {"packed": "-", "entropy": "--", "narrow": ":", "narrow+entropy": "-."}
+    styles = {"packed": "-", "entropy": "--", "grid": (0, (5, 1)),
+              "grid+entropy": (0, (3, 1, 1, 1, 1, 1)), "narrow": ":", "narrow+entropy": "-."}
     budgets = sorted({r["epochs"] for r in rows}, key=lambda e: (e is None, e or 0))
     markers = dict(zip(budgets, "osD^v", strict=False))
     for (method, epochs, variant) in dict.fromkeys((r["method"], r["epochs"], r["variant"])
