@@ -187,7 +187,7 @@ def test_encode_rewrites_a_file_in_another_coding_with_the_same_model(tmp_path, 
                                                                       capsys):
     from pathlib import Path
 
-    from sgsc.fileformat.export import load_compressed, read_container
+    from sgsc.fileformat.export import load_compressed, read_container, read_metadata
 
     source = f"{stored_run['run_dir']}/model.sgsc"
     original = Path(source).read_bytes()
@@ -209,6 +209,11 @@ def test_encode_rewrites_a_file_in_another_coding_with_the_same_model(tmp_path, 
     with torch.no_grad():  # float16 rounding moves the outputs a little, not more
         moved = (load_compressed(narrow).eval()(x) - reference).abs().max().item()
     assert 0 < moved < 1e-2 * reference.abs().max().item()
+    grid = tmp_path / "model.grid.sgsc"
+    assert main(["encode", source, str(grid), "--precision", "grid"]) == 0
+    assert "grid precision" in capsys.readouterr().out
+    assert read_metadata(grid)["exponents"] == "grid"
+    assert narrow.stat().st_size < grid.stat().st_size
     # the file read is never the file written, and a bad file is one error line
     assert main(["encode", source, source]) == 2
     assert "is the file being read" in _one_error_line(capsys)
