@@ -183,6 +183,9 @@ def test_rows_are_stored_at_the_bits_their_codes_use(tmp_path) -> None:
     x = _inputs(sc.model, 4)
     assert torch.equal(_logits(load_compressed(trimmed.path), x),
                        _logits(load_compressed(learned.path), x))
+    # the byte budget of either file counts the codes as packing stores them now
+    assert [x["packed_bytes"] for x in byte_budget(learned.path)["layers"]] == \
+        [x["packed_bytes"] for x in layers]
     # a file of trimmed rows reopens at its trimmed depths and saves to the same bytes
     again = save_compressed(reopen_compressed(trimmed.path), tmp_path / "again.sgsc",
                             fold=False)

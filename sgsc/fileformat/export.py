@@ -1034,7 +1034,9 @@ def _parse_payload(meta: dict[str, Any], payload: bytes, flags: int = 0
 def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Where a file's bytes go: per section (framing, metadata, exponents, bit depths and
     codes, other tensors, checksum), and per quantized layer its rows, bit depths, codes,
-    the bits packing spends on them, their empirical entropy (an order-0 table per bit
+    the bytes packing spends on them (each row at the fewest bits its codes need, as a
+    packed file stores it, whatever depths this file holds), their empirical entropy (an
+    order-0 table per bit
     depth: the floor of a fitted model) and the best model's estimate (the coder's choice
     of uniform, fitted, Laplace or Gaussian per row, side information included)."""
     path = Path(path)
@@ -1057,12 +1059,13 @@ def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
             floor += report["empirical_entropy_bits"]
             coded += min(v for k, v in report.items() if k.endswith("_bits")
                          and k != "empirical_entropy_bits")
+        packed = np.minimum(layer.bits, bitpack.fewest_bits(rows)) if cols else layer.bits
         layers.append({
             "layer": layer.key.removesuffix(".weight"), "rows": len(layer.bits),
             "bits": layer.bits.tolist(),
             "mean_bits": float(layer.bits.mean()) if len(layer.bits) else 0.0,
             "codes": int((layer.bits > 0).sum()) * cols,
-            "packed_bytes": int((layer.bits.astype(np.int64) * cols).sum()) / 8,
+            "packed_bytes": int((packed.astype(np.int64) * cols).sum()) / 8,
             "entropy_floor_bytes": floor / 8, "best_model_bytes": coded / 8,
             "header_bytes": len(layer.bits) * DEPTH_BITS / 8 + layer.exponent_bytes})
     others = [{"tensor": key, "dtype": dtype, "elements": math.prod(shape),
