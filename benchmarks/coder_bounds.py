@@ -10,7 +10,9 @@ depth, each row at the fewest bits its codes need, as a packed file stores it) a
 five ways, each printed as its share below the packed codes (``b`` bits a code):
 
     coder     the coder's choice per group (uniform, a fitted table, or a Laplace or
-              Gaussian per row), side information included: what a file spends
+              Gaussian per row), side information included: what a file spends on
+              these groups (the encoder may also keep the learned depths' grouping
+              where that is smaller, so a file spends at most this)
     adaptive  the cheaper, per group, of the coder's choice and a table learnt while coding
               (a Dirichlet prior, the best of three strengths; no table stored, its range
               and choice counted): achievable, not implemented
@@ -79,7 +81,7 @@ def kept_files(report: Path, data: str, method: str) -> list[Path]:
 def code_groups(path: Path) -> list[tuple[int, np.ndarray]]:
     """The codes of a file as a packed file stores them and the coder groups them: per
     layer and bit depth (each row at the fewest bits its codes need,
-    :func:`bitpack.fewest_bits`), that depth and the rows (rows x codes); zero-bit rows
+    :func:`bitpack.trimmed_widths`), that depth and the rows (rows x codes); zero-bit rows
     store nothing and are left out."""
     sc = reopen_compressed(path)
     weights = sc.raw_weights()
@@ -88,7 +90,7 @@ def code_groups(path: Path) -> list[tuple[int, np.ndarray]]:
         codes, bits = quant.integer_codes(weights[name].detach(), quantizer.bit_depth,
                                           quantizer.exponent)
         rows = codes.reshape(codes.shape[0], -1).numpy().astype(np.int64)
-        bits = np.minimum(bits.numpy(), bitpack.fewest_bits(rows))
+        bits = bitpack.trimmed_widths(bits.numpy(), rows)
         groups += [(int(b), rows[bits == b]) for b in np.unique(bits) if b > 0]
     return groups
 

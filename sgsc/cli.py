@@ -310,7 +310,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     try:
         if Path(args.out).resolve() == Path(args.file).resolve():
             raise ValueError(f"{args.out} is the file being read; write the new encoding "
-                             "elsewhere (a narrowed one cannot be undone), then move it")
+                             "elsewhere (a grid or narrowed one cannot be undone), then move it")
         before = export.read_container(Path(args.file))  # its size and coding only
         sc = export.reopen_compressed(args.file)
         info = export.save_compressed(sc, args.out, coding=args.coding,
@@ -333,10 +333,11 @@ def _add_encode_parser(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser(
         "encode", allow_abbrev=False, help="write a model file in another coding",
         description="Rewrite a model file (any format this version reads) in another coding "
-                    "or precision, from the model it decodes to: the same codes, bit depths "
-                    "and exponents; with --precision grid, exponents on a grid of 2^-10; "
-                    "with --precision narrow, that and other tensors as float16 (the outputs "
-                    "then move by that rounding: check the accuracy). Prints both sizes.")
+                    "or precision, from the model it decodes to: the same codes (each row at "
+                    "the fewest bits they need) and exponents; with --precision grid, "
+                    "exponents on a grid of 2^-10; with --precision narrow, that and other "
+                    "tensors as float16 (with either, the outputs move by that rounding: "
+                    "check the accuracy). Prints both sizes.")
     cmd.add_argument("file", help="a .sgsc file to read")
     cmd.add_argument("out", help="the .sgsc file to write (not the one read)")
     cmd.add_argument("--coding", choices=list(CODINGS), default="entropy",

@@ -14,6 +14,7 @@ from sgsc.fileformat.bitpack import (
     pack_rows,
     pack_signed,
     packed_size,
+    trimmed_widths,
     unpack_rows,
     unpack_signed,
 )
@@ -111,6 +112,9 @@ def test_wrong_length_raises() -> None:
 def test_fewest_bits_is_the_narrowest_width_that_holds_each_row() -> None:
     rows = np.array([[0, 0], [-1, 0], [0, 1], [-2, 1], [3, -4], [4, 0], [-5, 2], [-128, 127]])
     assert fewest_bits(rows).tolist() == [0, 1, 2, 2, 3, 4, 4, 8]
+    extremes = np.array([[-2 ** 31, 0], [0, 2 ** 31 - 1]], dtype=np.int32)
+    assert fewest_bits(extremes).tolist() == [32, 32]
+    assert trimmed_widths(np.array([8, 40], np.uint8), rows[:2]).tolist() == [0, 1]
     generator = np.random.default_rng(0)
     for _ in range(200):
         row = generator.integers(-2 ** 20, 2 ** 20, size=(1, 5)) >> generator.integers(0, 21)
@@ -127,3 +131,5 @@ def test_fewest_bits_rejects_what_is_not_rows_of_integers() -> None:
     with pytest.raises(ValueError, match="2-D integer array"):
         fewest_bits(np.zeros(3, dtype=np.int32))
     assert fewest_bits(np.zeros((3, 0), dtype=np.int32)).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="wider than 32 signed bits"):
+        fewest_bits(np.array([[2 ** 31]]))

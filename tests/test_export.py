@@ -183,13 +183,33 @@ def test_rows_are_stored_at_the_bits_their_codes_use(tmp_path) -> None:
     x = _inputs(sc.model, 4)
     assert torch.equal(_logits(load_compressed(trimmed.path), x),
                        _logits(load_compressed(learned.path), x))
-    # the byte budget of either file counts the codes as packing stores them now
-    assert [x["packed_bytes"] for x in byte_budget(learned.path)["layers"]] == \
-        [x["packed_bytes"] for x in layers]
+    # the byte budget of either file counts the codes as packing stores them now, its
+    # floor and best model over the same rows
+    assert byte_budget(learned.path)["layers"] == layers
     # a file of trimmed rows reopens at its trimmed depths and saves to the same bytes
     again = save_compressed(reopen_compressed(trimmed.path), tmp_path / "again.sgsc",
                             fold=False)
     assert again.path.read_bytes() == trimmed.path.read_bytes()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_trimmed_rows_survive_folding_pruning_and_every_coding(tmp_path, name) -> None:
+    """Exponents raised by 2 leave the codes of every row two bits short of its depth (a
+    quarter of the values): BatchNorm folded, dead channels and heads pruned, each coding
+    writes fewer bytes trimmed, and each file reloads to the untrimmed file's model."""
+    sc = _compressed(name)
+    with torch.no_grad():
+        for quantizer in sc.quantizers.values():
+            quantizer.exponent.add_(2.0)
+    x = _inputs(sc.model, 3)
+    for coding in ("packed", "lzma", "entropy"):
+        learned = save_compressed(sc, tmp_path / f"learned.{coding}.sgsc", coding=coding,
+                                  trim_bit_depths=False)
+        trimmed = save_compressed(sc, tmp_path / f"trimmed.{coding}.sgsc", coding=coding)
+        assert trimmed.file_bytes < learned.file_bytes, coding
+        assert trimmed.folded == learned.folded and (trimmed.folded or name != "mnist_cnn")
+        assert torch.equal(_logits(load_compressed(trimmed.path), x),
+                           _logits(load_compressed(learned.path), x)), coding
 
 
 def test_entropy_coding_keeps_the_smaller_of_learned_and_trimmed_depths() -> None:

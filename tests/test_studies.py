@@ -340,8 +340,9 @@ def test_file_variants_are_reopened_not_encoded_again_until_the_packed_file_chan
 
 def test_file_variants_encode_without_the_empty_rows_a_runs_own_file_keeps(tmp_path,
                                                                           stored_run):
-    """A run's file keeps its empty rows (harness.RUN_ENCODING); 07's encodings drop
-    them, and the model reloaded from each still scores the run's test accuracy."""
+    """A run's file keeps its empty rows and its learned depths (harness.RUN_ENCODING);
+    07's encodings remove the rows and trim the depths, and the model reloaded from each
+    still scores the run's test accuracy."""
     import shutil
 
     import torch
@@ -356,6 +357,8 @@ def test_file_variants_encode_without_the_empty_rows_a_runs_own_file_keeps(tmp_p
     with torch.no_grad():  # two channels of conv3 with bits but all-zero weights
         sc.bit_depths()["conv3"][[0, 1]] = 3.0
         sc.raw_weights()["conv3"][[0, 1]] = 0.0
+        learned_fc = sc.bit_depths()["fc"].ceil().tolist()
+        sc.bit_depths()["fc"].add_(4.0)  # and fc's rows 4 bits wider than their codes
     own = export.save_compressed(sc, run_dir / "model.sgsc", **harness.RUN_ENCODING)
     splits = harness.load_splits("digits")
     accuracy = evaluate(export.load_compressed(own.path), splits.test,
@@ -363,6 +366,12 @@ def test_file_variants_encode_without_the_empty_rows_a_runs_own_file_keeps(tmp_p
     result = stored_run | {"run_dir": str(run_dir), "storage_bytes": own.file_bytes,
                            "test_acc": accuracy, "params": {"gamma": 0.1, "epochs": 6}}
     rows = {r["variant"]: r for r in studies.file_variants([result], splits, tmp_path / "f")}
+    packed = export.read_metadata(tmp_path / "f" / "run.packed.sgsc")
+    conv3 = next(shape for key, _, _, shape in packed["tensors"] if key == "conv3.weight")
+    assert conv3[0] == sc.raw_weights()["conv3"].shape[0] - 2  # the empty rows are gone
+    fc = export.byte_budget(tmp_path / "f" / "run.packed.sgsc")["layers"][-1]
+    assert fc["layer"] == "fc" and all(  # every row back at most at its depth before
+        trimmed <= before for trimmed, before in zip(fc["bits"], learned_fc, strict=True))
     assert rows["packed"]["file_bytes"] < own.file_bytes
     assert all(r["test_acc"] == accuracy for r in rows.values() if r["variant"] in (
         "packed", "entropy"))
@@ -379,7 +388,10 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
         rows(0.1, "packed", [3000, 3100], [0.991, 0.990])
         + rows(0.3, "packed", [2000, 2100], [0.991, 0.987])  # mean 0.989: misses
         + rows(0.05, "packed", [4000, 4000], [0.995, 0.995])
-        + rows(0.3, "narrow", [1500, 1500], [0.995, 0.995], same=False), target=0.99)
+        + rows(0.3, "narrow", [1500, 1500], [0.995, 0.995], same=False)
+        + rows(0.3, "grid", [1800, 1800], [0.995, 0.995], same=False)
+        + rows(0.3, "grid+entropy", [1200, 1200], [0.995, 0.995], same=False)
+        + rows(0.1, "grid+entropy", [1300, 1300], [0.991, 0.991]), target=0.99)
     packed = {r["gamma"]: r for r in table if r["variant"] == "packed"}
     assert packed[0.1]["file_bytes_mean"] == 3050 and packed[0.1]["seeds"] == 2
     # the seeds' t interval of the mean: 0.9905 +- t(0.975, 1) * 0.000707 / sqrt(2)
@@ -392,6 +404,13 @@ def test_smallest_at_picks_per_encoding_the_smallest_mean_file_that_reaches_the_
     [narrow] = [r for r in table if r["variant"] == "narrow"]
     # a narrowed file that classifies differently from its exact one does not count
     assert not narrow["allowed"] and not narrow["smallest_at_target"]
+    # nor does one with its exponents on the grid, packed or entropy coded; where every
+    # seed's accuracy is unchanged, it does
+    grid = {(r["gamma"], r["variant"]): r for r in table if r["variant"].startswith("grid")}
+    assert not grid[0.3, "grid"]["allowed"] and not grid[0.3, "grid+entropy"]["allowed"]
+    assert grid[0.1, "grid+entropy"]["smallest_at_target"]
+    with pytest.raises(KeyError):
+        studies.exact_precision("halved")
 
 
 def test_smallest_at_leaves_out_a_model_missing_seeds_and_counts_an_exact_99_mean():

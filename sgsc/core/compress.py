@@ -265,7 +265,10 @@ class SelfCompression:
 
     @torch.no_grad()
     def storage_bits(self) -> int:
-        """Exact size in bits of what the export writes for the model as it is now.
+        """Exact size in bits of what the export writes for the model as it is now, with
+        every row at its learned bit depth and empty rows kept (``trim_bit_depths=False,
+        drop_empty_rows=False``: how a run's file is written, ``harness.RUN_ENCODING``);
+        the export's defaults write no more than this.
 
         The rule (export must match it, and pruning must not change it):
 

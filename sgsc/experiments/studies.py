@@ -600,7 +600,7 @@ FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
 def exact_precision(variant: str) -> bool:
     """Whether an encoding of :data:`FILE_VARIANTS` keeps every float as trained (else
     its file counts only where every seed's accuracy is unchanged)."""
-    return FILE_VARIANTS.get(variant, {}).get("precision", "exact") == "exact"
+    return FILE_VARIANTS[variant].get("precision", "exact") == "exact"
 
 
 # What a variant row's entropy floor is (its text keys the rows' caches).

@@ -10,7 +10,8 @@ different widths are *not* byte aligned, so a stream of ``n`` values costs exact
 
 * :func:`pack_signed` / :func:`unpack_signed` -- one array, one width.
 * :func:`pack_rows` / :func:`unpack_rows` -- many arrays (rows), one width each.
-* :func:`fewest_bits` -- the narrowest width that holds each row.
+* :func:`fewest_bits` / :func:`trimmed_widths` -- the narrowest width that holds each
+  row, and rows' widths cut down to it.
 * :class:`BitWriter` / :class:`BitReader` -- the streaming machinery underneath, with a
   width per value; they work in chunks, so memory stays bounded for large models.
 
@@ -53,12 +54,24 @@ def fewest_bits(rows: np.ndarray) -> np.ndarray:
                          f"{rows.shape}")
     if rows.shape[1] == 0:
         return np.zeros(rows.shape[0], dtype=np.int64)
-    high = np.maximum(rows.max(axis=1).astype(np.int64), 0)
-    low = np.minimum(rows.min(axis=1).astype(np.int64), 0)
+    values = _as_int64(rows).reshape(rows.shape)
+    high = np.maximum(values.max(axis=1), 0)
+    low = np.minimum(values.min(axis=1), 0)
     magnitude = np.maximum(high, -low - 1)  # v >= 0 and -v - 1 need the same bits
+    if np.any(magnitude >= np.int64(1) << (MAX_BITS - 1)):
+        raise ValueError(f"a row holds a value wider than {MAX_BITS} signed bits")
     # bits of the magnitude, counted exactly (no floating-point log2), plus the sign bit
     length = (magnitude[:, None] >= (np.int64(1) << np.arange(MAX_BITS))).sum(axis=1)
     return np.where((high == 0) & (low == 0), 0, length + 1)
+
+
+def trimmed_widths(widths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``widths`` (one per row of ``rows``) cut down to the fewest bits each row's values
+    need (:func:`fewest_bits`); never wider than given, same dtype."""
+    widths = np.asarray(widths)
+    if rows.size == 0:
+        return widths
+    return np.minimum(widths, fewest_bits(rows)).astype(widths.dtype)
 
 
 def pack_signed(codes: np.ndarray, bits: int) -> bytes:

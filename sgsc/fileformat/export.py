@@ -45,9 +45,9 @@ The payload, before any xz, is three sections back to back:
 3. raw tensors: each remaining tensor's bytes at its stored dtype, in order.
 
 So a packed file's payload is exactly what :meth:`SelfCompression.storage_bits` counts,
-when nothing is folded, narrowed, dropped or trimmed (a row whose codes are all zero is
-stored as a zero-bit row: ``drop_empty_rows``; a row is stored at the fewest bits its
-codes need, at most its learned depth: ``trim_bit_depths``).
+when nothing is folded, narrowed, put on the grid, dropped or trimmed (a row whose codes
+are all zero is stored as a zero-bit row: ``drop_empty_rows``; a row is stored at the
+fewest bits its codes need, at most its learned depth: ``trim_bit_depths``).
 
 Format 1 files (a fixed 20-byte header, uint8 bit depths, JSON with keys) stay readable.
 
@@ -157,9 +157,10 @@ class ExportInfo:
 
     ``storage_bytes`` is what :meth:`SelfCompression.storage_bits` counts (divided by 8):
     the size rule training optimises; ``file_bytes`` is the file on disk -- the same
-    payload plus framing when nothing is folded, narrowed, dropped or coded, less when
-    BatchNorm is folded, floats narrowed, empty rows dropped, rows trimmed to the bits
-    their codes use or codes entropy coded.
+    payload plus framing when nothing is folded, narrowed, put on the grid, dropped,
+    trimmed or coded, less when BatchNorm is folded, floats narrowed, exponents put on
+    the grid, empty rows dropped, rows trimmed to the bits their codes use or codes
+    entropy coded.
     """
 
     path: Path
@@ -240,7 +241,9 @@ def save_compressed(
     records the choice).  ``drop_empty_rows``: a row whose codes all round to zero
     computes nothing but its bias, so it is stored as a zero-bit row -- and removed with
     the other dead channels where the model's channel graph allows (:func:`empty_rows`);
-    the model computes the same within float rounding.  ``trim_bit_depths``: each row is
+    the model computes the same within float rounding (with ``drop_empty_rows=False`` and
+    ``trim_bit_depths``, such a row is still stored at zero bits, just not removed).
+    ``trim_bit_depths``: each row is
     stored at the fewest bits that hold its codes (:func:`sgsc.fileformat.bitpack.
     fewest_bits`), never more than its learned bit depth -- the same codes, so the same
     model, bit for bit; it matters where training left rows more bits than their codes use
@@ -313,8 +316,8 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
 def _trimmed(tensors: list[_Tensor]) -> list[_Tensor]:
     """``tensors`` with each quantized row at the fewest bits that hold its codes (never
     more than its learned depth, which its codes fit)."""
-    return [dataclasses.replace(t, bits=np.minimum(t.bits, bitpack.fewest_bits(t.data))
-                                .astype(np.uint8)) if t.kind == "q" else t for t in tensors]
+    return [dataclasses.replace(t, bits=bitpack.trimmed_widths(t.bits, t.data))
+            if t.kind == "q" else t for t in tensors]
 
 
 def _distinct(learned: list[_Tensor], trimmed: list[_Tensor]) -> list[list[_Tensor]]:
@@ -1033,10 +1036,10 @@ def _parse_payload(meta: dict[str, Any], payload: bytes, flags: int = 0
 
 def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Where a file's bytes go: per section (framing, metadata, exponents, bit depths and
-    codes, other tensors, checksum), and per quantized layer its rows, bit depths, codes,
-    the bytes packing spends on them (each row at the fewest bits its codes need, as a
-    packed file stores it, whatever depths this file holds), their empirical entropy (an
-    order-0 table per bit
+    codes, other tensors, checksum), and per quantized layer -- its rows as a packed file
+    stores them, each at the fewest bits its codes need, whatever depths this file holds --
+    its rows, bit depths, codes, the bytes packing spends on them, their empirical entropy
+    (an order-0 table per bit
     depth: the floor of a fitted model) and the best model's estimate (the coder's choice
     of uniform, fitted, Laplace or Gaussian per row, side information included)."""
     path = Path(path)
@@ -1051,21 +1054,21 @@ def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
     layers = []
     for layer in decoded.layers:
         cols = math.prod(layer.shape[1:])
-        rows = layer.codes.reshape(len(layer.bits), cols) if cols else layer.codes
+        rows = layer.codes.reshape(len(layer.bits), cols)
+        bits = bitpack.trimmed_widths(layer.bits, rows)  # one grouping for every column
         floor = coded = 0.0
-        for b in _bit_groups(layer.bits):
-            group = rows[layer.bits == b]
+        for b in _bit_groups(bits):
+            group = rows[bits == b]
             report = entropy.group_report(group)
             floor += report["empirical_entropy_bits"]
             coded += min(v for k, v in report.items() if k.endswith("_bits")
                          and k != "empirical_entropy_bits")
-        packed = np.minimum(layer.bits, bitpack.fewest_bits(rows)) if cols else layer.bits
         layers.append({
-            "layer": layer.key.removesuffix(".weight"), "rows": len(layer.bits),
-            "bits": layer.bits.tolist(),
-            "mean_bits": float(layer.bits.mean()) if len(layer.bits) else 0.0,
-            "codes": int((layer.bits > 0).sum()) * cols,
-            "packed_bytes": int((packed.astype(np.int64) * cols).sum()) / 8,
+            "layer": layer.key.removesuffix(".weight"), "rows": len(bits),
+            "bits": bits.tolist(),
+            "mean_bits": float(bits.mean()) if len(bits) else 0.0,
+            "codes": int((bits > 0).sum()) * cols,
+            "packed_bytes": int((bits.astype(np.int64) * cols).sum()) / 8,
             "entropy_floor_bytes": floor / 8, "best_model_bytes": coded / 8,
             "header_bytes": len(layer.bits) * DEPTH_BITS / 8 + layer.exponent_bytes})
     others = [{"tensor": key, "dtype": dtype, "elements": math.prod(shape),

@@ -447,7 +447,7 @@ def file_frontier(rows: Sequence[dict], target: float | None = None) -> Figure:
     the axes, where it hides no point."""
     fig = Figure(figsize=(7.0, 5.2))
     ax = fig.subplots()
-    styles = {"packed": "-", "entropy": "--", "grid": (0, (5, 1)),
+    styles = {"packed": "-", "entropy": (0, (6, 2)), "grid": (0, (2, 1)),
               "grid+entropy": (0, (3, 1, 1, 1, 1, 1)), "narrow": ":", "narrow+entropy": "-."}
     budgets = sorted({r["epochs"] for r in rows}, key=lambda e: (e is None, e or 0))
     markers = dict(zip(budgets, "osD^v", strict=False))

@@ -737,13 +737,15 @@ ANSWER = (
       "sign_flip_p", "equivalence_p", "margin", "verdict", "dominated", "sgsc_runs")),
     ("06_regimes__missing", "The regime study's runs not finished yet: nothing is computed "
      "from a regime with any of them missing", None),
-    ("07_file_budget__missing", "Models the file study has not compared yet (not finished)", None),
+    ("07_file_budget__missing", "Models the file study has not compared yet (not finished)",
+     ("request",)),
     ("08_operating_point__missing", "Runs at the SGSC paper's operating point not finished "
      "yet (a claim row without them says where it was measured instead)", None),
     ("07_file_budget__best", "The smallest MNIST file at the target, per encoding "
-     "(entropy_floor_bytes_mean: that model's packed file with its codes at their empirical "
-     "entropy and every other tensor at full precision, so a grid or narrowed file can lie "
-     "below it; such a variant counts only where every seed's accuracy is unchanged)",
+     "(entropy_floor_bytes_mean: that model's packed file at the encoding's precision with "
+     "its codes at their empirical entropy -- a coded file can lie below it, as the coder "
+     "also codes the bit depths and may fit a model per row; a grid or narrowed encoding "
+     "counts only where every seed's accuracy is unchanged)",
      ("variant", "method", "gamma", "epochs", "seeds", "file_bytes_mean", "file_bytes_std",
       "test_acc_mean", "test_acc_std", "entropy_floor_bytes_mean")),
     ("07_file_budget__budgets", "Does a longer compression budget buy size? Each method "
