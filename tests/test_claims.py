@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sgsc.experiments import studies
 from sgsc.reporting import claims, report
 
 
@@ -268,6 +269,7 @@ def test_cost_by_method_says_which_methods_sit_furthest_above_the_flop_floor():
 def test_the_image_target_reads_the_file_budget_table_where_there_is_one():
     def row(method, gamma, variant, size, acc, allowed=True):
         return {"method": method, "epochs": 6, "gamma": gamma, "variant": variant,
+                "coding": studies.variant_coding(variant),
                 "seeds": 3, "test_acc_mean": acc, "test_acc_std": 0.001,
                 "file_bytes_mean": size, "file_bytes_std": 10.0, "allowed": allowed,
                 "entropy_floor_bytes_mean": size - 100}  # each encoding's own floor

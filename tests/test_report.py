@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sgsc.experiments import provenance, regimes
+from sgsc.experiments import provenance, regimes, studies
 from sgsc.reporting import compare, report
 
 NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
@@ -174,7 +174,8 @@ def report_dir(tmp_path: Path) -> Path:
 
 def test_the_file_sentence_names_a_missing_setting_once_with_its_seeds(tmp_path):
     report.save_table([{"method": "sc", "epochs": 6, "gamma": 0.1, "variant": "packed",
-                        "seeds": 3, "test_acc_mean": 0.991, "file_bytes_mean": 2000.0,
+                        "coding": "packed", "precision": "exact", "seeds": 3,
+                        "test_acc_mean": 0.991, "file_bytes_mean": 2000.0,
                         "reaches_target": True, "smallest_at_target": True}],
                       tmp_path, "07_file_budget__smallest")
     requests = [regimes.request("mnist", "sc", seed, 0.1, epochs=54) for seed in (0, 1)]
@@ -429,11 +430,13 @@ def test_the_regime_answer_and_the_smallest_file_lead_the_sentences(report_dir):
          "ci_high": None, "t_p": None, "holm_p": None, "sign_flip_p": None,
          "equivalence_p": None, "margin": 0.002, "verdict": compare.NOT_FINISHED, "dominated": 0,
          "sgsc_runs": 0, "per_seed": {}}], report_dir, "06_regimes__endpoint")
-    smallest = [{"method": "sc-rate", "epochs": 18, "gamma": 0.15, "variant": v, "seeds": 3,
-                 "test_acc_mean": acc, "file_bytes_mean": size, "reaches_target": acc >= 0.99,
-                 "smallest_at_target": acc >= 0.99}
+    smallest = [{"method": "sc-rate", "epochs": 18, "gamma": 0.15, "variant": v,
+                 "coding": studies.variant_coding(v), "precision": studies.variant_precision(v),
+                 "seeds": 3, "test_acc_mean": acc, "file_bytes_mean": size,
+                 "reaches_target": acc >= 0.99, "smallest_at_target": acc >= 0.99}
                 for v, size, acc in (("packed", 2890.3, 0.9904), ("entropy", 2411.0, 0.9904),
-                                     ("narrow+entropy", 2100.0, 0.9891))]
+                                     ("narrow+entropy", 2100.0, 0.9891),
+                                     ("grid", 1990.0, 0.9904))]  # packed, but not exact
     report.save_table(smallest, report_dir, "07_file_budget__smallest")
     regime, files = report.answer_sentences(report_dir)
     assert regime.startswith("In a file of the same size, safety-guided self-compression is "

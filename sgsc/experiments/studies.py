@@ -597,10 +597,20 @@ FILE_VARIANTS = {"packed": {}, "entropy": {"coding": "entropy"},
                  "narrow+entropy": {"coding": "entropy", "precision": "narrow"}}
 
 
+def variant_coding(variant: str) -> str:
+    """The coding of an encoding of :data:`FILE_VARIANTS`: packed or entropy."""
+    return FILE_VARIANTS[variant].get("coding", "packed")
+
+
+def variant_precision(variant: str) -> str:
+    """The precision of an encoding of :data:`FILE_VARIANTS`: exact, grid or narrow."""
+    return FILE_VARIANTS[variant].get("precision", "exact")
+
+
 def exact_precision(variant: str) -> bool:
     """Whether an encoding of :data:`FILE_VARIANTS` keeps every float as trained (else
     its file counts only where every seed's accuracy is unchanged)."""
-    return FILE_VARIANTS[variant].get("precision", "exact") == "exact"
+    return variant_precision(variant) == "exact"
 
 
 # What a variant row's entropy floor is (its text keys the rows' caches).
@@ -670,12 +680,6 @@ def _variants_key(packed: Path, test_examples: int) -> dict[str, Any]:
 def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> list[dict]:
     from sgsc.fileformat import export
 
-    def precision(variant: str) -> str:
-        return FILE_VARIANTS[variant].get("precision", "exact")
-
-    def coding(variant: str) -> str:
-        return FILE_VARIANTS[variant].get("coding", "packed")
-
     reopened = export.reopen_compressed(packed)
     rows, floors = [], {}
     for variant, options in FILE_VARIANTS.items():
@@ -683,23 +687,22 @@ def _measure_variants(result: dict, packed: Path, splits: Any, folder: Path) -> 
         size = export.save_compressed(reopened, path, **options).file_bytes
         accuracy = evaluate(export.load_compressed(path), splits.test,
                             torch.device("cpu"))["accuracy"]
-        if "coding" not in options:  # a packed file: its codes' floor, at its precision
+        if variant_coding(variant) == "packed":  # its codes' floor, at its precision
             budget = export.byte_budget(path)
-            floors[precision(variant)] = round(budget["file_bytes"] - sum(
+            floors[variant_precision(variant)] = round(budget["file_bytes"] - sum(
                 layer["packed_bytes"] - layer["entropy_floor_bytes"]
                 for layer in budget["layers"]), 1)
         rows.append({"variant": variant, "file_bytes": size, "test_acc": accuracy})
-    exact = {coding(r["variant"]): r["test_acc"] for r in rows
-             if precision(r["variant"]) == "exact"}
+    exact = {variant_coding(r["variant"]): r["test_acc"] for r in rows
+             if exact_precision(r["variant"])}
     for row in rows:
         # a file at a lower precision against the exact file of its coding, both reloaded
-        # here (not the
-        # run's own accuracy, which another device may have measured)
-        row["same_accuracy"] = row["test_acc"] == exact[coding(row["variant"])]
+        # here (not the run's own accuracy, which another device may have measured)
+        row["same_accuracy"] = row["test_acc"] == exact[variant_coding(row["variant"])]
     base = {"method": result["method"], "seed": result["seed"],
             "gamma": (result.get("params") or {}).get("gamma"),
             "epochs": (result.get("params") or {}).get("epochs"), "run_dir": result["run_dir"]}
-    return [base | row | {"entropy_floor_bytes": floors[precision(row["variant"])]}
+    return [base | row | {"entropy_floor_bytes": floors[variant_precision(row["variant"])]}
             for row in rows]
 
 
@@ -725,7 +728,9 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = 
         allowed = exact_precision(variant) or all(m["same_accuracy"] for m in members)
         complete = seeds is None or len({m["seed"] for m in members}) == len(members) == seeds
         table.append({"method": method, "epochs": epochs, "gamma": gamma, "variant": variant,
-                      "seeds": len(members), "test_acc_mean": acc, "test_acc_std": acc_std,
+                      "coding": variant_coding(variant),
+                      "precision": variant_precision(variant), "seeds": len(members),
+                      "test_acc_mean": acc, "test_acc_std": acc_std,
                       # the seeds' 95 % t interval of the mean: the target is on the mean,
                       # and three seeds say how surely
                       "test_acc_ci_low": interval["ci_low"],

@@ -579,7 +579,7 @@ def smallest_coded(rows: Iterable[dict]) -> dict | None:
     the same method, budget and gamma), the smallest entropy-coded one that counts: a
     grid or narrowed file only where it classifies as its exact one does; None if there is
     none."""
-    coded = [r for r in rows if "entropy" in r["variant"] and r.get("allowed", True)
+    coded = [r for r in rows if r["coding"] == "entropy" and r.get("allowed", True)
              and r.get("complete", True)]
     return min(coded, key=lambda r: r["file_bytes_mean"]) if coded else None
 
