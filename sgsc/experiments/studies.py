@@ -712,9 +712,8 @@ def smallest_at(rows: Sequence[dict], target: float = 0.99, seeds: int | None = 
     interval of it) and file bytes over seeds; which reach ``target`` on the mean (and on
     how many seeds), and the smallest that does per variant.  A variant at a lower
     precision (grid or narrow) counts only where every seed's accuracy equals its exact
-    file's; with ``seeds``, a group
-    counts only with that many distinct seeds (``complete``: a run not finished leaves its
-    group out, not averaged over fewer)."""
+    file's; with ``seeds``, a group counts only with that many distinct seeds
+    (``complete``: a run not finished leaves its group out, not averaged over fewer)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["epochs"], row["gamma"], row["variant"]),

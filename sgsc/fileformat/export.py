@@ -243,13 +243,13 @@ def save_compressed(
     the other dead channels where the model's channel graph allows (:func:`empty_rows`);
     the model computes the same within float rounding (with ``drop_empty_rows=False`` and
     ``trim_bit_depths``, such a row is still stored at zero bits, just not removed).
-    ``trim_bit_depths``: each row is
-    stored at the fewest bits that hold its codes (:func:`sgsc.fileformat.bitpack.
-    fewest_bits`), never more than its learned bit depth -- the same codes, so the same
-    model, bit for bit; it matters where training left rows more bits than their codes use
-    (a rate term prices the codes, not the bit depth).  Entropy coding tries the learned
-    and the trimmed depths (they group the rows differently) and keeps the smaller.  Works
-    for any model; a model outside the registry of architectures loads back with
+    ``trim_bit_depths``: each row is stored at the fewest bits that hold its codes
+    (:func:`sgsc.fileformat.bitpack.fewest_bits`), never more than its learned bit depth
+    -- the same codes, so the same model, bit for bit; it matters where training left rows
+    more bits than their codes use (a rate term prices the codes, not the bit depth).
+    Entropy coding tries the learned and the trimmed depths (they group the rows
+    differently) and keeps the smaller.  Works for any model; a model outside the registry
+    of architectures loads back with
     ``load_compressed(path, model=...)``.
     """
     path = Path(path)
@@ -296,9 +296,10 @@ def encode_compressed(sc: SelfCompression, *, coding: str = "packed", fold: bool
     trimmed = _trimmed(tensors) if trim_bit_depths else tensors
     payload = _payload(trimmed, meta)
     if coding == "entropy":  # codes that are incompressible, or too wide to model, stay packed
-        coded = min((_entropy_payload(t, meta) for t in _distinct(tensors, trimmed)),
-                    key=lambda p: len(p) if p is not None else math.inf)
-        payload, coding = (coded, coding) if coded is not None and len(coded) < len(payload) \
+        coded = [p for t in _distinct(tensors, trimmed)
+                 if (p := _entropy_payload(t, meta)) is not None]
+        smallest = min(coded, key=len, default=payload)
+        payload, coding = (smallest, coding) if len(smallest) < len(payload) \
             else (payload, "packed")
     stored = lzma.compress(payload, preset=9) if coding == "lzma" else payload
     meta_block = pack_metadata(meta)
@@ -1039,9 +1040,9 @@ def byte_budget(path: str | os.PathLike[str]) -> dict[str, Any]:
     codes, other tensors, checksum), and per quantized layer -- its rows as a packed file
     stores them, each at the fewest bits its codes need, whatever depths this file holds --
     its rows, bit depths, codes, the bytes packing spends on them, their empirical entropy
-    (an order-0 table per bit
-    depth: the floor of a fitted model) and the best model's estimate (the coder's choice
-    of uniform, fitted, Laplace or Gaussian per row, side information included)."""
+    (an order-0 table per bit depth: the floor of a fitted model) and the best model's
+    estimate (the coder's choice of uniform, fitted, Laplace or Gaussian per row, side
+    information included)."""
     path = Path(path)
     container = read_container(path)
     decoded = _decode_payload(container.meta, container.payload, container.flags)

@@ -533,9 +533,8 @@ def _file_targets(smallest: Sequence[dict]) -> list[dict]:
     """The image target from 07_file_budget's table (:func:`sgsc.experiments.studies.
     smallest_at`): per method, budget and gamma, the packed file and the smallest
     entropy-coded one (a grid or narrowed file only where it classifies as its exact one
-    does),
-    with the test accuracy of each, the packed file's entropy floor (its codes at their
-    empirical entropy), and whether both meet the target."""
+    does), with the test accuracy of each, the packed file's entropy floor (its codes at
+    their empirical entropy), and whether both meet the target."""
     rows = []
     for (method, epochs, gamma), variants in encodings_by_model(smallest).items():
         packed = variants.get("packed")
